@@ -1,0 +1,138 @@
+import { z } from 'zod';
+
+/**
+ * The shape of netboot.yaml. Cross-field rules (unknown images, duplicate MACs/hostnames,
+ * machine folders) are checked in validate.ts, where errors can point at the offending line.
+ */
+
+const ipv4 = z.string().regex(/^(\d{1,3})(\.\d{1,3}){3}$/, 'expected an IPv4 address like 10.0.0.1');
+const port = z.number().int().min(1).max(65535);
+const fileMode = z
+  .union([z.string().regex(/^0?[0-7]{3,4}$/, 'expected an octal mode like "0640"'), z.number().int()])
+  .transform((mode) => (typeof mode === 'number' ? mode : parseInt(mode, 8)));
+
+export const userSchema = z.strictObject({
+  name: z.string().regex(/^[a-z_][a-z0-9_-]*$/, 'expected a Unix user name'),
+  uid: z.number().int().min(0).optional(),
+  gid: z.number().int().min(0).optional(),
+  groups: z.array(z.string()).default([]),
+  shell: z.string().default('/bin/bash'),
+  home: z.string().optional(),
+  /** crypt(3) hash for /etc/shadow; absent = password login disabled. */
+  passwordHash: z.string().optional(),
+  sshAuthorizedKeys: z.array(z.string()).default([]),
+});
+
+/** Owner/mode overrides for files of a machine's tree, keyed by path relative to the tree root. */
+export const fileAttrsSchema = z.strictObject({
+  mode: fileMode.optional(),
+  owner: z.string().regex(/^[^:\s]+(:[^:\s]+)?$/, 'expected "user" or "user:group"').optional(),
+});
+
+const machineCommon = {
+  cmdline: z.string().default(''),
+  vars: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
+  users: z.array(userSchema).default([]),
+  sshAuthorizedKeys: z.array(z.string()).default([]),
+  files: z.record(z.string(), fileAttrsSchema).default({}),
+};
+
+export const machineSchema = z.strictObject({
+  hostname: z
+    .string()
+    .regex(/^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i, 'expected a hostname (letters, digits, hyphens; max 63)')
+    .optional(),
+  image: z.string().optional(),
+  /** Static address reservation, used when server.dhcp.mode is full. */
+  ip: ipv4.optional(),
+  ...machineCommon,
+});
+
+export const imageSchema = z.strictObject({
+  source: z
+    .string()
+    .regex(/^(docker|oci-archive):.+/, 'expected "docker:REF" or "oci-archive:PATH"'),
+  cmdline: z.string().default(''),
+  root: z.enum(['ram', 'nbd']).default('ram'),
+  /** netboot = our initramfs (default); image = the image's own initramfs, served as is. */
+  initramfs: z.enum(['netboot', 'image']).default('netboot'),
+  /** Kernel version to boot when the image has several; default the newest. */
+  kernel: z.string().optional(),
+  init: z.string().default('/sbin/init'),
+  compression: z.enum(['zstd', 'xz', 'gzip', 'lz4', 'lzo']).default('zstd'),
+  platform: z.string().default('linux/amd64'),
+  /** NIC driver modules to put into the initramfs; default: a list covering VMs and common lab hardware. */
+  nics: z.array(z.string()).optional(),
+});
+
+export const dhcpSchema = z
+  .strictObject({
+    mode: z.enum(['proxy', 'full', 'off']).default('proxy'),
+    /** UEFI x86-64 binary handed to arch 7/9 clients. */
+    efiBinary: z.enum(['snponly.efi', 'ipxe.efi']).default('snponly.efi'),
+    pool: z
+      .strictObject({
+        start: ipv4,
+        end: ipv4,
+        netmask: ipv4.default('255.255.255.0'),
+        router: ipv4.optional(),
+        dns: z.array(ipv4).default([]),
+        domain: z.string().optional(),
+        leaseSeconds: z.number().int().min(60).default(3600),
+      })
+      .optional(),
+  })
+  .refine((dhcp) => dhcp.mode !== 'full' || dhcp.pool !== undefined, {
+    message: 'dhcp.mode full needs a pool: add server.dhcp.pool with start and end addresses',
+    path: ['pool'],
+  });
+
+export const serverSchema = z.strictObject({
+  /** The address machines reach this server at (used in every URL handed out). */
+  address: ipv4.default('127.0.0.1'),
+  /** Where to listen (0.0.0.0 = every interface of this host or namespace). */
+  bind: ipv4.default('0.0.0.0'),
+  httpPort: port.default(8080),
+  tftp: z
+    .strictObject({
+      enabled: z.boolean().default(true),
+      port: port.default(69),
+      maxBlksize: z.number().int().min(512).max(65464).default(1468),
+      maxTransfers: z.number().int().min(1).default(64),
+    })
+    .prefault({}),
+  dhcp: dhcpSchema.prefault({}),
+  nbd: z.strictObject({ port: port.default(10809), maxConnections: z.number().int().min(1).default(256) }).prefault({}),
+  stateDir: z.string().default('/var/lib/netboot'),
+  cacheDir: z.string().default('/var/cache/netboot'),
+  /** Bearer token for mutating API endpoints; absent = they are disabled. */
+  apiToken: z.string().min(16, 'apiToken must be at least 16 characters').optional(),
+  /** Seconds a machine in a failed boot waits before it reboots and retries. */
+  rebootDelay: z.number().int().min(0).default(30),
+});
+
+export const defaultsSchema = z
+  .strictObject({
+    image: z.string().optional(),
+    unknown: z.enum(['menu', 'boot-default', 'local', 'deny']).default('menu'),
+    menuTimeout: z.number().int().min(0).default(10),
+    ...machineCommon,
+  })
+  .prefault({});
+
+export const configSchema = z.strictObject({
+  server: serverSchema.prefault({}),
+  images: z.record(z.string().regex(/^[a-z0-9][a-z0-9._-]*$/, 'image names: lower-case letters, digits, . _ -'), imageSchema).default({}),
+  /** Keys are MACs in any common spelling; validate.ts normalises them. */
+  machines: z.record(z.string(), machineSchema.nullable().transform((m) => m ?? machineSchema.parse({}))).default({}),
+  defaults: defaultsSchema,
+});
+
+export type RawConfig = z.infer<typeof configSchema>;
+export type ImageConfig = z.infer<typeof imageSchema>;
+export type MachineConfig = z.infer<typeof machineSchema>;
+export type UserConfig = z.infer<typeof userSchema>;
+export type FileAttrs = z.infer<typeof fileAttrsSchema>;
+export type ServerConfig = z.infer<typeof serverSchema>;
+export type DhcpConfig = z.infer<typeof dhcpSchema>;
+export type DefaultsConfig = z.infer<typeof defaultsSchema>;
