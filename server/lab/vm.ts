@@ -1,0 +1,161 @@
+import { copyFile, mkdir, open, type FileHandle } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+import { stopChild, type Segment } from './netns.ts';
+
+export interface VmOptions {
+  name: string;
+  mac: string;
+  /** virtio-net (default, fast link-up) or e1000 (what many real NICs look like). */
+  nic?: 'virtio' | 'e1000';
+  memoryMiB?: number;
+  /**
+   * bios: SeaBIOS + the NIC's iPXE ROM (QEMU's default).
+   * uefi: OVMF + the NIC's iPXE EFI ROM. uefi-pxe: OVMF's own PXE client, NIC ROM disabled,
+   * so the firmware does real PXE (DHCP arch 7 -> TFTP). uefi-http: OVMF's HTTP Boot client.
+   */
+  firmware?: 'bios' | 'uefi' | 'uefi-pxe' | 'uefi-http';
+  /** Direct kernel boot (no PXE): kernel, initrd and command line. */
+  direct?: { kernel: string; initrd: string; append: string };
+  /** Where the timestamped serial log goes. */
+  logDir: string;
+}
+
+const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
+const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
+
+/**
+ * A QEMU VM (TCG: nested KVM is not reliable here) on a tap of a lab segment. Its serial
+ * console (with -nographic, SeaBIOS/iPXE screen text too) is kept in memory for waitFor()
+ * and written to `<logDir>/<name>.log` with a timestamp per line.
+ */
+export class Vm {
+  readonly logPath: string;
+  #child: ChildProcess | null = null;
+  #log: FileHandle | null = null;
+  #output = '';
+  #partial = '';
+  #started = 0;
+  #waiters = new Set<() => void>();
+  #exit: Promise<number | null> | null = null;
+
+  constructor(
+    private readonly segment: Segment,
+    readonly options: VmOptions,
+  ) {
+    this.logPath = join(options.logDir, `${options.name}.log`);
+  }
+
+  /** Everything the console printed so far. */
+  get console(): string {
+    return this.#output;
+  }
+
+  get exited(): Promise<number | null> {
+    return this.#exit ?? Promise.resolve(null);
+  }
+
+  async start(): Promise<void> {
+    const { options, segment } = this;
+    await mkdir(options.logDir, { recursive: true });
+    const tap = await segment.addTap(`tap-${options.name}`.slice(0, 15));
+    const args = await this.#qemuArgs(tap);
+    this.#log = await open(this.logPath, 'w');
+    await this.#log.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
+    this.#started = Date.now();
+    const child = segment.spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    this.#child = child;
+    this.#exit = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+    child.stdout!.on('data', (chunk: Buffer) => this.#onOutput(chunk.toString('latin1')));
+    child.stderr!.on('data', (chunk: Buffer) => this.#onOutput(chunk.toString('latin1')));
+    child.once('exit', () => this.#wake());
+  }
+
+  async #qemuArgs(tap: string): Promise<string[]> {
+    const { options } = this;
+    const firmware = options.firmware ?? 'bios';
+    const nicModel = options.nic === 'e1000' ? 'e1000' : 'virtio-net-pci';
+    const nic = [`${nicModel}`, 'netdev=n0', `mac=${options.mac}`];
+    if (firmware === 'uefi-pxe' || firmware === 'uefi-http') nic.push('romfile=', 'bootindex=1');
+    const args = [
+      '-accel', 'tcg',
+      '-m', String(options.memoryMiB ?? 1024),
+      '-nographic',
+      '-no-reboot',
+      '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`,
+      '-device', nic.join(','),
+    ];
+    if (firmware !== 'bios') {
+      const vars = join(options.logDir, `${options.name}-OVMF_VARS.fd`);
+      await copyFile(OVMF_VARS, vars);
+      args.push('-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${vars}`);
+    }
+    if (firmware === 'uefi-http') {
+      args.push('-fw_cfg', 'name=opt/org.tianocore/IPv4PXESupport,string=n', '-fw_cfg', 'name=opt/org.tianocore/IPv6PXESupport,string=n');
+    }
+    if (options.direct) {
+      args.push('-kernel', options.direct.kernel, '-initrd', options.direct.initrd, '-append', options.direct.append);
+    } else if (firmware === 'bios') {
+      args.push('-boot', 'n');
+    }
+    return args;
+  }
+
+  #onOutput(text: string): void {
+    this.#output += text;
+    const lines = (this.#partial + text).split(/\r?\n/);
+    this.#partial = lines.pop() ?? '';
+    const elapsed = ((Date.now() - this.#started) / 1000).toFixed(2).padStart(7);
+    const stamped = lines.map((line) => `[${elapsed}] ${stripAnsi(line)}\n`).join('');
+    if (stamped) void this.#log?.write(stamped);
+    this.#wake();
+  }
+
+  #wake(): void {
+    for (const waiter of this.#waiters) waiter();
+  }
+
+  /** Resolves with the first match of `pattern` in the console; rejects on timeout or VM exit. */
+  waitFor(pattern: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const match = pattern.exec(this.#output);
+        if (match) return finish(() => resolve(match));
+        if (this.#child && (this.#child.exitCode !== null || this.#child.signalCode !== null)) {
+          finish(() => reject(new VmError(`${this.options.name} exited before printing ${pattern}`, this)));
+        }
+      };
+      const timer = setTimeout(() => finish(() => reject(new VmError(`${this.options.name}: no ${pattern} within ${timeoutMs / 1000} s`, this))), timeoutMs);
+      const finish = (settle: () => void) => {
+        clearTimeout(timer);
+        this.#waiters.delete(check);
+        settle();
+      };
+      this.#waiters.add(check);
+      check();
+    });
+  }
+
+  /** The last `count` console lines, for error messages. */
+  tail(count = 25): string {
+    return stripAnsi(this.#output).split(/\r?\n/).slice(-count).join('\n');
+  }
+
+  async stop(): Promise<void> {
+    if (this.#child) await stopChild(this.#child, 2000);
+    await this.#log?.close();
+    this.#log = null;
+  }
+}
+
+export class VmError extends Error {
+  constructor(message: string, vm: Vm) {
+    super(`${message}\n--- last console lines (full log: ${vm.logPath}) ---\n${vm.tail()}`);
+    this.name = 'VmError';
+  }
+}
+
+function stripAnsi(text: string): string {
+  // eslint-disable-next-line no-control-regex
+  return text.replace(/\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\x1bc/g, '');
+}
