@@ -43,12 +43,19 @@ function installExitHook(): void {
   });
 }
 
-export async function createSegment(options: { subnetIndex?: number } = {}): Promise<Segment> {
+export interface SegmentOptions {
+  /** 10.77.<subnetIndex>.0/24; default: derived from the pid. */
+  subnetIndex?: number;
+  /** The bridge's address (a /24 around it), e.g. the config's server.address. Overrides subnetIndex. */
+  serverIp?: string;
+}
+
+export async function createSegment(options: SegmentOptions = {}): Promise<Segment> {
   installExitHook();
   const index = options.subnetIndex ?? 10 + ((process.pid + counter) % 200);
   const ns = `nbt${process.pid}x${counter++}`;
-  const subnet = `10.77.${index}`;
-  const serverIp = `${subnet}.1`;
+  const serverIp = options.serverIp ?? `10.77.${index}.1`;
+  const subnet = serverIp.split('.').slice(0, 3).join('.');
   const children = new Set<ChildProcess>();
   let taps = 0;
   const ip = (...args: string[]) => run('ip', args);

@@ -1,0 +1,107 @@
+import type { ChildProcess } from 'node:child_process';
+import { mkdir } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createWriteStream } from 'node:fs';
+import { loadConfig } from '../config/load.ts';
+import { REPO_ROOT } from '../cli/common.ts';
+import { createSegment, stopChild, type Segment } from './netns.ts';
+import { startLabDhcp, startRouterAdvertisements } from './services.ts';
+import { Vm, type VmOptions } from './vm.ts';
+
+export interface LabOptions {
+  /** The netboot config the server in the lab runs with; its server.address becomes the bridge's address. */
+  configFile: string;
+  /** Where VM consoles and the server log go. */
+  logDir: string;
+  /** Also run a separate "lab DHCP server" (dnsmasq) handing out addresses, as in a real lab. */
+  labDhcp?: boolean;
+  /** Extra arguments for `netboot serve`. */
+  serveArgs?: string[];
+  /** Environment for the server (e.g. DOCKER_HOST). */
+  env?: NodeJS.ProcessEnv;
+}
+
+/**
+ * A private lab: a network segment (namespace + bridge at the config's server address),
+ * router advertisements, optionally the lab's own DHCP server, `netboot serve` running inside
+ * it, and QEMU VMs on taps. `close()` tears everything down; call it in a finally.
+ */
+export class Lab {
+  readonly vms: Vm[] = [];
+  #server: ChildProcess | null = null;
+
+  private constructor(
+    readonly segment: Segment,
+    readonly options: LabOptions,
+    readonly baseUrl: string,
+  ) {}
+
+  static async start(options: LabOptions): Promise<Lab> {
+    const config = loadConfig(options.configFile);
+    await mkdir(options.logDir, { recursive: true });
+    const segment = await createSegment({ serverIp: config.server.address });
+    const lab = new Lab(segment, options, `http://${config.server.address}:${config.server.httpPort}`);
+    try {
+      await startRouterAdvertisements(segment);
+      if (options.labDhcp) await startLabDhcp(segment);
+      await lab.#startServer();
+    } catch (err) {
+      await lab.close();
+      throw err;
+    }
+    return lab;
+  }
+
+  get serverLog(): string {
+    return join(this.options.logDir, 'netboot-serve.log');
+  }
+
+  async #startServer(): Promise<void> {
+    const bin = join(REPO_ROOT, 'bin/netboot');
+    const args = ['serve', '--config', this.options.configFile, '--log-level', 'debug', ...(this.options.serveArgs ?? [])];
+    const child = this.segment.spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } });
+    this.#server = child;
+    const log = createWriteStream(this.serverLog);
+    child.stdout!.pipe(log);
+    child.stderr!.pipe(log);
+    await this.waitForServer(120_000);
+  }
+
+  /** Polls /healthz from inside the segment until the server answers. */
+  async waitForServer(timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (this.#server && this.#server.exitCode !== null) {
+        throw new Error(`netboot serve exited with ${this.#server.exitCode}; see ${this.serverLog}`);
+      }
+      const ok = await this.segment.exec('curl', ['-sf', '-m', '2', `${this.baseUrl}/healthz`]).then(() => true, () => false);
+      if (ok) return;
+      await new Promise((r) => setTimeout(r, 300));
+    }
+    throw new Error(`netboot serve did not answer ${this.baseUrl}/healthz within ${timeoutMs / 1000} s; see ${this.serverLog}`);
+  }
+
+  /** GET a server API path from inside the segment, parsed as JSON. */
+  async api<T = unknown>(path: string): Promise<T> {
+    const { stdout } = await this.segment.exec('curl', ['-sf', '-m', '10', `${this.baseUrl}${path}`]);
+    return JSON.parse(stdout) as T;
+  }
+
+  async restartServer(): Promise<void> {
+    if (this.#server) await stopChild(this.#server);
+    await this.#startServer();
+  }
+
+  async bootVm(options: Omit<VmOptions, 'logDir'>): Promise<Vm> {
+    const vm = new Vm(this.segment, { ...options, logDir: this.options.logDir });
+    this.vms.push(vm);
+    await vm.start();
+    return vm;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.vms.map((vm) => vm.stop().catch(() => undefined)));
+    if (this.#server) await stopChild(this.#server).catch(() => undefined);
+    await this.segment.destroy();
+  }
+}
