@@ -1,0 +1,410 @@
+/**
+ * The TFTP server loop: one socket on the configured address/port takes requests; each
+ * accepted RRQ gets its own ephemeral socket (its transfer ID) driven by a ReadSession.
+ * Read-only: WRQ is refused. Malformed packets are dropped; nothing a client sends can throw
+ * out of the loop.
+ */
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { isIPv6 } from 'node:net';
+import { silentLogger, type Logger } from '../log.ts';
+import { ErrorCode, errorPacket, parsePacket, type RequestPacket } from './codec.ts';
+import { normaliseTftpPath, type TftpClient, type TftpFile, type TftpFileSource } from './files.ts';
+import { defaultSessionLimits, ReadSession, type DataBlock, type SessionAction, type SessionLimits, type TransferOutcome } from './session.ts';
+
+export interface TransferEvent {
+  client: TftpClient;
+  /** The normalised path, or the raw requested name when it was refused before normalising. */
+  path: string;
+  /** File bytes acknowledged by the client. */
+  bytes: number;
+  durationMs: number;
+  /** 'refused': not found, access violation, bad mode or over the transfer limit (see `detail`). */
+  outcome: TransferOutcome | 'refused';
+  blksize?: number;
+  windowsize?: number;
+  detail?: string;
+}
+
+export interface TftpServerOptions {
+  /** Address to bind: loopback or a namespace address in tests, the configured one in production. */
+  host: string;
+  /** 69 in production; 0 picks a free port (see `start()`'s result). */
+  port: number;
+  source: TftpFileSource;
+  /** Concurrent transfers; requests over it get an ERROR naming the limit. */
+  maxTransfers?: number;
+  limits?: Partial<SessionLimits>;
+  log?: Logger;
+  onTransfer?: (event: TransferEvent) => void;
+}
+
+const READ_CHUNK = 256 * 1024;
+
+/** Reads a file in chunks aligned to the block size, one chunk ahead, so DATA goes out without
+ * waiting on a disk read per block. */
+class ChunkReader {
+  private readonly chunkSize: number;
+  private readonly chunks = new Map<number, Promise<Buffer>>();
+  private readonly loaded = new Map<number, Buffer>();
+
+  constructor(
+    private readonly file: TftpFile,
+    blksize: number,
+  ) {
+    this.chunkSize = blksize * Math.max(1, Math.ceil(READ_CHUNK / blksize));
+  }
+
+  /** The payloads of `blocks` if every one is already in memory (the common case), else null. */
+  blocksNow(blocks: DataBlock[]): Buffer[] | null {
+    const out: Buffer[] = [];
+    for (const block of blocks) {
+      if (block.length === 0) {
+        out.push(Buffer.alloc(0));
+        continue;
+      }
+      const index = Math.floor(block.offset / this.chunkSize);
+      const chunk = this.loaded.get(index);
+      if (chunk === undefined) return null;
+      const start = block.offset - index * this.chunkSize;
+      out.push(chunk.subarray(start, start + block.length));
+      if (!this.chunks.has(index + 1) && (index + 1) * this.chunkSize < this.file.size) {
+        void this.chunk(index + 1).catch(() => undefined);
+        this.evictBefore(index - 1);
+      }
+    }
+    return out;
+  }
+
+  /** Keeps the chunk before the current one (a partial ACK may step back into it), drops older. */
+  private evictBefore(index: number): void {
+    for (const key of this.chunks.keys()) {
+      if (key < index) {
+        this.chunks.delete(key);
+        this.loaded.delete(key);
+      }
+    }
+  }
+
+  async block(block: DataBlock): Promise<Buffer> {
+    if (block.length === 0) return Buffer.alloc(0);
+    const index = Math.floor(block.offset / this.chunkSize);
+    const chunk = await this.chunk(index);
+    if ((index + 1) * this.chunkSize < this.file.size) void this.chunk(index + 1).catch(() => undefined);
+    this.evictBefore(index - 1);
+    const start = block.offset - index * this.chunkSize;
+    return chunk.subarray(start, start + block.length);
+  }
+
+  private chunk(index: number): Promise<Buffer> {
+    let pending = this.chunks.get(index);
+    if (pending === undefined) {
+      pending = this.file.read(index * this.chunkSize, this.chunkSize);
+      this.chunks.set(index, pending);
+      pending.then(
+        (data) => {
+          if (this.chunks.get(index) === pending) this.loaded.set(index, data);
+        },
+        () => this.chunks.delete(index),
+      );
+    }
+    return pending;
+  }
+}
+
+const dataHeader = (wire: number): Buffer => {
+  const header = Buffer.allocUnsafe(4);
+  header.writeUInt16BE(3, 0);
+  header.writeUInt16BE(wire, 2);
+  return header;
+};
+
+class Transfer {
+  private timer: NodeJS.Timeout | undefined;
+  private queue: Promise<void> = Promise.resolve();
+  private queued = 0;
+  private readonly reader: ChunkReader;
+  private readonly startedAt = Date.now();
+  readonly done: Promise<void>;
+  private resolveDone!: () => void;
+
+  constructor(
+    private readonly socket: Socket,
+    readonly client: TftpClient,
+    readonly path: string,
+    private readonly file: TftpFile,
+    private readonly session: ReadSession,
+    private readonly log: Logger,
+    private readonly onEnd: (event: TransferEvent) => void,
+  ) {
+    this.reader = new ChunkReader(file, session.negotiated.blksize);
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+    socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    socket.on('error', (err) => {
+      this.log.warn({ err }, 'tftp transfer socket error');
+      this.apply(this.session.abort(ErrorCode.NotDefined, 'server socket error'));
+    });
+  }
+
+  begin(): void {
+    this.apply(this.session.start());
+  }
+
+  abort(message: string): void {
+    this.apply(this.session.abort(ErrorCode.NotDefined, message));
+  }
+
+  private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    if (rinfo.address !== this.client.address || rinfo.port !== this.client.port) {
+      // RFC 1350: a packet from a stranger's transfer ID gets ERROR 5, the transfer goes on.
+      this.log.debug({ stranger: { address: rinfo.address, port: rinfo.port } }, 'tftp packet from unknown transfer ID');
+      this.socket.send(errorPacket(ErrorCode.UnknownTransferId, 'Unknown transfer ID'), rinfo.port, rinfo.address, () => undefined);
+      return;
+    }
+    const parsed = parsePacket(msg);
+    if (!parsed.ok) {
+      this.log.debug({ error: parsed.error }, 'tftp malformed packet from client ignored');
+      return;
+    }
+    this.apply(this.session.receive(parsed.packet));
+  }
+
+  private apply(actions: SessionAction[]): void {
+    for (const action of actions) {
+      switch (action.kind) {
+        case 'send':
+          this.enqueue(() => this.send([action.packet]));
+          break;
+        case 'send-data': {
+          // Fast path: nothing queued and the bytes are in memory -> send right now, no promises.
+          const payloads = this.queued === 0 ? this.reader.blocksNow(action.blocks) : null;
+          if (payloads) this.sendData(action.blocks, payloads);
+          else this.enqueue(() => this.sendBlocks(action.blocks));
+          break;
+        }
+        case 'arm-timer':
+          clearTimeout(this.timer);
+          this.timer = setTimeout(() => this.apply(this.session.timeout()), action.ms);
+          break;
+        case 'finish':
+          this.finish(action.outcome, action.detail);
+          break;
+      }
+    }
+  }
+
+  private enqueue(step: () => Promise<void>): void {
+    this.queued++;
+    this.queue = this.queue
+      .then(step)
+      .catch((err: unknown) => {
+        if (this.session.finished) return;
+        this.log.error({ err }, 'tftp read failed');
+        this.apply(this.session.abort(ErrorCode.NotDefined, 'read error'));
+      })
+      .finally(() => this.queued--);
+  }
+
+  private async sendBlocks(blocks: DataBlock[]): Promise<void> {
+    const payloads = await Promise.all(blocks.map((b) => this.reader.block(b)));
+    if (this.session.finished) return;
+    this.sendData(blocks, payloads);
+  }
+
+  private sendData(blocks: DataBlock[], payloads: Buffer[]): void {
+    // Not awaited one by one: the kernel queues the whole window at once. A send error
+    // surfaces as the socket's 'error' event.
+    for (let i = 0; i < blocks.length; i++) {
+      try {
+        this.socket.send([dataHeader(blocks[i]!.wire), payloads[i]!], this.client.port, this.client.address);
+      } catch {
+        return; // socket closed under us: the transfer is ending
+      }
+    }
+  }
+
+  private send(parts: Buffer[]): Promise<void> {
+    return new Promise((resolve) => {
+      try {
+        this.socket.send(parts, this.client.port, this.client.address, () => resolve());
+      } catch {
+        resolve(); // socket already closed
+      }
+    });
+  }
+
+  private finish(outcome: TransferOutcome, detail: string | undefined): void {
+    clearTimeout(this.timer);
+    const event: TransferEvent = {
+      client: this.client,
+      path: this.path,
+      bytes: this.session.bytesAcked,
+      durationMs: Date.now() - this.startedAt,
+      outcome,
+      blksize: this.session.negotiated.blksize,
+      windowsize: this.session.negotiated.windowsize,
+      ...(detail === undefined ? {} : { detail }),
+    };
+    const summary = { bytes: event.bytes, durationMs: event.durationMs, outcome, detail };
+    if (outcome === 'complete') this.log.info(summary, 'tftp transfer complete');
+    else if (outcome === 'probe') this.log.debug(summary, 'tftp size probe ended by client (normal)');
+    else this.log.warn(summary, 'tftp transfer ended early');
+    // Close only after queued packets (e.g. a final ERROR) have left.
+    void this.queue.then(async () => {
+      try {
+        this.socket.close();
+      } catch {
+        /* already closed */
+      }
+      await this.file.close().catch(() => undefined);
+      this.onEnd(event);
+      this.resolveDone();
+    });
+  }
+}
+
+export class TftpServer {
+  private socket: Socket | undefined;
+  private readonly transfers = new Set<Transfer>();
+  /** Requests accepted but still opening their file count against the limit too. */
+  private pending = 0;
+  private readonly clientsInTransfer = new Set<string>();
+  private readonly limits: SessionLimits;
+  private readonly maxTransfers: number;
+  private readonly log: Logger;
+
+  constructor(private readonly options: TftpServerOptions) {
+    this.limits = { ...defaultSessionLimits, ...options.limits };
+    this.maxTransfers = options.maxTransfers ?? 64;
+    this.log = (options.log ?? silentLogger).child({ phase: 'tftp' });
+  }
+
+  get activeTransfers(): number {
+    return this.transfers.size + this.pending;
+  }
+
+  /** Binds the request socket; resolves with the bound address (port 0 -> the chosen one). */
+  async start(): Promise<{ address: string; port: number }> {
+    if (this.socket) throw new Error('tftp server already started');
+    const socket = createSocket({ type: isIPv6(this.options.host) ? 'udp6' : 'udp4' });
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind({ address: this.options.host, port: this.options.port }, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    socket.on('error', (err) => this.log.error({ err }, 'tftp request socket error'));
+    socket.on('message', (msg, rinfo) => {
+      this.onRequest(msg, rinfo).catch((err: unknown) => this.log.error({ err }, 'tftp request handling failed'));
+    });
+    this.socket = socket;
+    const { address, port } = socket.address();
+    this.log.info({ address, port }, 'tftp server listening');
+    return { address, port };
+  }
+
+  /** Closes the request socket and ends every transfer (clients get ERROR 0). */
+  async stop(): Promise<void> {
+    const socket = this.socket;
+    this.socket = undefined;
+    if (socket) await new Promise<void>((resolve) => socket.close(() => resolve()));
+    const transfers = [...this.transfers];
+    for (const t of transfers) t.abort('server shutting down');
+    await Promise.all(transfers.map((t) => t.done));
+  }
+
+  private refuse(rinfo: RemoteInfo, path: string, code: number, message: string): void {
+    this.log.info({ client: { address: rinfo.address, port: rinfo.port }, path, code, message }, 'tftp request refused');
+    this.socket?.send(errorPacket(code, message), rinfo.port, rinfo.address, () => undefined);
+    try {
+      this.options.onTransfer?.({ client: { address: rinfo.address, port: rinfo.port }, path, bytes: 0, durationMs: 0, outcome: 'refused', detail: message });
+    } catch (err) {
+      this.log.error({ err }, 'tftp onTransfer callback threw');
+    }
+  }
+
+  private async onRequest(msg: Buffer, rinfo: RemoteInfo): Promise<void> {
+    const parsed = parsePacket(msg);
+    if (!parsed.ok) {
+      this.log.debug({ client: { address: rinfo.address, port: rinfo.port }, error: parsed.error }, 'tftp malformed request ignored');
+      return;
+    }
+    const packet = parsed.packet;
+    if (packet.op === 'WRQ') return this.refuse(rinfo, packet.filename, ErrorCode.AccessViolation, 'Access violation: this server is read-only');
+    // DATA/ACK/ERROR/OACK to the request port belong to no transfer: dropped, as tftp-hpa does.
+    if (packet.op !== 'RRQ') return;
+    await this.onReadRequest(packet, rinfo);
+  }
+
+  private async onReadRequest(request: RequestPacket, rinfo: RemoteInfo): Promise<void> {
+    const client: TftpClient = { address: rinfo.address, port: rinfo.port };
+    const key = `${rinfo.address}|${rinfo.port}`;
+    // A retransmitted RRQ (our first answer was lost) must not start a second transfer.
+    if (this.clientsInTransfer.has(key)) return;
+    if (request.mode !== 'octet') {
+      // netascii would need line-ending conversion that changes sizes; boot clients all use octet.
+      return this.refuse(rinfo, request.filename, ErrorCode.NotDefined, `Only octet mode is supported (got ${request.mode})`);
+    }
+    const normalised = normaliseTftpPath(request.filename);
+    if (!normalised.ok) return this.refuse(rinfo, request.filename, ErrorCode.AccessViolation, `Access violation: ${normalised.reason}`);
+    const path = normalised.path;
+    if (this.activeTransfers >= this.maxTransfers) {
+      return this.refuse(rinfo, path, ErrorCode.NotDefined, `Server busy: ${this.maxTransfers} transfers in progress (the limit), retry later`);
+    }
+
+    this.pending++;
+    this.clientsInTransfer.add(key);
+    let file: TftpFile | null = null;
+    let socket: Socket | undefined;
+    try {
+      try {
+        file = await this.options.source(path, client);
+      } catch (err) {
+        this.log.error({ err, path }, 'tftp file source failed');
+        return this.refuse(rinfo, path, ErrorCode.NotDefined, 'Internal error opening file');
+      }
+      if (file === null) return this.refuse(rinfo, path, ErrorCode.FileNotFound, 'File not found');
+      if (!this.socket) {
+        await file.close().catch(() => undefined);
+        file = null;
+        return; // stopped meanwhile
+      }
+      socket = createSocket({ type: isIPv6(this.options.host) ? 'udp6' : 'udp4' });
+      await new Promise<void>((resolve, reject) => {
+        socket!.once('error', reject);
+        socket!.bind({ address: this.options.host, port: 0 }, () => {
+          socket!.off('error', reject);
+          resolve();
+        });
+      });
+    } catch (err) {
+      this.log.error({ err, path }, 'tftp transfer socket bind failed');
+      socket?.close();
+      await file?.close().catch(() => undefined);
+      file = null;
+      return this.refuse(rinfo, path, ErrorCode.NotDefined, 'Internal error');
+    } finally {
+      this.pending--;
+      if (file === null || socket === undefined) this.clientsInTransfer.delete(key);
+    }
+
+    const session = new ReadSession(request, file.size, this.limits);
+    const log = this.log.child({ client, path });
+    log.debug({ options: request.options, negotiated: session.negotiated }, 'tftp transfer starting');
+    const transfer: Transfer = new Transfer(socket, client, path, file, session, log, (event) => {
+      this.transfers.delete(transfer);
+      this.clientsInTransfer.delete(key);
+      try {
+        this.options.onTransfer?.(event);
+      } catch (err) {
+        this.log.error({ err }, 'tftp onTransfer callback threw');
+      }
+    });
+    this.transfers.add(transfer);
+    transfer.begin();
+  }
+}
+
+export function createTftpServer(options: TftpServerOptions): TftpServer {
+  return new TftpServer(options);
+}
