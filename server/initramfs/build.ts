@@ -1,0 +1,197 @@
+import { execFile } from 'node:child_process';
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { dirname, join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
+import { writeCpio, type CpioEntry } from './cpio.ts';
+import { decompressModule, ModuleIndex, type ModuleRef } from './modules.ts';
+
+const run = promisify(execFile);
+
+/** boot-assets/ of this checkout: /init and the files under boot-assets/initramfs/ (copied to / of the initrd). */
+export const BOOT_ASSETS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'boot-assets');
+
+/** Modules /init needs for the root filesystem, whatever the hardware. */
+export const BASE_MODULES = ['af_packet', 'squashfs', 'overlay', 'loop', 'nbd'];
+
+/**
+ * NIC drivers shipped when the image does not name its own: VMs (virtio needs its PCI
+ * transport too, which is not a modules.dep dependency of virtio_net) and common lab hardware.
+ * Names the kernel lacks are skipped.
+ */
+export const DEFAULT_NIC_MODULES = [
+  'virtio_pci',
+  'virtio_net',
+  'e1000',
+  'e1000e',
+  'igb',
+  'igc',
+  'ixgbe',
+  'ixgbevf',
+  'i40e',
+  'iavf',
+  'ice',
+  'r8169',
+  'tg3',
+  'bnx2',
+  'bnx2x',
+  'bnxt_en',
+  'mlx4_en',
+  'mlx5_core',
+  'atlantic',
+  'be2net',
+  'qede',
+  'sfc',
+  'vmxnet3',
+  'ena',
+  'gve',
+  'hv_vmbus',
+  'hv_netvsc',
+  'xen_netfront',
+  'forcedeth',
+  'r8152',
+  'cdc_ether',
+  'ax88179_178a',
+  'usbnet',
+];
+
+export type InitrdCompression = 'gzip' | 'zstd';
+
+export interface InitrdSources {
+  /** Reads an absolute path of the image's root filesystem; rejects when missing. */
+  readImageFile: (path: string) => Promise<Buffer>;
+  kernelVersion: string;
+  /** NIC driver modules; default DEFAULT_NIC_MODULES. */
+  nics?: readonly string[];
+  /** Static busybox for the image's architecture. Default /bin/busybox (the host's busybox-static). */
+  busybox?: string;
+  assetsDir?: string;
+  /** Default: from the kernel config (zstd when CONFIG_RD_ZSTD=y, else gzip). */
+  compression?: InitrdCompression;
+}
+
+export interface InitrdBuild {
+  image: Buffer;
+  compression: InitrdCompression;
+  /** Module names shipped, in load order. */
+  modules: string[];
+  /** Requested NIC/base modules the kernel has built in (nothing to ship). */
+  builtin: string[];
+  /** Requested names this kernel knows neither as module nor built in. */
+  unavailable: string[];
+  cpioSize: number;
+}
+
+/** The kernel's config text from the image (/boot/config-<kver> or the modules directory), or null. */
+export async function readKernelConfig(readImageFile: (path: string) => Promise<Buffer>, kver: string): Promise<string | null> {
+  for (const path of [`/boot/config-${kver}`, `/usr/lib/modules/${kver}/config`, `/lib/modules/${kver}/config`]) {
+    const data = await readImageFile(path).catch(() => null);
+    if (data) return data.toString('utf8');
+  }
+  return null;
+}
+
+export function compressionForKernelConfig(config: string | null): InitrdCompression {
+  return config !== null && /^CONFIG_RD_ZSTD=y$/m.test(config) ? 'zstd' : 'gzip';
+}
+
+async function applets(busybox: string): Promise<string[]> {
+  const { stdout } = await run(busybox, ['--list']);
+  return stdout
+    .split('\n')
+    .map((name) => name.trim())
+    .filter((name) => /^[A-Za-z0-9._[\]-]+$/.test(name) && name !== 'busybox')
+    .sort();
+}
+
+async function walkFiles(dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const entry of entries) {
+    const full = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await walkFiles(full)));
+    else if (entry.isFile()) out.push(full);
+  }
+  return out;
+}
+
+/** /init plus everything under boot-assets/initramfs/, keeping the executable bit. */
+async function assetEntries(assetsDir: string): Promise<CpioEntry[]> {
+  const entries: CpioEntry[] = [];
+  const asset = async (file: string, path: string) => {
+    const info = await stat(file);
+    entries.push({ type: 'file', path, data: await readFile(file), mode: info.mode & 0o111 ? 0o755 : 0o644 });
+  };
+  await asset(join(assetsDir, 'init'), 'init');
+  const tree = join(assetsDir, 'initramfs');
+  for (const file of await walkFiles(tree)) await asset(file, relative(tree, file));
+  return entries;
+}
+
+async function compress(data: Buffer, compression: InitrdCompression): Promise<Buffer> {
+  if (compression === 'gzip') return gzipSync(data, { level: 9 });
+  return new Promise((resolve, reject) => {
+    // Single-threaded so the output does not depend on the number of cores.
+    const child = execFile('zstd', ['-q', '-c', '-15', '-T1'], { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`zstd failed: ${stderr.toString().trim() || err.message}`));
+      else resolve(stdout);
+    });
+    child.stdin?.end(data);
+  });
+}
+
+/** Builds the compressed initramfs from an image's kernel modules, busybox and boot-assets. */
+export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> {
+  const kver = sources.kernelVersion;
+  const busybox = sources.busybox ?? '/bin/busybox';
+  const index = await ModuleIndex.load(sources.readImageFile, kver);
+  const compression =
+    sources.compression ?? compressionForKernelConfig(await readKernelConfig(sources.readImageFile, kver));
+
+  const wanted = [...BASE_MODULES, ...(sources.nics ?? DEFAULT_NIC_MODULES)];
+  const builtin = wanted.filter((name) => index.has(name) === 'builtin');
+  const unavailable = wanted.filter((name) => index.has(name) === null);
+  const refs: ModuleRef[] = index.closure(wanted);
+
+  const entries: CpioEntry[] = [
+    { type: 'dir', path: 'dev' },
+    // The kernel opens /dev/console for init's stdio before anything mounts devtmpfs.
+    { type: 'char', path: 'dev/console', major: 5, minor: 1, mode: 0o600 },
+    { type: 'char', path: 'dev/null', major: 1, minor: 3, mode: 0o666 },
+    { type: 'dir', path: 'proc', mode: 0o555 },
+    { type: 'dir', path: 'sys', mode: 0o555 },
+    { type: 'dir', path: 'run' },
+    { type: 'dir', path: 'tmp', mode: 0o1777 },
+    { type: 'dir', path: 'newroot' },
+    { type: 'dir', path: 'etc' },
+    { type: 'symlink', path: 'sbin', target: 'bin' },
+    { type: 'symlink', path: 'usr/bin', target: '../bin' },
+    { type: 'symlink', path: 'usr/sbin', target: '../bin' },
+    { type: 'file', path: 'bin/busybox', data: await readFile(busybox), mode: 0o755 },
+    ...(await applets(busybox)).map((name): CpioEntry => ({ type: 'symlink', path: `bin/${name}`, target: 'busybox' })),
+    ...(await assetEntries(sources.assetsDir ?? BOOT_ASSETS_DIR)),
+  ];
+
+  const modulesDir = `lib/modules/${kver}`;
+  for (const ref of refs) {
+    const raw = await sources.readImageFile(`${index.dir}/${ref.path}`).catch((err: Error) => {
+      throw new Error(`module ${ref.name} listed in ${index.dir}/modules.dep but unreadable (${ref.path}): ${err.message}`);
+    });
+    entries.push({ type: 'file', path: `${modulesDir}/${ref.shippedPath}`, data: await decompressModule(raw, ref.compression) });
+  }
+  entries.push(
+    { type: 'file', path: `${modulesDir}/modules.dep`, data: Buffer.from(index.trimmedDep(refs)) },
+    { type: 'file', path: `${modulesDir}/modules.alias`, data: Buffer.from(index.trimmedAlias(refs)) },
+  );
+
+  const cpio = writeCpio(entries);
+  return {
+    image: await compress(cpio, compression),
+    compression,
+    modules: refs.map((ref) => ref.name),
+    builtin,
+    unavailable,
+    cpioSize: cpio.length,
+  };
+}

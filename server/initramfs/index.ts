@@ -1,0 +1,63 @@
+import { rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Image } from '../config/types.ts';
+import type { Logger } from '../log.ts';
+import { silentLogger } from '../log.ts';
+import { readSquashfsFile } from '../images/squashfs-reader.ts';
+import { buildInitrd, type InitrdBuild } from './build.ts';
+
+export { buildInitrd, BASE_MODULES, DEFAULT_NIC_MODULES, BOOT_ASSETS_DIR } from './build.ts';
+export type { InitrdBuild, InitrdSources, InitrdCompression } from './build.ts';
+export { ModuleIndex, decompressModule, moduleRefFromPath, canonicalModuleName } from './modules.ts';
+export type { ModuleRef, ModuleCompression, ModuleAlias } from './modules.ts';
+export { writeCpio } from './cpio.ts';
+export type { CpioEntry } from './cpio.ts';
+
+export interface MakeInitrdOptions {
+  /** The image's rootfs.squashfs: kernel modules and config are read from it. */
+  squashfs: string;
+  kernelVersion: string;
+  image: Image;
+  outDir: string;
+  log?: Logger;
+}
+
+export type InitrdInfo = Omit<InitrdBuild, 'image'> & { path: string; size: number };
+
+const HOST_PLATFORM: Record<string, string> = { x64: 'linux/amd64', arm64: 'linux/arm64' };
+
+/**
+ * The image pipeline's hook: writes `<outDir>/initrd.img` (our /init, busybox, the image's
+ * own kernel modules) atomically (temp file + rename).
+ */
+export async function makeInitrd({ squashfs, kernelVersion, image, outDir, log = silentLogger }: MakeInitrdOptions): Promise<InitrdInfo> {
+  const host = HOST_PLATFORM[process.arch];
+  if (image.platform && host && image.platform !== host) {
+    // The busybox we ship is the host's (busybox-static): it only runs on the host's architecture.
+    throw new Error(`initramfs for ${image.platform} needs a busybox for that architecture; this host has ${host} only`);
+  }
+  const build = await buildInitrd({
+    readImageFile: (path) => readSquashfsFile(squashfs, path),
+    kernelVersion,
+    nics: image.nics,
+  });
+  const path = join(outDir, 'initrd.img');
+  const tmp = `${path}.tmp-${process.pid}`;
+  try {
+    await writeFile(tmp, build.image);
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  const { image: data, ...info } = build;
+  log.info(
+    { image: image.name, kernelVersion, compression: info.compression, size: data.length, modules: info.modules.length, unavailable: info.unavailable },
+    'initramfs built',
+  );
+  if (image.nics) {
+    const missing = image.nics.filter((name) => info.unavailable.includes(name));
+    if (missing.length) log.warn({ image: image.name, missing }, 'configured NIC drivers not in this kernel');
+  }
+  return { ...info, path, size: data.length };
+}
