@@ -1,0 +1,90 @@
+import { Counter, Histogram, Registry } from 'prom-client';
+
+/** Artifact kinds counted in `netboot_http_bytes_total`. */
+export type ArtifactKind = 'vmlinuz' | 'initrd.img' | 'image-initrd.img' | 'rootfs.squashfs' | 'manifest.json' | 'layer' | 'script';
+
+/**
+ * The server's Prometheus metrics, in their own Registry (so tests and several servers in one
+ * process never collide in prom-client's global one). DHCP, TFTP and the image cache report
+ * through the small methods below; the timeline reports boot phases.
+ */
+export class Metrics {
+  readonly registry = new Registry();
+  readonly bootPhases = new Counter({
+    name: 'netboot_boot_phases_total',
+    help: 'Boot phases reached, by phase and where the report came from',
+    labelNames: ['phase', 'source'] as const,
+    registers: [this.registry],
+  });
+  readonly boots = new Counter({
+    name: 'netboot_boots_total',
+    help: 'Boots by outcome: started, up, failed',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly phaseDuration = new Histogram({
+    name: 'netboot_phase_duration_seconds',
+    help: 'Duration of a boot phase (downloads: transfer time; init phases: time since the previous event)',
+    labelNames: ['phase'] as const,
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
+    registers: [this.registry],
+  });
+  readonly bytesServed = new Counter({
+    name: 'netboot_http_bytes_total',
+    help: 'Bytes sent over HTTP, by artifact kind',
+    labelNames: ['artifact'] as const,
+    registers: [this.registry],
+  });
+  readonly dhcpPackets = new Counter({
+    name: 'netboot_dhcp_packets_total',
+    help: 'DHCP packets handled, by message type and direction',
+    labelNames: ['type', 'direction'] as const,
+    registers: [this.registry],
+  });
+  readonly tftpTransfers = new Counter({
+    name: 'netboot_tftp_transfers_total',
+    help: 'TFTP transfers, by outcome',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly tftpBytes = new Counter({
+    name: 'netboot_tftp_bytes_total',
+    help: 'Bytes sent over TFTP',
+    registers: [this.registry],
+  });
+  readonly imageBuild = new Histogram({
+    name: 'netboot_image_build_seconds',
+    help: 'Image build durations, by image and outcome',
+    labelNames: ['image', 'outcome'] as const,
+    buckets: [1, 5, 10, 30, 60, 120, 300, 600, 1800],
+    registers: [this.registry],
+  });
+
+  /** DHCP: one packet received (`in`) or sent (`out`), e.g. dhcpPacket('DISCOVER', 'in'). */
+  dhcpPacket(type: string, direction: 'in' | 'out'): void {
+    this.dhcpPackets.inc({ type, direction });
+  }
+
+  /** TFTP: one transfer ended. */
+  tftpTransfer(outcome: 'complete' | 'error' | 'timeout', bytes: number): void {
+    this.tftpTransfers.inc({ outcome });
+    if (bytes > 0) this.tftpBytes.inc(bytes);
+  }
+
+  /** Image cache: one build ended. */
+  imageBuilt(image: string, seconds: number, outcome: 'ok' | 'failed' | 'cached'): void {
+    this.imageBuild.observe({ image, outcome }, seconds);
+  }
+
+  served(artifact: ArtifactKind, bytes: number): void {
+    if (bytes > 0) this.bytesServed.inc({ artifact }, bytes);
+  }
+
+  async text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

@@ -1,0 +1,41 @@
+/**
+ * What the HTTP service needs from the image cache. The lead adapts server/images' cache to
+ * it; tests implement it over a temp dir. Methods may answer synchronously or with a promise.
+ */
+export const ARTIFACT_NAMES = ['vmlinuz', 'initrd.img', 'image-initrd.img', 'rootfs.squashfs', 'manifest.json'] as const;
+export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
+
+export interface ArtifactDigest {
+  size: number;
+  sha256: string;
+}
+
+/** The parts of an image's manifest.json the HTTP service reads. */
+export interface ImageManifestView {
+  id: string;
+  name?: string;
+  digest?: string;
+  builtAt?: string;
+  kernelVersion?: string;
+  artifacts: Partial<Record<string, ArtifactDigest>>;
+}
+
+export type MaybePromise<T> = T | Promise<T>;
+
+export interface ArtifactStore {
+  /** Id of the image's current build, or null when it has never been built. */
+  currentId(imageName: string): MaybePromise<string | null>;
+  /** Absolute path of an artifact of a build (it may not exist). */
+  artifactPath(id: string, name: ArtifactName): string;
+  /** The build's manifest, or null when there is no such build. */
+  manifest(id: string): MaybePromise<ImageManifestView | null>;
+  /** Every build in the cache. */
+  list(): MaybePromise<ImageManifestView[]>;
+  /** Optional: whether a build of the image is running or the last one failed. */
+  buildState?(imageName: string): 'idle' | 'building' | 'failed';
+}
+
+/** Ids are content hashes; anything else in that URL segment is refused before touching the disk. */
+export function isValidImageId(id: string): boolean {
+  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id) && !id.includes('..');
+}

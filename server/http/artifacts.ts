@@ -1,0 +1,103 @@
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { stat } from 'node:fs/promises';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import { normalizeMac } from '../config/mac.ts';
+import type { Phase } from '../events/timeline.ts';
+import { ARTIFACT_NAMES, isValidImageId, type ArtifactName, type ImageManifestView } from './artifact-store.ts';
+import type { HttpContext } from './context.ts';
+import { etagMatches, parseRange } from './range.ts';
+
+const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
+  vmlinuz: 'kernel',
+  'initrd.img': 'initrd',
+  'image-initrd.img': 'initrd',
+  'rootfs.squashfs': 'rootfs',
+};
+
+/** Read size per chunk: large chunks keep a 200 MB transfer to a few hundred syscalls. */
+const CHUNK = 1 << 20;
+
+/**
+ * Build artifacts, streamed from disk. Ids are content-addressed, so every response is
+ * cacheable forever. Whole-file GETs carrying `?mac=` (the scripts add it) are recorded in
+ * that machine's boot timeline; ranged reads only count bytes.
+ */
+export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): void {
+  const manifests = new Map<string, ImageManifestView>();
+  const manifestOf = async (id: string): Promise<ImageManifestView | null> => {
+    const cached = manifests.get(id);
+    if (cached) return cached;
+    const manifest = await ctx.artifacts.manifest(id);
+    if (manifest) {
+      manifests.set(id, manifest);
+      if (manifests.size > 256) manifests.delete(manifests.keys().next().value!);
+    }
+    return manifest;
+  };
+
+  app.route<{ Params: { id: string; name: string }; Querystring: { mac?: string } }>({
+    method: ['GET', 'HEAD'],
+    url: '/images/:id/:name',
+    exposeHeadRoute: false,
+    handler: async (request, reply) => {
+      const { id, name } = request.params;
+      const mac = request.query.mac !== undefined ? normalizeMac(request.query.mac) : null;
+      if (mac) request.note.mac = mac;
+      const phase = PHASE_OF[name as ArtifactName];
+      request.note.phase = phase ?? 'artifact';
+      if (!isValidImageId(id) || !(ARTIFACT_NAMES as readonly string[]).includes(name)) return notFound(reply);
+      const artifact = name as ArtifactName;
+      const path = ctx.artifacts.artifactPath(id, artifact);
+      const info = await stat(path).catch(() => null);
+      if (!info?.isFile()) return notFound(reply);
+
+      const digest = artifact === 'manifest.json' ? undefined : (await manifestOf(id))?.artifacts[artifact];
+      const etag = digest && digest.size === info.size
+        ? `"${digest.sha256}"`
+        : `"${createHash('sha256').update(`${id}\0${artifact}\0${info.size}\0${info.mtimeMs}`).digest('hex').slice(0, 32)}"`;
+      reply
+        .header('ETag', etag)
+        .header('Cache-Control', 'public, max-age=31536000, immutable')
+        .header('Accept-Ranges', 'bytes')
+        .header('Last-Modified', info.mtime.toUTCString())
+        .type(artifact === 'manifest.json' ? 'application/json' : 'application/octet-stream');
+      if (etagMatches(request.headers['if-none-match'], etag)) return reply.code(304).send();
+
+      const ifRange = request.headers['if-range'];
+      const rangeHeader = ifRange === undefined || ifRange === etag ? request.headers.range : undefined;
+      const range = parseRange(rangeHeader, info.size);
+      if (range.kind === 'unsatisfiable') {
+        return reply.code(416).header('Content-Range', `bytes */${info.size}`).send();
+      }
+      const start = range.kind === 'range' ? range.start : 0;
+      const end = range.kind === 'range' ? range.end : info.size - 1;
+      const length = info.size === 0 ? 0 : end - start + 1;
+      if (range.kind === 'range') reply.code(206).header('Content-Range', `bytes ${start}-${end}/${info.size}`);
+      reply.header('Content-Length', length);
+      if (request.method === 'HEAD' || length === 0) return reply.send();
+
+      const began = ctx.now();
+      const stream = createReadStream(path, { start, end, highWaterMark: CHUNK });
+      reply.raw.once('close', () => {
+        const complete = reply.raw.writableFinished;
+        const bytes = complete ? length : Math.min(stream.bytesRead, length);
+        ctx.metrics.served(artifact, bytes);
+        if (mac && phase && range.kind === 'none') {
+          ctx.timeline.record(mac, phase, {
+            source: 'http',
+            bytes,
+            durationMs: ctx.now() - began,
+            imageId: id,
+            ...(complete ? {} : { detail: `aborted after ${bytes} of ${length} bytes` }),
+          });
+        }
+      });
+      return reply.send(stream);
+    },
+  });
+}
+
+function notFound(reply: FastifyReply) {
+  return reply.code(404).type('text/plain; charset=utf-8').send('not found\n');
+}

@@ -1,0 +1,52 @@
+import type { Config } from '../config/types.ts';
+import type { Metrics } from '../events/metrics.ts';
+import type { Timeline } from '../events/timeline.ts';
+import type { LayerService } from '../layers/service.ts';
+import type { Logger } from '../log.ts';
+import type { ArtifactStore } from './artifact-store.ts';
+import type { IpxeTemplates } from './ipxe.ts';
+
+export interface HttpDeps {
+  /** The config in force (e.g. `() => store.current`), read on every request so reloads just work. */
+  getConfig: () => Config;
+  artifacts: ArtifactStore;
+  timeline: Timeline;
+  metrics: Metrics;
+  log: Logger;
+  stateDir: string;
+  /** Full-DHCP mode: the address leased to a MAC; the signed layer is only served to it. */
+  leaseLookup?: (mac: string) => string | undefined;
+  /** Starts a rebuild of the named image (POST /api/images/<name>/rebuild). */
+  rebuild?: (imageName: string) => unknown;
+  /** Lifetime of the signed layer URL written into the kernel command line. Default 900 s. */
+  layerTtlSeconds?: number;
+  templatesDir?: string;
+  now?: () => number;
+}
+
+/** What every route module gets. */
+export interface HttpContext extends HttpDeps {
+  templates: IpxeTemplates;
+  layers: LayerService;
+  now: () => number;
+  layerTtlSeconds: number;
+}
+
+export function serverUrl(config: Config): string {
+  return `http://${config.server.address}:${config.server.httpPort}`;
+}
+
+/** Per-request fields for the one log line each request gets. */
+export interface RequestNote {
+  mac?: string;
+  phase?: string;
+  /** Set when the request deserves a warning (e.g. a refused second layer fetch). */
+  warning?: string;
+  error?: string;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    note: RequestNote;
+  }
+}

@@ -1,0 +1,91 @@
+import type { FastifyInstance } from 'fastify';
+import { lookupMachine, type Machine } from '../config/types.ts';
+import { normalizeMac } from '../config/mac.ts';
+import { AccountError } from '../layers/accounts.ts';
+import { buildLayer } from '../layers/build.ts';
+import { TemplateError } from '../layers/template.ts';
+import { LayerSourceError } from '../layers/tree.ts';
+import { isValidImageId } from './artifact-store.ts';
+import { serverUrl, type HttpContext } from './context.ts';
+import { etagMatches } from './range.ts';
+
+/**
+ * GET /machines/<mac>/layer: the machine's top layer as an uncompressed tar.
+ * - signed (`?boot=&image=&exp=&sig=`, written into the kernel command line by the boot
+ *   script): the full layer with secrets/ and SSH host private keys, once per boot id;
+ * - unsigned: the public part only, cacheable by ETag (for inspection and tooling).
+ */
+export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void {
+  app.get<{ Params: { mac: string }; Querystring: Record<string, string | undefined> }>(
+    '/machines/:mac/layer',
+    { exposeHeadRoute: false },
+    async (request, reply) => {
+      request.note.phase = 'layer';
+      const mac = normalizeMac(request.params.mac);
+      if (!mac) return reply.code(400).send({ error: `"${request.params.mac}" is not a MAC address` });
+      request.note.mac = mac;
+      const config = ctx.getConfig();
+      const target = lookupMachine(config, mac);
+      const machine: Machine | null = target.kind === 'machine' ? target.machine : target.kind === 'menu' ? target.machine : null;
+      if (!machine) return reply.code(404).send({ error: `${mac} boots no image (unknown-MAC policy ${target.kind})` });
+
+      const signed = request.query.sig !== undefined;
+      let imageId: string | null;
+      if (signed) {
+        if (config.server.dhcp.mode === 'full' && ctx.leaseLookup) {
+          const leased = ctx.leaseLookup(mac);
+          const from = request.ip.replace(/^::ffff:/, '');
+          if (leased !== from) {
+            request.note.warning = `signed layer refused: request from ${from}, but ${mac} has ${leased ? `the lease ${leased}` : 'no lease'}`;
+            return reply.code(403).send({ error: 'this layer URL is only served to the address leased to its MAC' });
+          }
+        }
+        const verdict = ctx.layers.signer.redeem(mac, request.query);
+        if (!verdict.ok) {
+          request.note.warning = `signed layer refused: ${verdict.reason}`;
+          return reply.code(verdict.status).send({ error: verdict.reason });
+        }
+        imageId = verdict.grant.image;
+      } else {
+        imageId = request.query.image ?? (await ctx.artifacts.currentId(machine.image));
+      }
+      if (imageId === null || !isValidImageId(imageId)) {
+        return reply.code(503).header('Retry-After', '10').send({ error: `image ${machine.image} is not built yet` });
+      }
+
+      const began = ctx.now();
+      const squashfs = ctx.artifacts.artifactPath(imageId, 'rootfs.squashfs');
+      const imageAccounts = await ctx.layers.imageAccounts(squashfs).catch((err: Error) => {
+        request.note.error = err.message;
+        return null;
+      });
+      if (!imageAccounts) return reply.code(503).header('Retry-After', '10').send({ error: `cannot read /etc/passwd and /etc/group of image ${imageId}: is it built?` });
+      let layer;
+      try {
+        layer = await buildLayer({
+          config,
+          machine,
+          imageId,
+          imageAccounts,
+          installKey: ctx.layers.installKey,
+          stateDir: ctx.stateDir,
+          serverUrl: serverUrl(config),
+          withSecrets: signed,
+        });
+      } catch (err) {
+        request.note.error = (err as Error).message;
+        const known = err instanceof LayerSourceError || err instanceof TemplateError || err instanceof AccountError;
+        return reply.code(500).send({ error: known ? (err as Error).message : 'internal error building the layer (see the server log)' });
+      }
+
+      reply.type('application/x-tar').header('ETag', layer.etag).header('Cache-Control', signed ? 'no-store' : 'no-cache');
+      if (!signed && etagMatches(request.headers['if-none-match'], layer.etag)) return reply.code(304).send();
+      reply.raw.once('close', () => {
+        if (!reply.raw.writableFinished) return;
+        ctx.metrics.served('layer', layer.tar.length);
+        if (signed) ctx.timeline.record(mac, 'layer', { source: 'http', bytes: layer.tar.length, durationMs: ctx.now() - began, imageId: imageId! });
+      });
+      return reply.send(layer.tar);
+    },
+  );
+}

@@ -1,0 +1,64 @@
+import Fastify, { type FastifyInstance } from 'fastify';
+import { LayerService } from '../layers/service.ts';
+import { registerApiRoutes } from './api.ts';
+import { registerArtifactRoutes } from './artifacts.ts';
+import type { HttpContext, HttpDeps } from './context.ts';
+import { loadIpxeTemplates } from './ipxe.ts';
+import { registerLayerRoute } from './layer-route.ts';
+import { registerScriptRoutes } from './scripts.ts';
+
+export type { HttpDeps } from './context.ts';
+export type { ArtifactStore, ArtifactName, ImageManifestView } from './artifact-store.ts';
+
+/**
+ * The HTTP boot service: iPXE scripts, image artifacts, per-machine layers, the boot-event
+ * API, /metrics and /healthz. Call `.listen({ host, port })` on the result. Async because
+ * it loads (or creates) the install key in the state dir first.
+ */
+export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance> {
+  const now = deps.now ?? Date.now;
+  const ctx: HttpContext = {
+    ...deps,
+    now,
+    templates: loadIpxeTemplates(deps.templatesDir),
+    layers: await LayerService.open(deps.stateDir, now),
+    layerTtlSeconds: deps.layerTtlSeconds ?? 900,
+  };
+  // fastify's own request logging writes two lines per request; we write one, in onResponse.
+  const app = Fastify({ logger: false, trustProxy: false, return503OnClosing: true, forceCloseConnections: true });
+  app.decorateRequest('note', null as never);
+  app.addHook('onRequest', async (request) => {
+    request.note = {};
+  });
+  app.addHook('onResponse', async (request, reply) => {
+    const { mac, phase, warning, error } = request.note;
+    const fields = {
+      ...(mac ? { mac } : {}),
+      ...(phase ? { phase } : {}),
+      method: request.method,
+      url: request.url.replace(/([?&]sig=)[0-9a-f]+/i, '$1…'),
+      status: reply.statusCode,
+      ms: Math.round(reply.elapsedTime),
+      remote: request.ip,
+      ...(warning ? { warning } : {}),
+      ...(error ? { error } : {}),
+    };
+    if (error || reply.statusCode >= 500) deps.log.error(fields, error ?? 'request failed');
+    else if (warning) deps.log.warn(fields, warning);
+    else deps.log.info(fields, 'http');
+  });
+  app.setErrorHandler((err: Error & { statusCode?: number }, request, reply) => {
+    const status = err.statusCode && err.statusCode >= 400 && err.statusCode < 500 ? err.statusCode : 500;
+    if (status >= 500) request.note.error = err.message;
+    else request.note.warning = err.message;
+    return reply.code(status).send({ error: status >= 500 ? 'internal error (see the server log)' : err.message });
+  });
+
+  app.get('/healthz', async () => ({ ok: true }));
+  app.get('/metrics', async (_request, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.text()));
+  registerScriptRoutes(app, ctx);
+  registerArtifactRoutes(app, ctx);
+  registerLayerRoute(app, ctx);
+  registerApiRoutes(app, ctx);
+  return app;
+}

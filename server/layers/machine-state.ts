@@ -1,0 +1,91 @@
+import { execFile } from 'node:child_process';
+import { createHmac, randomBytes } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { macToHyphens } from '../config/mac.ts';
+
+const run = promisify(execFile);
+
+/**
+ * Per-install and per-machine state kept in the state dir: the install secret (from which
+ * machine-ids and URL signatures are derived) and each machine's SSH host keys. Created
+ * once, atomically, then only read: a machine keeps its identity across reboots and
+ * server restarts as long as the state dir is kept.
+ */
+
+const KEY_FILE = 'netboot.key';
+
+export async function loadInstallKey(stateDir: string): Promise<Buffer> {
+  await mkdir(stateDir, { recursive: true, mode: 0o700 });
+  const file = join(stateDir, KEY_FILE);
+  try {
+    await writeFile(file, randomBytes(32), { flag: 'wx', mode: 0o600 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+  }
+  const key = await readFile(file);
+  if (key.length < 32) throw new Error(`${file} is shorter than 32 bytes: delete it to generate a new one (machine-ids and host keys signatures change)`);
+  return key;
+}
+
+/** 32 hex digits, stable for a MAC and this install, the format of /etc/machine-id. */
+export function machineIdFor(key: Buffer, mac: string): string {
+  return createHmac('sha256', key).update(`machine-id\0${mac}`).digest('hex').slice(0, 32);
+}
+
+export const HOST_KEY_TYPES = ['ed25519', 'ecdsa'] as const;
+
+export interface HostKey {
+  type: (typeof HOST_KEY_TYPES)[number];
+  privateKey: Buffer;
+  publicKey: Buffer;
+}
+
+const pending = new Map<string, Promise<HostKey[]>>();
+
+/** The machine's SSH host keys, generated with ssh-keygen on first use. */
+export function hostKeysFor(stateDir: string, mac: string): Promise<HostKey[]> {
+  const dir = join(stateDir, 'machines', macToHyphens(mac), 'ssh');
+  let promise = pending.get(dir);
+  if (!promise) {
+    promise = readOrCreateHostKeys(dir).finally(() => pending.delete(dir));
+    pending.set(dir, promise);
+  }
+  return promise;
+}
+
+async function readHostKeys(dir: string): Promise<HostKey[]> {
+  return Promise.all(
+    HOST_KEY_TYPES.map(async (type) => ({
+      type,
+      privateKey: await readFile(join(dir, `ssh_host_${type}_key`)),
+      publicKey: await readFile(join(dir, `ssh_host_${type}_key.pub`)),
+    })),
+  );
+}
+
+async function readOrCreateHostKeys(dir: string): Promise<HostKey[]> {
+  try {
+    return await readHostKeys(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const parent = join(dir, '..');
+  await mkdir(parent, { recursive: true, mode: 0o700 });
+  const tmp = await mkdtemp(join(parent, '.ssh-'));
+  try {
+    for (const type of HOST_KEY_TYPES) {
+      await run('ssh-keygen', ['-q', '-N', '', '-C', 'root@netboot', '-t', type, '-f', join(tmp, `ssh_host_${type}_key`)]);
+    }
+    try {
+      await rename(tmp, dir);
+    } catch (err) {
+      // Another server process won the race: its keys are the machine's keys.
+      if (!['EEXIST', 'ENOTEMPTY'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;
+    }
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+  return readHostKeys(dir);
+}

@@ -1,0 +1,59 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
+
+/**
+ * Signed, expiring, one-shot URLs for the full layer (the one with secrets and host keys).
+ * The signature binds MAC, boot id, image id and expiry; the boot id is consumed by the
+ * first fetch. Consumed ids live in memory until they expire: a server restart forgets
+ * them, so a URL that is still within its lifetime could be fetched once more after one.
+ */
+
+export interface LayerGrant {
+  boot: string;
+  image: string;
+  exp: number;
+  sig: string;
+}
+
+export type VerifyResult = { ok: true; grant: LayerGrant } | { ok: false; status: 403 | 410; reason: string };
+
+export class LayerSigner {
+  readonly #key: Buffer;
+  readonly #now: () => number;
+  readonly #consumed = new Map<string, number>();
+
+  constructor(key: Buffer, now: () => number = Date.now) {
+    this.#key = createHmac('sha256', key).update('layer-url').digest();
+    this.#now = now;
+  }
+
+  sign(mac: string, boot: string, image: string, ttlSeconds: number): LayerGrant {
+    const exp = Math.floor(this.#now() / 1000) + ttlSeconds;
+    return { boot, image, exp, sig: this.#mac(mac, boot, image, exp) };
+  }
+
+  /** Checks a grant from a query string and consumes its boot id. */
+  redeem(mac: string, query: Record<string, unknown>): VerifyResult {
+    const { boot, image, exp, sig } = query;
+    if (typeof boot !== 'string' || typeof sig !== 'string' || typeof exp !== 'string' || typeof image !== 'string' || !/^\d{1,12}$/.test(exp)) {
+      return { ok: false, status: 403, reason: 'malformed signature parameters' };
+    }
+    const expected = Buffer.from(this.#mac(mac, boot, image, Number(exp)), 'hex');
+    const given = Buffer.from(sig, 'hex');
+    if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, status: 403, reason: 'bad signature' };
+    const nowSeconds = Math.floor(this.#now() / 1000);
+    if (Number(exp) < nowSeconds) return { ok: false, status: 410, reason: 'signature expired' };
+    this.#prune(nowSeconds);
+    const id = `${mac}\0${boot}`;
+    if (this.#consumed.has(id)) return { ok: false, status: 410, reason: 'already fetched once for this boot' };
+    this.#consumed.set(id, Number(exp));
+    return { ok: true, grant: { boot, image, exp: Number(exp), sig } };
+  }
+
+  #mac(mac: string, boot: string, image: string, exp: number): string {
+    return createHmac('sha256', this.#key).update(`${mac}\0${boot}\0${image}\0${exp}`).digest('hex');
+  }
+
+  #prune(nowSeconds: number): void {
+    for (const [id, exp] of this.#consumed) if (exp < nowSeconds) this.#consumed.delete(id);
+  }
+}
