@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { TftpPacket } from '../../server/tftp/codec.ts';
 import { dirSource, generatedSource, mountSources } from '../../server/tftp/files.ts';
 import { TftpServer, type TransferEvent } from '../../server/tftp/server.ts';
 import { RawPeer, runClient, sha256, sha256File } from './helpers.ts';
@@ -235,7 +236,7 @@ describe('protocol rules', () => {
   it('a retransmitted RRQ from the same client port does not start a second transfer', async () => {
     const peer = await RawPeer.open();
     try {
-      const rrq = { op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] } as const;
+      const rrq: TftpPacket = { op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] };
       await peer.send(rrq, port);
       await peer.send(rrq, port);
       const first = await peer.next();
