@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { writeCpio, type CpioEntry } from './cpio.ts';
-import { decompressModule, ModuleIndex, type ModuleRef } from './modules.ts';
+import { canonicalModuleName, decompressModule, ModuleIndex, type ModuleRef } from './modules.ts';
 
 const run = promisify(execFile);
 
@@ -149,7 +149,7 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
   const compression =
     sources.compression ?? compressionForKernelConfig(await readKernelConfig(sources.readImageFile, kver));
 
-  const wanted = [...BASE_MODULES, ...(sources.nics ?? DEFAULT_NIC_MODULES)];
+  const wanted = [...new Set([...BASE_MODULES, ...(sources.nics ?? DEFAULT_NIC_MODULES)].map(canonicalModuleName))];
   const builtin = wanted.filter((name) => index.has(name) === 'builtin');
   const unavailable = wanted.filter((name) => index.has(name) === null);
   const refs: ModuleRef[] = index.closure(wanted);

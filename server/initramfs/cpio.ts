@@ -89,7 +89,7 @@ function encodeRecord(record: RawRecord): Buffer[] {
   // Header (110 bytes) + name + NUL is padded to a multiple of 4; the zero fill gives NUL and padding.
   const nameBlock = Buffer.alloc(namesize + pad4(HEADER_SIZE + namesize));
   record.name.copy(nameBlock);
-  const out = [Buffer.from(header, 'ascii'), nameBlock];
+  const out: Buffer[] = [Buffer.from(header, 'ascii'), nameBlock];
   if (record.data.length) out.push(record.data, Buffer.alloc(pad4(record.data.length)));
   return out;
 }

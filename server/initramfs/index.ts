@@ -5,6 +5,7 @@ import type { Logger } from '../log.ts';
 import { silentLogger } from '../log.ts';
 import { readSquashfsFile } from '../images/squashfs-reader.ts';
 import { buildInitrd, type InitrdBuild } from './build.ts';
+import { canonicalModuleName } from './modules.ts';
 
 export { buildInitrd, BASE_MODULES, DEFAULT_NIC_MODULES, BOOT_ASSETS_DIR } from './build.ts';
 export type { InitrdBuild, InitrdSources, InitrdCompression } from './build.ts';
@@ -56,7 +57,7 @@ export async function makeInitrd({ squashfs, kernelVersion, image, outDir, log =
     'initramfs built',
   );
   if (image.nics) {
-    const missing = image.nics.filter((name) => info.unavailable.includes(name));
+    const missing = image.nics.filter((name) => info.unavailable.includes(canonicalModuleName(name)));
     if (missing.length) log.warn({ image: image.name, missing }, 'configured NIC drivers not in this kernel');
   }
   return { ...info, path, size: data.length };

@@ -14,12 +14,14 @@ echo "NETBOOT-TEST-UP hostname=$(cat /etc/hostname) secret=$(stat -c %u:%g:%a /h
 export async function testLayerTar(hostname: string): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on('data', (chunk: Buffer) => chunks.push(chunk));
+  pack.on('data', (chunk: unknown) => {
+    chunks.push(chunk as Buffer);
+  });
   const done = new Promise<void>((resolve, reject) => {
     pack.on('end', resolve);
     pack.on('error', reject);
   });
-  const entry = (header: tar.Headers, body?: string) =>
+  const entry = (header: Partial<tar.Header> & { name: string }, body = '') =>
     new Promise<void>((resolve, reject) => pack.entry({ uid: 0, gid: 0, mtime: new Date(0), ...header }, body, (err) => (err ? reject(err) : resolve())));
   await entry({ name: 'etc/', type: 'directory', mode: 0o755 });
   await entry({ name: 'etc/hostname', mode: 0o644 }, `${hostname}\n`);

@@ -1,0 +1,140 @@
+import { execFile } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { gunzipSync, gzipSync } from 'node:zlib';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readSquashfsFile } from '../../server/images/squashfs-reader.ts';
+import { buildInitrd, DEFAULT_NIC_MODULES, BASE_MODULES } from '../../server/initramfs/build.ts';
+import { decompressModule, ModuleIndex, moduleRefFromPath } from '../../server/initramfs/modules.ts';
+import { debianKernelFixture, type KernelFixture } from './fixture.ts';
+
+const run = promisify(execFile);
+
+function pipe(cmd: string, args: string[], input: Buffer): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const child = execFile(cmd, args, { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout) => (err ? reject(err) : resolve(stdout)));
+    child.stdin?.end(input);
+  });
+}
+
+describe('module index on a real Debian kernel', () => {
+  let fixture: KernelFixture;
+  let index: ModuleIndex;
+  let depText: string;
+  beforeAll(async () => {
+    fixture = await debianKernelFixture();
+    const read = (path: string) => readSquashfsFile(fixture.squashfs, path);
+    index = await ModuleIndex.load(read, fixture.kernelVersion);
+    depText = (await read(`${index.dir}/modules.dep`)).toString();
+  }, 600_000);
+
+  it('finds the index under /usr/lib/modules and tells modules from built-ins', () => {
+    expect(index.dir).toBe(`/usr/lib/modules/${fixture.kernelVersion}`);
+    expect(index.has('virtio_net')).toBe('module');
+    expect(index.has('virtio-net')).toBe('module');
+    expect(index.has('af_packet')).toBe('builtin');
+    expect(index.has('no_such_driver')).toBeNull();
+  });
+
+  it('orders virtio_net after its dependencies, failover before net_failover', () => {
+    const names = index.closure(['virtio_net']).map((ref) => ref.name);
+    expect(names.at(-1)).toBe('virtio_net');
+    expect(new Set(names)).toEqual(new Set(['virtio', 'virtio_ring', 'failover', 'net_failover', 'virtio_net']));
+    expect(names.indexOf('failover')).toBeLessThan(names.indexOf('net_failover'));
+    expect(names.indexOf('virtio')).toBeLessThan(names.indexOf('virtio_ring'));
+  });
+
+  it('loads every module of the default set after all its modules.dep dependencies, each once, skipping built-ins', () => {
+    const refs = index.closure([...BASE_MODULES, ...DEFAULT_NIC_MODULES]);
+    const position = new Map(refs.map((ref, i) => [ref.path, i]));
+    expect(position.size).toBe(refs.length);
+    expect(refs.some((ref) => ref.name === 'af_packet')).toBe(false);
+    for (const line of depText.split('\n')) {
+      const [target, deps = ''] = line.split(':');
+      if (!target || !position.has(target)) continue;
+      for (const dep of deps.trim().split(/\s+/).filter(Boolean)) {
+        expect(position.get(dep), `${dep} before ${target}`).toBeLessThan(position.get(target)!);
+      }
+    }
+    expect(refs.map((ref) => ref.name)).toEqual(expect.arrayContaining(['mlx5_core', 'mlxfw', 'e1000e', 'ice', 'squashfs', 'overlay', 'loop', 'nbd']));
+  });
+
+  it('trims modules.dep and modules.alias to what is shipped', () => {
+    const refs = index.closure(['virtio_net']);
+    expect(index.trimmedDep(refs)).toContain('kernel/drivers/net/virtio_net.ko: kernel/drivers/net/net_failover.ko kernel/net/core/failover.ko');
+    const aliases = index.trimmedAlias(refs).trim().split('\n');
+    expect(aliases).toContain('alias virtio:d00000001v* virtio_net');
+    expect(aliases.every((line) => /^alias \S+ (virtio_net|net_failover|failover|virtio|virtio_ring)$/.test(line))).toBe(true);
+  });
+});
+
+describe('compressed modules', () => {
+  let fixture: KernelFixture;
+  let root: string;
+  let plain: Buffer;
+  const kver = '9.9.9-netboot-test';
+  beforeAll(async () => {
+    fixture = await debianKernelFixture();
+    plain = await readSquashfsFile(fixture.squashfs, `/usr/lib/modules/${fixture.kernelVersion}/kernel/drivers/net/virtio_net.ko`);
+    root = await mkdtemp(join(tmpdir(), 'netboot-modules-'));
+    // /lib/modules (not /usr/lib) so the fallback location is exercised too.
+    const dir = join(root, 'lib/modules', kver);
+    await mkdir(join(dir, 'kernel/a'), { recursive: true });
+    await writeFile(join(dir, 'kernel/a/x-xz.ko.xz'), await pipe('xz', ['-c', '--check=crc32'], plain));
+    await writeFile(join(dir, 'kernel/a/z-zst.ko.zst'), await pipe('zstd', ['-c', '-q'], plain));
+    await writeFile(join(dir, 'kernel/a/g_gz.ko.gz'), gzipSync(plain));
+    await writeFile(
+      join(dir, 'modules.dep'),
+      'kernel/a/x-xz.ko.xz: kernel/a/z-zst.ko.zst kernel/a/g_gz.ko.gz\nkernel/a/z-zst.ko.zst: kernel/a/g_gz.ko.gz\nkernel/a/g_gz.ko.gz:\n',
+    );
+    await writeFile(join(dir, 'modules.alias'), 'alias pci:v00001234d* x_xz\nalias usb:v9999* unrelated\n');
+    await writeFile(join(dir, 'modules.builtin'), 'kernel/net/packet/af_packet.ko\n');
+  }, 600_000);
+  afterAll(async () => {
+    if (root) await rm(root, { recursive: true, force: true });
+  });
+
+  it('recognises .ko.xz, .ko.zst, .ko.gz and names them with underscores', () => {
+    expect(moduleRefFromPath('kernel/a/x-xz.ko.xz')).toEqual({ name: 'x_xz', path: 'kernel/a/x-xz.ko.xz', compression: 'xz', shippedPath: 'kernel/a/x-xz.ko' });
+    expect(moduleRefFromPath('kernel/a/z.ko.zst')?.compression).toBe('zstd');
+    expect(moduleRefFromPath('kernel/a/README')).toBeNull();
+  });
+
+  it('decompresses each format back to the original ELF module', async () => {
+    const dir = join(root, 'lib/modules', kver, 'kernel/a');
+    expect((await decompressModule(await readFile(join(dir, 'x-xz.ko.xz')), 'xz')).equals(plain)).toBe(true);
+    expect((await decompressModule(await readFile(join(dir, 'z-zst.ko.zst')), 'zstd')).equals(plain)).toBe(true);
+    expect((await decompressModule(await readFile(join(dir, 'g_gz.ko.gz')), 'gzip')).equals(plain)).toBe(true);
+  });
+
+  it('ships them as plain .ko in the initramfs with modules.dep/alias renamed to match, reproducibly', async () => {
+    const readImageFile = (path: string) => readFile(join(root, path));
+    const build = () => buildInitrd({ readImageFile, kernelVersion: kver, nics: ['x-xz', 'af_packet', 'absent_nic'], compression: 'gzip' });
+    const first = await build();
+    expect(first.modules).toEqual(['g_gz', 'z_zst', 'x_xz']);
+    expect(first.builtin).toEqual(['af_packet']);
+    expect(first.unavailable).toEqual(expect.arrayContaining(['absent_nic', 'squashfs', 'overlay']));
+    expect((await build()).image.equals(first.image)).toBe(true);
+
+    const out = join(root, 'unpacked');
+    await mkdir(out);
+    await writeFile(join(root, 'initrd.cpio'), gunzipSync(first.image));
+    await run('sh', ['-c', `cd "$1" && cpio -id --quiet --no-absolute-filenames < "$2"`, 'sh', out, join(root, 'initrd.cpio')]);
+    const mods = join(out, 'lib/modules', kver);
+    for (const name of ['x-xz.ko', 'z-zst.ko', 'g_gz.ko']) expect((await readFile(join(mods, 'kernel/a', name))).equals(plain)).toBe(true);
+    expect(await readFile(join(mods, 'modules.dep'), 'utf8')).toBe(
+      'kernel/a/g_gz.ko:\nkernel/a/x-xz.ko: kernel/a/z-zst.ko kernel/a/g_gz.ko\nkernel/a/z-zst.ko: kernel/a/g_gz.ko\n',
+    );
+    expect(await readFile(join(mods, 'modules.alias'), 'utf8')).toBe('alias pci:v00001234d* x_xz\n');
+
+    // The rest of the initramfs: busybox with applets, /init and its helpers, /dev/console.
+    const { stdout } = await run('bsdtar', ['-tvf', join(root, 'initrd.cpio')]);
+    expect(stdout).toMatch(/^crw------- .* 5, ?1 .* dev\/console$/m);
+    expect(stdout).toMatch(/^lrwxrwxrwx .* bin\/udhcpc -> busybox$/m);
+    expect(stdout).toMatch(/^-rwxr-xr-x .* init$/m);
+    expect(stdout).toMatch(/^-rwxr-xr-x .* lib\/netboot\/udhcpc.script$/m);
+    expect(stdout).toMatch(/^-rw-r--r-- .* lib\/netboot\/common.sh$/m);
+  });
+});
