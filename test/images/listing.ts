@@ -22,7 +22,9 @@ export async function tarListing(stream: Readable | NodeJS.ReadableStream, optio
     extract.on('entry', (header, body, next) => {
       const path = norm(header.name);
       const hash = createHash('sha256');
-      body.on('data', (d: Buffer) => hash.update(d));
+      body.on('data', (d: unknown) => {
+        hash.update(d as Buffer);
+      });
       body.on('end', () => {
         if (path !== '') {
           const xattrs = Object.entries(header.pax ?? {})
