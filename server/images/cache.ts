@@ -19,6 +19,11 @@ export const PIPELINE_VERSION = 1;
 export type Artifact = 'vmlinuz' | 'rootfs.squashfs' | 'manifest.json' | 'initrd.img' | 'image-initrd.img' | 'config';
 const ARTIFACTS: readonly Artifact[] = ['vmlinuz', 'rootfs.squashfs', 'initrd.img', 'image-initrd.img', 'config'];
 
+/** For callers holding a name from a URL. */
+export function isArtifact(name: string): name is Artifact {
+  return name === 'manifest.json' || (ARTIFACTS as readonly string[]).includes(name);
+}
+
 export type BuildPhase = 'resolve' | 'pull' | 'squashfs' | 'check' | 'initrd' | 'done';
 
 export interface BuildProgress {
@@ -110,8 +115,10 @@ export class ImageCache {
     this.log = options.log;
   }
 
+  /** Path of an artifact (it may not exist: initrd.img, image-initrd.img, config are optional). Throws on a malformed id or name. */
   artifactPath(id: string, artifact: Artifact): string {
     if (!ID_PATTERN.test(id)) throw new Error(`invalid image id ${JSON.stringify(id)}`);
+    if (!isArtifact(artifact)) throw new Error(`invalid artifact ${JSON.stringify(artifact)}`);
     return join(this.imagesDir, id, artifact);
   }
 

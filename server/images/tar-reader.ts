@@ -111,11 +111,16 @@ export function padded(size: number): number {
   return Math.ceil(size / 512) * 512;
 }
 
+/** Canonical relative path: no `.`/empty components, `..` resolved lexically and never above the root. */
 export function normalisePath(path: string): string {
-  let p = path;
-  while (p.startsWith('./')) p = p.slice(2);
-  p = p.replace(/^\/+/, '').replace(/\/+$/, '');
-  return p === '.' ? '' : p;
+  if (!/(^|\/)\.{0,2}(\/|$)|^\//.test(path)) return path; // already canonical (the common case)
+  const parts: string[] = [];
+  for (const part of path.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part === '..') parts.pop();
+    else parts.push(part);
+  }
+  return parts.join('/');
 }
 
 function cstring(block: Buffer, start: number, length: number): string {

@@ -137,6 +137,32 @@ describe('oci-archive: a synthetic multi-layer OCI image', () => {
     expect(built.manifest.artifacts['initrd.img']?.size).toBe(6);
   });
 
+  it('an interrupted build leaves no temp dir behind and publishes nothing', async () => {
+    const fresh = new ImageCache({ cacheDir: join(work, 'cache-abort'), log: silentLogger });
+    const controller = new AbortController();
+    await expect(
+      fresh.build(image('aborted', `oci-archive:${archive}`), {
+        signal: controller.signal,
+        onProgress: (p) => p.phase === 'squashfs' && controller.abort(new Error('stopped by test')),
+      }),
+    ).rejects.toThrow(/stopped by test/);
+    expect(await readdir(join(work, 'cache-abort', 'images'))).toEqual([]);
+    expect(await fresh.currentId('aborted')).toBeNull();
+  });
+
+  it('gc removes ids nothing references, keeping current ones and the last N', async () => {
+    const fresh = new ImageCache({ cacheDir: join(work, 'cache-gc'), log: silentLogger });
+    const a = await fresh.build(image('a', `oci-archive:${archive}`, { compression: 'lz4' }));
+    const b = await fresh.build(image('a', `oci-archive:${archive}`, { compression: 'gzip' })); // a's current is now b
+    const c = await fresh.build(image('c', `oci-archive:${archive}`, { kernel: '6.1.0-test', compression: 'lz4' }));
+    expect(new Set([a.id, b.id, c.id]).size).toBe(3);
+    expect(await fresh.gc(new Set(), 0)).toEqual([a.id]); // b and c are current ids of names
+    expect((await fresh.list()).map((x) => x.id).sort()).toEqual([b.id, c.id].sort());
+    await rm(join(work, 'cache-gc', 'images', 'c.current'));
+    expect(await fresh.gc(new Set([c.id]), 0)).toEqual([]);
+    expect(await fresh.gc(new Set(), 0)).toEqual([c.id]);
+  });
+
   describe('bad inputs fail clearly and leave the cache untouched', () => {
     let before: Record<string, string>;
     beforeAll(async () => {

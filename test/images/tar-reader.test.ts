@@ -1,0 +1,158 @@
+import { execFile } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { describe, expect, it } from 'vitest';
+import { flattenLayers, type Layer } from '../../server/images/flatten.ts';
+import { compareVersions, moduleNames, RootInspector } from '../../server/images/inspect.ts';
+import { encodeHeader, END_OF_ARCHIVE, entryData, normalisePath, padded, readTar, type TarHeader } from '../../server/images/tar-reader.ts';
+
+const run = promisify(execFile);
+
+function header(path: string, extra: Partial<TarHeader> = {}): Omit<TarHeader, 'typeflag'> {
+  return { path, type: 'file', size: 0, mode: 0o644, uid: 0, gid: 0, mtime: 1700000000, linkname: '', devmajor: 0, devminor: 0, pax: {}, ...extra };
+}
+
+function tarOf(entries: { h: Omit<TarHeader, 'typeflag'>; data?: string }[]): Buffer {
+  const parts: Buffer[] = [];
+  for (const { h, data = '' } of entries) {
+    const body = Buffer.from(data);
+    parts.push(encodeHeader({ ...h, size: body.length }), body, Buffer.alloc(padded(body.length) - body.length));
+  }
+  parts.push(END_OF_ARCHIVE);
+  return Buffer.concat(parts);
+}
+
+async function* chunked(buf: Buffer, size: number): AsyncGenerator<Buffer> {
+  for (let i = 0; i < buf.length; i += size) yield buf.subarray(i, i + size);
+}
+
+describe('tar reader', () => {
+  it('round-trips long names, long link targets and binary xattrs that GNU tar reads back', async () => {
+    const long = `${'d'.repeat(120)}/${'f'.repeat(90)}`;
+    const cap = Buffer.from([1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0xff, 0x80, 0, 0, 0, 0, 0, 0]);
+    const tar = tarOf([
+      { h: header(long, { mode: 0o4755, uid: 1000, gid: 100, pax: { 'SCHILY.xattr.security.capability': cap.toString('latin1') } }), data: 'hello' },
+      { h: header('link', { type: 'symlink', linkname: `/${'t'.repeat(150)}` }) },
+      { h: header('dev/null', { type: 'char', devmajor: 1, devminor: 3 }) },
+    ]);
+    // Chunks of 7 bytes: headers and data straddle chunk boundaries everywhere.
+    const seen: { header: TarHeader; data: string }[] = [];
+    for await (const entry of readTar(chunked(tar, 7))) {
+      const parts: Buffer[] = [];
+      for await (const c of entryData(entry)) parts.push(c);
+      seen.push({ header: entry.header, data: Buffer.concat(parts).toString() });
+    }
+    expect(seen.map((s) => [s.header.path, s.header.type, s.data])).toEqual([
+      [long, 'file', 'hello'],
+      ['link', 'symlink', ''],
+      ['dev/null', 'char', ''],
+    ]);
+    expect(seen[0]!.header).toMatchObject({ mode: 0o4755, uid: 1000, gid: 100, size: 5 });
+    expect(Buffer.from(seen[0]!.header.pax['SCHILY.xattr.security.capability']!, 'latin1')).toEqual(cap);
+    expect(seen[1]!.header.linkname).toBe(`/${'t'.repeat(150)}`);
+    expect(seen[2]!.header).toMatchObject({ devmajor: 1, devminor: 3 });
+
+    const dir = await mkdtemp(join(tmpdir(), 'netboot-tar-'));
+    try {
+      await writeFile(join(dir, 'x.tar'), tar);
+      const { stdout } = await run('tar', ['-tvf', join(dir, 'x.tar')]);
+      expect(stdout).toContain(long);
+      expect(stdout).toContain(`link -> /${'t'.repeat(150)}`);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads what GNU tar writes (GNU long names, ./ prefixes) and rejects a cut archive', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'netboot-tar-'));
+    try {
+      const deep = join(dir, 'root', 'a'.repeat(80), 'b'.repeat(80));
+      await mkdir(deep, { recursive: true });
+      await writeFile(join(deep, 'file'), 'x'.repeat(3000));
+      await run('tar', ['--format=gnu', '-C', join(dir, 'root'), '-cf', join(dir, 'g.tar'), '.']);
+      const tar = await readFile(join(dir, 'g.tar'));
+      const paths: string[] = [];
+      for await (const entry of readTar(chunked(tar, 4096))) paths.push(entry.header.path);
+      expect(paths).toEqual(['', 'a'.repeat(80), `${'a'.repeat(80)}/${'b'.repeat(80)}`, `${'a'.repeat(80)}/${'b'.repeat(80)}/file`]);
+      const cut = tar.subarray(0, 2048 + 700);
+      await expect(async () => {
+        for await (const entry of readTar(chunked(cut, 512))) for await (const _ of entry.body()) void _;
+      }).rejects.toThrow(/truncated tar archive/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('normalises paths without letting them climb above the root', () => {
+    expect(normalisePath('./etc/passwd')).toBe('etc/passwd');
+    expect(normalisePath('/usr//lib/')).toBe('usr/lib');
+    expect(normalisePath('../../etc/shadow')).toBe('etc/shadow');
+    expect(normalisePath('a/../../b')).toBe('b');
+    expect(normalisePath('./')).toBe('');
+  });
+});
+
+describe('layer flattening', () => {
+  const layer = (name: string, tar: Buffer): Layer => ({ name, open: async () => chunked(tar, 1000) });
+
+  it('whiteouts in a layer hide lower entries but not the layer\'s own; a file replacing a directory hides its children', async () => {
+    const bottom = tarOf([
+      { h: header('d', { type: 'dir', mode: 0o755 }) },
+      { h: header('d/a'), data: 'a' },
+      { h: header('d/b'), data: 'b' },
+      { h: header('e', { type: 'dir' }) },
+      { h: header('e/child'), data: 'c' },
+    ]);
+    const top = tarOf([
+      { h: header('d/.wh.a') },
+      { h: header('d/c'), data: 'new' },
+      { h: header('e'), data: 'file now' },
+    ]);
+    const out: string[] = [];
+    for await (const entry of flattenLayers([layer('bottom', bottom), layer('top', top)])) {
+      const parts: Buffer[] = [];
+      for await (const c of entryData(entry)) parts.push(c);
+      out.push(`${entry.header.path}=${Buffer.concat(parts).toString()}`);
+    }
+    expect(out.sort()).toEqual(['d/b=b', 'd/c=new', 'd=', 'e=file now']);
+  });
+});
+
+describe('kernel inspection helpers', () => {
+  it('orders kernel versions naturally', () => {
+    expect(['6.1.0-9-amd64', '6.1.0-10-amd64', '5.10.0-30-amd64', '6.10.0-1'].sort((a, b) => compareVersions(b, a))).toEqual([
+      '6.10.0-1',
+      '6.1.0-10-amd64',
+      '6.1.0-9-amd64',
+      '5.10.0-30-amd64',
+    ]);
+  });
+
+  it('reads module names from modules.dep and modules.builtin, compressed or not', () => {
+    const names = moduleNames(
+      Buffer.from('kernel/drivers/net/virtio_net.ko.zst: kernel/drivers/net/net_failover.ko.zst\nkernel/drivers/net/net_failover.ko.zst:\nkernel/fs/overlayfs/overlay.ko.xz:\n'),
+      Buffer.from('kernel/fs/squashfs/squashfs.ko\nkernel/drivers/net/e1000e/e1000e.ko\n'),
+    );
+    expect([...names].sort()).toEqual(['e1000e', 'net_failover', 'overlay', 'squashfs', 'virtio_net']);
+  });
+
+  it('follows symlinks in every path component when looking for init', () => {
+    const inspector = new RootInspector();
+    const h = (path: string, type: TarHeader['type'], linkname = '') => ({ ...header(path, { type, linkname }), typeflag: '0' });
+    inspector.observe(h('usr', 'dir'));
+    inspector.observe(h('usr/lib', 'dir'));
+    inspector.observe(h('usr/lib/systemd', 'dir'));
+    inspector.observe(h('usr/lib/systemd/systemd', 'file'));
+    inspector.observe(h('lib', 'symlink', 'usr/lib'));
+    inspector.observe(h('sbin', 'symlink', 'usr/sbin'));
+    inspector.observe(h('usr/sbin', 'dir'));
+    inspector.observe(h('usr/sbin/init', 'symlink', '../lib/systemd/systemd'));
+    inspector.observe(h('usr/sbin/loop', 'symlink', 'loop'));
+    expect(inspector.resolve('/sbin/init')?.path).toBe('usr/lib/systemd/systemd');
+    expect(inspector.resolve('/lib/systemd/systemd')?.path).toBe('usr/lib/systemd/systemd');
+    expect(inspector.resolve('/sbin/loop')).toBeNull();
+    expect(inspector.resolve('/sbin/missing')).toBeNull();
+  });
+});
