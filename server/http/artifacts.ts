@@ -79,8 +79,11 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
 
       const began = ctx.now();
       const stream = createReadStream(path, { start, end, highWaterMark: CHUNK });
+      let complete = false;
+      reply.raw.once('finish', () => {
+        complete = true;
+      });
       reply.raw.once('close', () => {
-        const complete = reply.raw.writableFinished;
         const bytes = complete ? length : Math.min(stream.bytesRead, length);
         ctx.metrics.served(artifact, bytes);
         if (mac && phase && range.kind === 'none') {

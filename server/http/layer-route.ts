@@ -80,8 +80,7 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
 
       reply.type('application/x-tar').header('ETag', layer.etag).header('Cache-Control', signed ? 'no-store' : 'no-cache');
       if (!signed && etagMatches(request.headers['if-none-match'], layer.etag)) return reply.code(304).send();
-      reply.raw.once('close', () => {
-        if (!reply.raw.writableFinished) return;
+      reply.raw.once('finish', () => {
         ctx.metrics.served('layer', layer.tar.length);
         if (signed) ctx.timeline.record(mac, 'layer', { source: 'http', bytes: layer.tar.length, durationMs: ctx.now() - began, imageId: imageId! });
       });
