@@ -144,6 +144,22 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
       expect(events.map((e) => e.phase)).toEqual(['init', 'net', 'layer', 'failed']);
     }, BOOT_TIMEOUT + 10_000);
 
+    it('netboot.debug opens a shell on the console instead of rebooting', async () => {
+      const result = await lab.boot({
+        kernel: fixture.vmlinuz,
+        initrd,
+        nic: 'virtio-net-pci',
+        mac: FAIL_MAC,
+        append: cmdline(`netboot.mac=${FAIL_MAC} netboot.image=missing netboot.debug`),
+        type: [{ when: /starting a shell on the console/, text: 'echo DEBUG-SHELL-$((6*7)) $(cat /proc/1/comm); reboot -f\n' }],
+        timeoutMs: BOOT_TIMEOUT,
+      });
+      expect(result.exitCode, result.console.slice(-3000)).toBe(0);
+      expect(failedLine(result.console)).toHaveLength(1);
+      expect(result.console).not.toMatch(/rebooting in/);
+      expect(result.console).toMatch(/DEBUG-SHELL-42 init/);
+    }, BOOT_TIMEOUT + 10_000);
+
     it('server unreachable: fails at the layer step naming the URL (no events can arrive)', async () => {
       const absent = `http://${lab.segment.subnet}.2:8080`;
       const before = lab.events.length;

@@ -42,11 +42,12 @@ const EXCLUDES = [
 ];
 
 /**
- * A Debian bookworm minbase with linux-image-amd64 (apt ran depmod): its kernel, its
- * version, and its root as a zstd squashfs. Stands in for the image pipeline's output.
+ * A Debian bookworm minbase with linux-image-amd64 (apt ran depmod) and `extraPackages`
+ * (e.g. systemd-sysv): its kernel, its version, and its root as a zstd squashfs. Stands in
+ * for the image pipeline's output.
  */
-export async function debianKernelFixture(): Promise<KernelFixture> {
-  const tarball = await debianTarball({ include: ['linux-image-amd64'] });
+export async function debianKernelFixture(extraPackages: string[] = []): Promise<KernelFixture> {
+  const tarball = await debianTarball({ include: ['linux-image-amd64', ...extraPackages] });
   const dir = await cachedFixture(`initramfs-kernel-${recipeKey('initramfs-kernel', 1, tarball, EXCLUDES)}`, async (out) => {
     await mkdir(out, { recursive: true });
     const { stdout } = await run('tar', ['-tf', tarball], { maxBuffer: 256 << 20 });

@@ -33,6 +33,8 @@ export interface VmOptions {
   memoryMb?: number;
   /** Resolves the boot when this text appears on the console (else waits for QEMU to exit). */
   until?: RegExp;
+  /** Typed on the serial console, each once, when its `when` first appears in the output. */
+  type?: { when: RegExp; text: string }[];
   timeoutMs?: number;
 }
 
@@ -117,13 +119,15 @@ export async function createBootLab(routes: Record<string, { file: string; trunc
         '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`,
         '-device', `${options.nic},netdev=n0,mac=${options.mac},romfile=`,
       ];
-      const qemu = segment.spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const qemu = segment.spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
       let output = '';
+      const pending = [...(options.type ?? [])];
       try {
         return await new Promise<VmResult>((resolve) => {
           const timer = setTimeout(() => resolve({ console: output, exitCode: null, matched: false }), options.timeoutMs ?? 150_000);
           const onData = (d: Buffer) => {
             output += d.toString('utf8');
+            while (pending[0] && pending[0].when.test(output)) qemu.stdin?.write(pending.shift()!.text);
             if (options.until && options.until.test(output)) {
               clearTimeout(timer);
               resolve({ console: output, exitCode: null, matched: true });
