@@ -1,0 +1,138 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { addImage } from '../http/fixtures.ts';
+import { baseYaml, harness, MAC, MAC_HYP, type Harness } from '../http/setup.ts';
+import { parsePrometheusText, sampleValue } from './prom-parse.ts';
+
+let h: Harness;
+afterEach(async () => h?.close());
+
+const TOKEN = 'a-very-secret-token-123';
+const post = (url: string, payload: unknown, headers: Record<string, string> = {}) =>
+  h.app.inject({ method: 'POST', url, payload: payload as string, headers: { 'content-type': 'application/json', ...headers } });
+
+describe('boot events API', () => {
+  it('a sequence of events from /init builds the expected timeline and state', async () => {
+    h = await harness();
+    const image = addImage(h.store, 'demo');
+    await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`);
+    await h.app.inject(`/images/${image.id}/vmlinuz?mac=${MAC_HYP}`);
+    await h.app.inject(`/images/${image.id}/initrd.img?mac=${MAC_HYP}`);
+    for (const [phase, t] of [['init', 3], ['net', 3.5], ['layer', 4], ['rootfs', 6], ['switch_root', 6.2]] as const) {
+      const res = await post(`/api/machines/${MAC_HYP}/events`, { phase, t });
+      expect(res.statusCode).toBe(202);
+    }
+    expect((await h.app.inject(`/api/machines/${MAC_HYP}`)).json().state).toBe('booting');
+    expect((await post(`/api/machines/${MAC}/events`, { phase: 'up', t: 9, detail: 'multi-user.target' })).statusCode).toBe(202);
+
+    const one = (await h.app.inject(`/api/machines/${MAC_HYP}`)).json();
+    expect(one).toMatchObject({ mac: MAC, hostname: 'demo1', known: true, image: 'demo', imageId: image.id, state: 'up' });
+    expect(one.lastBoot.phases.map((p: { phase: string; source: string }) => `${p.source}:${p.phase}`)).toEqual([
+      'http:script', 'http:kernel', 'http:initrd', 'init:init', 'init:net', 'init:layer', 'init:rootfs', 'init:switch_root', 'init:up',
+    ]);
+    expect(one.lastBoot.phases[1].bytes).toBe(image.files.vmlinuz!.length);
+    expect(one.boots).toHaveLength(1);
+
+    const all = (await h.app.inject('/api/machines')).json().machines;
+    expect(all.map((m: { mac: string; state: string }) => [m.mac, m.state])).toEqual([[MAC, 'up']]);
+  });
+
+  it('unseen machines are "never"; unknown-and-unseen MACs are 404', async () => {
+    h = await harness(baseYaml({ machines: '  52:54:00:00:00:02:\n    hostname: idle' }));
+    const all = (await h.app.inject('/api/machines')).json().machines;
+    expect(all.map((m: { hostname: string; state: string }) => [m.hostname, m.state])).toEqual([['idle', 'never'], ['demo1', 'never']]);
+    expect((await h.app.inject('/api/machines/52-54-00-99-99-99')).statusCode).toBe(404);
+    expect((await h.app.inject('/api/machines/bogus')).statusCode).toBe(400);
+  });
+
+  it('malformed events get 400 and change nothing', async () => {
+    h = await harness();
+    const bad: [unknown, string?][] = [
+      [{ phase: 'bogus', t: 1 }],
+      [{ phase: 'up' }],
+      [{ phase: 'up', t: -1 }],
+      [{ phase: 'up', t: 'soon' }],
+      [{ phase: 'up', t: 1, extra: true }],
+      [{ phase: 'up', t: 1, detail: 'x'.repeat(5000) }],
+      ['{"phase": "up", "t":', 'truncated JSON'],
+      [[1, 2, 3]],
+      ['null'],
+    ];
+    for (const [body] of bad) {
+      const res = await post(`/api/machines/${MAC_HYP}/events`, body);
+      expect(res.statusCode, JSON.stringify(body)).toBe(400);
+    }
+    expect((await h.app.inject({ method: 'POST', url: `/api/machines/${MAC_HYP}/events`, payload: 'phase=up', headers: { 'content-type': 'text/plain' } })).statusCode).toBe(400);
+    expect((await post('/api/machines/zz/events', { phase: 'up', t: 1 })).statusCode).toBe(400);
+    expect((await post(`/api/machines/${MAC_HYP}/events`, { phase: 'up', t: 1, detail: 'y'.repeat(20_000) })).statusCode).toBe(413);
+    expect(h.timeline.state(MAC)).toBe('never');
+    expect((await h.app.inject('/healthz')).json()).toEqual({ ok: true });
+  });
+});
+
+describe('images API and rebuild', () => {
+  it('lists configured images with current id, digest, sizes, state', async () => {
+    h = await harness(baseYaml({ images: '  other:\n    source: docker:other:1' }));
+    const image = addImage(h.store, 'demo');
+    const body = (await h.app.inject('/api/images')).json();
+    expect(body.images).toEqual([
+      expect.objectContaining({ name: 'demo', currentId: image.id, state: 'ready', digest: `sha256:${'ab'.repeat(32)}` }),
+      expect.objectContaining({ name: 'other', currentId: null, state: 'not-built' }),
+    ]);
+    expect(body.images[0].artifacts.vmlinuz.size).toBe(image.files.vmlinuz!.length);
+    expect(body.builds.map((b: { id: string }) => b.id)).toEqual([image.id]);
+  });
+
+  it('rebuild: 404 when no token is configured', async () => {
+    const calls: string[] = [];
+    h = await harness(baseYaml(), {}, { rebuild: (name: string) => calls.push(name) });
+    expect((await post('/api/images/demo/rebuild', {}, { authorization: `Bearer ${TOKEN}` })).statusCode).toBe(404);
+    expect(calls).toEqual([]);
+  });
+
+  it('rebuild: 401 without a token, 403 with a wrong one, 202 and a call with the right one', async () => {
+    const calls: string[] = [];
+    h = await harness(baseYaml({ server: `  apiToken: ${TOKEN}` }), {}, { rebuild: (name: string) => calls.push(name) });
+    expect((await post('/api/images/demo/rebuild', {})).statusCode).toBe(401);
+    expect((await post('/api/images/demo/rebuild', {}, { authorization: 'Bearer wrong-token-wrong-token' })).statusCode).toBe(403);
+    expect((await post('/api/images/nope/rebuild', {}, { authorization: `Bearer ${TOKEN}` })).statusCode).toBe(404);
+    expect(calls).toEqual([]);
+    const ok = await post('/api/images/demo/rebuild', {}, { authorization: `Bearer ${TOKEN}` });
+    expect(ok.statusCode).toBe(202);
+    await new Promise((resolve) => setImmediate(resolve));
+    expect(calls).toEqual(['demo']);
+  });
+});
+
+describe('/metrics', () => {
+  it('parses strictly and carries boots, phases, durations, bytes, DHCP/TFTP and build metrics', async () => {
+    h = await harness();
+    const image = addImage(h.store, 'demo');
+    await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`);
+    await h.app.inject(`/images/${image.id}/vmlinuz?mac=${MAC_HYP}`);
+    await post(`/api/machines/${MAC_HYP}/events`, { phase: 'init', t: 2 });
+    await post(`/api/machines/${MAC_HYP}/events`, { phase: 'failed', t: 4, detail: 'no "rootfs"\nline two' });
+    h.metrics.dhcpPacket('DISCOVER', 'in');
+    h.metrics.dhcpPacket('OFFER', 'out');
+    h.metrics.tftpTransfer('complete', 174_000);
+    h.metrics.imageBuilt('demo', 42, 'ok');
+
+    const res = await h.app.inject('/metrics');
+    expect(res.statusCode).toBe(200);
+    expect(res.headers['content-type']).toMatch(/^text\/plain; version=0.0.4/);
+    const families = parsePrometheusText(res.body);
+    expect(families.get('netboot_boots_total')?.type).toBe('counter');
+    expect(families.get('netboot_phase_duration_seconds')?.type).toBe('histogram');
+    expect(sampleValue(families, 'netboot_boots_total', { outcome: 'started' })).toBe(1);
+    expect(sampleValue(families, 'netboot_boots_total', { outcome: 'failed' })).toBe(1);
+    expect(sampleValue(families, 'netboot_boot_phases_total', { phase: 'script', source: 'http' })).toBe(1);
+    expect(sampleValue(families, 'netboot_boot_phases_total', { phase: 'failed', source: 'init' })).toBe(1);
+    expect(sampleValue(families, 'netboot_phase_duration_seconds_count', { phase: 'failed' })).toBe(1);
+    expect(sampleValue(families, 'netboot_phase_duration_seconds_sum', { phase: 'failed' })).toBe(2);
+    expect(sampleValue(families, 'netboot_http_bytes_total', { artifact: 'vmlinuz' })).toBe(image.files.vmlinuz!.length);
+    expect(sampleValue(families, 'netboot_dhcp_packets_total', { type: 'OFFER', direction: 'out' })).toBe(1);
+    expect(sampleValue(families, 'netboot_tftp_bytes_total')).toBe(174_000);
+    expect(sampleValue(families, 'netboot_image_build_seconds_count', { image: 'demo', outcome: 'ok' })).toBe(1);
+    expect(() => parsePrometheusText('netboot_x 1\n')).toThrow(/without a TYPE/);
+    expect(() => parsePrometheusText('# TYPE a counter\na{l="x} 1\n')).toThrow(/bad/);
+  });
+});
