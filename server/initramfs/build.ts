@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -139,6 +140,25 @@ async function compress(data: Buffer, compression: InitrdCompression): Promise<B
     });
     child.stdin?.end(data);
   });
+}
+
+/** Bumped when the builder's output changes for the same inputs (layout, compression level). */
+export const INITRD_BUILDER_VERSION = 1;
+
+/**
+ * A digest of everything besides the image that goes into an initrd: builder version,
+ * module lists, busybox, /init and its helpers. Pass it as the image pipeline's
+ * `extraInputs` so an edited /init gives new image ids instead of stale cached initrds.
+ */
+export async function initrdBuilderFingerprint(busybox = '/bin/busybox', assetsDir = BOOT_ASSETS_DIR): Promise<string> {
+  const hash = createHash('sha256');
+  hash.update(JSON.stringify({ INITRD_BUILDER_VERSION, BASE_MODULES, DEFAULT_NIC_MODULES }));
+  hash.update(await readFile(busybox));
+  for (const entry of (await assetEntries(assetsDir)).sort((a, b) => (a.path < b.path ? -1 : 1))) {
+    if (entry.type !== 'file') continue;
+    hash.update(`\0${entry.path}\0${entry.mode ?? 0}\0${entry.data.length}\0`).update(entry.data);
+  }
+  return hash.digest('hex').slice(0, 16);
 }
 
 /** Builds the compressed initramfs from an image's kernel modules, busybox and boot-assets. */

@@ -7,7 +7,7 @@ import { readSquashfsFile } from '../images/squashfs-reader.ts';
 import { buildInitrd, type InitrdBuild } from './build.ts';
 import { canonicalModuleName } from './modules.ts';
 
-export { buildInitrd, BASE_MODULES, DEFAULT_NIC_MODULES, BOOT_ASSETS_DIR } from './build.ts';
+export { buildInitrd, initrdBuilderFingerprint, INITRD_BUILDER_VERSION, BASE_MODULES, DEFAULT_NIC_MODULES, BOOT_ASSETS_DIR } from './build.ts';
 export type { InitrdBuild, InitrdSources, InitrdCompression } from './build.ts';
 export { ModuleIndex, decompressModule, moduleRefFromPath, canonicalModuleName } from './modules.ts';
 export type { ModuleRef, ModuleCompression, ModuleAlias } from './modules.ts';

@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { gunzipSync, gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readSquashfsFile } from '../../server/images/squashfs-reader.ts';
-import { buildInitrd, DEFAULT_NIC_MODULES, BASE_MODULES } from '../../server/initramfs/build.ts';
+import { BASE_MODULES, BOOT_ASSETS_DIR, buildInitrd, DEFAULT_NIC_MODULES, initrdBuilderFingerprint } from '../../server/initramfs/build.ts';
 import { decompressModule, ModuleIndex, moduleRefFromPath } from '../../server/initramfs/modules.ts';
 import { debianKernelFixture, type KernelFixture } from './fixture.ts';
 
@@ -136,5 +136,21 @@ describe('compressed modules', () => {
     expect(stdout).toMatch(/^-rwxr-xr-x .* init$/m);
     expect(stdout).toMatch(/^-rwxr-xr-x .* lib\/netboot\/udhcpc.script$/m);
     expect(stdout).toMatch(/^-rw-r--r-- .* lib\/netboot\/common.sh$/m);
+  });
+});
+
+describe('initrd builder fingerprint', () => {
+  it('is stable, and changes when /init changes', async () => {
+    const copy = await mkdtemp(join(tmpdir(), 'netboot-assets-'));
+    try {
+      await run('cp', ['-a', `${BOOT_ASSETS_DIR}/.`, copy]);
+      const first = await initrdBuilderFingerprint('/bin/busybox', copy);
+      expect(await initrdBuilderFingerprint('/bin/busybox', copy)).toBe(first);
+      expect(await initrdBuilderFingerprint()).toBe(first);
+      await writeFile(join(copy, 'init'), (await readFile(join(copy, 'init'), 'utf8')) + '# edited\n');
+      expect(await initrdBuilderFingerprint('/bin/busybox', copy)).not.toBe(first);
+    } finally {
+      await rm(copy, { recursive: true, force: true });
+    }
   });
 });
