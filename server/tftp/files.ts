@@ -137,3 +137,16 @@ export function mountSources(mounts: Record<string, TftpFileSource>): TftpFileSo
 export async function isRegularFile(path: string): Promise<boolean> {
   return stat(path).then((s) => s.isFile(), () => false);
 }
+
+/** Restricts a source to the listed names, e.g. only the iPXE binaries out of /usr/lib/ipxe. */
+export function onlyFiles(source: TftpFileSource, names: readonly string[]): TftpFileSource {
+  const allowed = new Set(names);
+  return async (path, client) => (allowed.has(path) ? source(path, client) : null);
+}
+
+/** The iPXE binaries PXE firmware asks for, served from Debian's `ipxe` package directory. */
+export const IPXE_BINARIES = ['undionly.kpxe', 'undionly.kkpxe', 'ipxe.pxe', 'ipxe.efi', 'snponly.efi'] as const;
+
+export function ipxeSource(dir = '/usr/lib/ipxe'): TftpFileSource {
+  return onlyFiles(dirSource(dir), IPXE_BINARIES);
+}

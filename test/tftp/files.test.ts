@@ -2,7 +2,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bufferFile, dirSource, generatedSource, memorySource, mountSources, normaliseTftpPath, type TftpFileSource } from '../../server/tftp/files.ts';
+import { bufferFile, dirSource, generatedSource, ipxeSource, memorySource, mountSources, normaliseTftpPath, onlyFiles, type TftpFileSource } from '../../server/tftp/files.ts';
 
 const client = { address: '127.0.0.1', port: 1234 };
 
@@ -84,6 +84,17 @@ describe('sources', () => {
     expect(await contentOf(source, 'images/')).toBeNull();
     expect(await contentOf(source, 'sub/file')).toBeNull(); // the root mount is memory only
     expect(seen).toEqual(['aa/boot.ipxe@127.0.0.1', 'aa/other@127.0.0.1']);
+  });
+
+  it('onlyFiles and ipxeSource serve the listed names only', async () => {
+    const limited = onlyFiles(dirSource(root), ['in-link']);
+    expect(await contentOf(limited, 'in-link')).toBe('inside');
+    expect(await contentOf(limited, 'sub/file')).toBeNull();
+    const ipxe = ipxeSource('/usr/lib/ipxe');
+    const efi = await ipxe('snponly.efi', client);
+    expect(efi?.size).toBeGreaterThan(10_000); // Debian's ipxe package is a declared host dependency
+    await efi?.close();
+    expect(await ipxe('ipxe.iso', client)).toBeNull();
   });
 
   it('bufferFile slices without copying past the end', async () => {

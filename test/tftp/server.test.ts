@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { TftpPacket } from '../../server/tftp/codec.ts';
 import { dirSource, generatedSource, mountSources } from '../../server/tftp/files.ts';
@@ -13,6 +14,7 @@ let out: string;
 let server: TftpServer;
 let port: number;
 const events: TransferEvent[] = [];
+const logLines: { level: number; msg: string; client?: { port: number } }[] = [];
 const small = randomBytes(100_000);
 // More than 65535 blocks at 512 bytes: the block number must roll over.
 const big = randomBytes(512 * 65536 + 777);
@@ -52,6 +54,7 @@ beforeAll(async () => {
     maxTransfers: 4,
     limits: { timeoutMs: 300, maxRetries: 3 },
     onTransfer: (e) => events.push(e),
+    log: pino({ level: 'debug' }, { write: (line: string) => void logLines.push(JSON.parse(line)) }),
   });
   port = (await server.start()).port;
 });
@@ -199,6 +202,10 @@ describe('protocol rules', () => {
       expect(r?.packet).toEqual({ op: 'OACK', options: [{ name: 'tsize', value: String(small.length) }, { name: 'blksize', value: '1468' }] });
       await peer.send({ op: 'ERROR', code: 8, message: 'User aborted download' }, r!.from.port);
       expect(await waitForEvent(peer.port)).toMatchObject({ outcome: 'probe', path: 'small.bin', bytes: 0 });
+      // Logged at debug (20), nothing at warn or above for this client.
+      const mine = logLines.filter((l) => l.client?.port === peer.port);
+      expect(mine.some((l) => l.level === 20 && /probe/.test(l.msg))).toBe(true);
+      expect(mine.filter((l) => l.level >= 40)).toEqual([]);
     } finally {
       peer.close();
     }
