@@ -90,7 +90,9 @@ export function negotiateOptions(options: TftpOption[], fileSize: number, limits
         break;
       case 'timeout': {
         const seconds = intValue(value, 1, 255);
-        if (seconds === null) break;
+        // Longer than our backoff cap is refused (left out of the OACK): a client asking 255 s
+        // would otherwise hold a transfer slot for half an hour after it vanished.
+        if (seconds === null || seconds * 1000 > limits.maxTimeoutMs) break;
         result.timeoutMs = seconds * 1000;
         result.oack.push({ name, value: String(seconds) });
         break;
@@ -131,7 +133,7 @@ export class ReadSession {
     // The final block is the first one shorter than blksize, possibly empty.
     this.lastBlock = Math.floor(fileSize / this.negotiated.blksize) + 1;
     this.currentTimeoutMs = this.negotiated.timeoutMs;
-    this.maxTimeoutMs = Math.max(limits.maxTimeoutMs, this.negotiated.timeoutMs);
+    this.maxTimeoutMs = limits.maxTimeoutMs;
     this.maxRetries = limits.maxRetries;
   }
   private readonly maxTimeoutMs: number;

@@ -269,6 +269,21 @@ describe('protocol rules', () => {
   });
 });
 
+describe('IPv6', () => {
+  it('serves over [::1] with the same transfer-ID handling', async () => {
+    const s = new TftpServer({ host: '::1', port: 0, source: dirSource(dir) });
+    const p = (await s.start()).port;
+    try {
+      const file = join(out, 'v6');
+      const r = await runClient('curl', ['-sS', '-m', '30', '--tftp-blksize', '1468', '-o', file, `tftp://[::1]:${p}/small.bin`]);
+      expect(r.stderr).toBe('');
+      expect(await sha256File(file)).toBe(sha256(small));
+    } finally {
+      await s.stop();
+    }
+  });
+});
+
 describe('lifecycle', () => {
   it('stop() closes the request socket and every transfer socket', async () => {
     const s = new TftpServer({ host: '127.0.0.1', port: 0, source: dirSource(dir), limits: { timeoutMs: 5000 } });

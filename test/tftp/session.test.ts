@@ -42,6 +42,11 @@ describe('option negotiation', () => {
     expect(n.oack).toEqual(opts({ TIMEOUT: '3', WindowSize: '16' }));
   });
 
+  it('refuses a timeout longer than the backoff cap', () => {
+    expect(negotiateOptions(opts({ timeout: '5' }), 10, limits).oack).toEqual([]);
+    expect(negotiateOptions(opts({ timeout: '4' }), 10, limits)).toMatchObject({ timeoutMs: 4000, oack: opts({ timeout: '4' }) });
+  });
+
   it('leaves out unknown and out-of-range options', () => {
     const n = negotiateOptions(opts({ blksize: '7', timeout: '0', windowsize: 'x', multicast: '', tsize: '-1', foo: '1' }), 10, limits);
     expect(n).toEqual({ blksize: 512, windowsize: 1, timeoutMs: 1000, oack: [] });
