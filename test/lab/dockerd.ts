@@ -72,6 +72,8 @@ export async function startDockerd(options: { dataRoot?: string; lockTimeoutMs?:
     );
     const docker = new Dockerode({ socketPath });
     await waitForEngine(docker, child, logFile);
+    // Containers left by an earlier run that was killed: the lab engine keeps images, not containers.
+    for (const c of await docker.listContainers({ all: true })) await docker.getContainer(c.Id).remove({ force: true }).catch(() => {});
     const host = `unix://${socketPath}`;
     return {
       socketPath,
