@@ -162,7 +162,16 @@ export async function readOciArchive(path: string, options: OciReadOptions = {})
     for (let depth = 0; depth < 4; depth++) {
       const manifests = doc.manifests ?? [];
       const images = manifests.filter((m) => !m.platform || m.platform.os !== 'unknown'); // skip attestations
-      const chosen = images.find((m) => platformMatches(m, platform)) ?? (images.length === 1 && !images[0]!.platform ? images[0] : undefined);
+      let chosen = images.find((m) => platformMatches(m, platform));
+      // docker save (25+) lists manifests without a platform: look at each one's config.
+      for (const m of images) {
+        if (chosen) break;
+        if (m.platform || INDEX_TYPES.has(m.mediaType ?? '')) continue;
+        const manifest = (await readJson(path, members, blobPath(m.digest))) as { config?: Descriptor; manifests?: unknown };
+        if (manifest.manifests || !manifest.config) continue;
+        const config = (await readJson(path, members, blobPath(manifest.config.digest))) as { os?: string; architecture?: string; variant?: string };
+        if (platformMatches({ ...m, platform: config }, platform)) chosen = m;
+      }
       if (!chosen) {
         const have = images.map((m) => (m.platform ? `${m.platform.os}/${m.platform.architecture}` : m.digest)).join(', ');
         throw new ImageError(`${path}: no manifest for platform ${platform} (has: ${have || 'none'})`);

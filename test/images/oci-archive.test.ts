@@ -110,6 +110,14 @@ describe('oci-archive: a synthetic multi-layer OCI image', () => {
     );
   });
 
+  it('picks the manifest by its config when the index names no platform (docker save 25+)', async () => {
+    const plain = join(work, 'no-platform.tar');
+    await syntheticOciArchive(plain, { noPlatformInIndex: true });
+    const built = await cache.build(image('synth-np', `oci-archive:${plain}`, { compression: 'lz4' }));
+    expect(built.manifest.kernelVersion).toBe('6.10.0-test');
+    await expect(cache.build(image('synth-np', `oci-archive:${plain}`, { platform: 'linux/arm64' }))).rejects.toThrow(/no manifest for platform linux\/arm64/);
+  });
+
   it('is a cache hit the second time, and concurrent requests build once', async () => {
     const again = await cache.build(image('synth', `oci-archive:${archive}`));
     expect(again).toMatchObject({ id, cached: true });
