@@ -1,6 +1,8 @@
 import { Command, CommanderError } from 'commander';
 import { registerCheck } from './check.ts';
 import { registerServe } from './serve.ts';
+import { registerBuild } from './build.ts';
+import { registerGc } from './gc.ts';
 import { EXIT } from './common.ts';
 
 const program = new Command('netboot')
@@ -10,6 +12,8 @@ const program = new Command('netboot')
 
 registerServe(program);
 registerCheck(program);
+registerBuild(program);
+registerGc(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,0 +1,36 @@
+import type { Command } from 'commander';
+import { buildImage, openImageCache } from '../app/images.ts';
+import { EXIT, loadConfigOrExit, loggerFor, withCommonOptions, type CommonOptions } from './common.ts';
+import { formatBytes, progressReporter } from './progress.ts';
+
+export function registerBuild(program: Command): void {
+  withCommonOptions(program.command('build'))
+    .argument('[images...]', 'image names from the config (default: all)')
+    .description('build the boot artifacts (kernel, initramfs, squashfs root) of the images in the config')
+    .action(async (names: string[], options: CommonOptions) => {
+      const config = loadConfigOrExit(options.config);
+      const log = loggerFor(options);
+      const unknown = names.filter((name) => !config.images.has(name));
+      if (unknown.length) {
+        process.stderr.write(`unknown image${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} (known: ${[...config.images.keys()].join(', ')})\n`);
+        process.exit(EXIT.usage);
+      }
+      const cache = openImageCache(config, log);
+      const images = names.length ? names.map((name) => config.images.get(name)!) : [...config.images.values()];
+      let failed = 0;
+      for (const image of images) {
+        try {
+          const built = await buildImage(cache, image, log, { onProgress: progressReporter(log) });
+          const { manifest } = built;
+          const sizes = Object.entries(manifest.artifacts).map(([name, info]) => `${name} ${formatBytes(info!.size)}`);
+          process.stdout.write(
+            `${image.name}: ${built.cached ? 'up to date' : 'built'} id ${built.id} (kernel ${manifest.kernelVersion}, ${manifest.buildSeconds.toFixed(1)} s)\n  ${sizes.join(', ')}\n`,
+          );
+        } catch (err) {
+          failed++;
+          process.stderr.write(`${image.name}: build failed: ${(err as Error).message}\n`);
+        }
+      }
+      if (failed) process.exitCode = EXIT.failure;
+    });
+}
