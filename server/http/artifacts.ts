@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { normalizeMac } from '../config/mac.ts';
@@ -7,6 +6,7 @@ import type { Phase } from '../events/timeline.ts';
 import { ARTIFACT_NAMES, isValidImageId, type ArtifactName, type ImageManifestView } from './artifact-store.ts';
 import type { HttpContext } from './context.ts';
 import { etagMatches, parseRange } from './range.ts';
+import { sendFileRange, type SendResult } from './send-file.ts';
 
 const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
   vmlinuz: 'kernel',
@@ -15,8 +15,6 @@ const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
   'rootfs.squashfs': 'rootfs',
 };
 
-/** Read size per chunk: large chunks keep a 200 MB transfer to a few hundred syscalls. */
-const CHUNK = 1 << 20;
 
 /**
  * Build artifacts, streamed from disk. Ids are content-addressed, so every response is
@@ -78,25 +76,27 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       if (request.method === 'HEAD' || length === 0) return reply.send();
 
       const began = ctx.now();
-      const stream = createReadStream(path, { start, end, highWaterMark: CHUNK });
-      let complete = false;
-      reply.raw.once('finish', () => {
-        complete = true;
-      });
-      reply.raw.once('close', () => {
-        const bytes = complete ? length : Math.min(stream.bytesRead, length);
-        ctx.metrics.served(artifact, bytes);
+      // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
+      reply.hijack();
+      reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string>);
+      const record = (result: SendResult) => {
+        ctx.metrics.served(artifact, result.bytes);
         if (mac && phase && range.kind === 'none') {
           ctx.timeline.record(mac, phase, {
             source: 'http',
-            bytes,
+            bytes: result.bytes,
             durationMs: ctx.now() - began,
             imageId: id,
-            ...(complete ? {} : { detail: `aborted after ${bytes} of ${length} bytes` }),
+            ...(result.complete ? {} : { detail: `aborted after ${result.bytes} of ${length} bytes` }),
           });
         }
-      });
-      return reply.send(stream);
+      };
+      try {
+        await sendFileRange(reply.raw, path, start, end, record);
+      } catch (err) {
+        request.note.error = (err as Error).message;
+        reply.raw.destroy();
+      }
     },
   });
 }

@@ -104,6 +104,17 @@ describe('artifacts over a real socket with curl', () => {
     expect(sha256(readFileSync(tmp))).toBe(sha256(full));
   });
 
+  it('a client that goes away mid-download is recorded as an aborted download, and the server goes on serving', async () => {
+    const url = `${base}/images/${image.id}/rootfs.squashfs?mac=${MAC_HYP}`;
+    const full = image.files['rootfs.squashfs']!;
+    await expect(curl(['--limit-rate', '50k', '--max-time', '1', '-o', '/dev/null', url])).rejects.toThrow(/timed out/i);
+    for (let i = 0; i < 50 && !h.timeline.current(MAC)?.phases.some((p) => p.phase === 'rootfs'); i++) await new Promise((r) => setTimeout(r, 100));
+    const rootfs = h.timeline.current(MAC)!.phases.find((p) => p.phase === 'rootfs')!;
+    expect(rootfs.detail).toMatch(new RegExp(`^aborted after \\d+ of ${full.length} bytes$`));
+    expect(rootfs.bytes).toBeLessThan(full.length);
+    expect(await curl(['-o', '/dev/null', '-w', '%{http_code} %{size_download}', url])).toBe(`200 ${full.length}`);
+  });
+
   it('HEAD: length and ETag, no body', async () => {
     const out = await curl(['-I', `${base}/images/${image.id}/rootfs.squashfs`]);
     expect(out).toMatch(/^HTTP\/1.1 200/);
