@@ -109,6 +109,8 @@ export const serverSchema = z.strictObject({
   apiToken: z.string().min(16, 'apiToken must be at least 16 characters').optional(),
   /** Seconds a machine in a failed boot waits before it reboots and retries. */
   rebootDelay: z.number().int().min(0).default(30),
+  /** How often a running server checks whether an image's source moved (docker tag, archive file). */
+  imageCheckSeconds: z.number().int().min(1).default(60),
 });
 
 export const defaultsSchema = z

@@ -14,7 +14,7 @@ export interface LabOptions {
   /** Where VM consoles and the server log go. */
   logDir: string;
   /** Also run a separate "lab DHCP server" (dnsmasq) handing out addresses, as in a real lab. */
-  labDhcp?: boolean;
+  labDhcp?: boolean | { bootUrl?: string };
   /** Extra arguments for `netboot serve`. */
   serveArgs?: string[];
   /** Environment for the server (e.g. DOCKER_HOST). */
@@ -43,7 +43,7 @@ export class Lab {
     const lab = new Lab(segment, options, `http://${config.server.address}:${config.server.httpPort}`);
     try {
       await startRouterAdvertisements(segment);
-      if (options.labDhcp) await startLabDhcp(segment);
+      if (options.labDhcp) await startLabDhcp(segment, typeof options.labDhcp === 'object' ? options.labDhcp : {});
       await lab.#startServer();
     } catch (err) {
       await lab.close();

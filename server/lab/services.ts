@@ -13,9 +13,13 @@ export async function startRouterAdvertisements(segment: Segment): Promise<Child
 }
 
 /** A "lab DHCP server" handing out addresses on the segment, like the one a real lab already has. */
-export async function startLabDhcp(segment: Segment, options: { first?: number; last?: number } = {}): Promise<ChildProcess> {
+export async function startLabDhcp(
+  segment: Segment,
+  options: { first?: number; last?: number; /** Bootfile for iPXE clients, as a lab's DHCP pointing at netboot would give. */ bootUrl?: string } = {},
+): Promise<ChildProcess> {
   const range = `${segment.subnet}.${options.first ?? 100},${segment.subnet}.${options.last ?? 199},255.255.255.0,1h`;
-  return startDnsmasq(segment, [`--dhcp-range=${range}`, '--dhcp-leasefile=/dev/null']);
+  const boot = options.bootUrl ? ['--dhcp-userclass=set:ipxe,iPXE', `--dhcp-boot=tag:ipxe,${options.bootUrl}`] : [];
+  return startDnsmasq(segment, [`--dhcp-range=${range}`, '--dhcp-leasefile=/dev/null', ...boot]);
 }
 
 async function startDnsmasq(segment: Segment, args: string[]): Promise<ChildProcess> {

@@ -1,0 +1,305 @@
+import { mkdtemp, writeFile, mkdir } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Lab } from '../../server/lab/lab.ts';
+import type { Vm } from '../../server/lab/vm.ts';
+import { buildImage } from '../../server/app/images.ts';
+import { ImageCache } from '../../server/images/cache.ts';
+import { parseConfig } from '../../server/config/load.ts';
+import { silentLogger } from '../../server/log.ts';
+import { startDockerd, type Dockerd } from '../lab/dockerd.ts';
+import { busyboxImage, e2eImage } from '../fixtures/images/e2e.ts';
+import { FIXTURE_DIR } from '../fixtures/cache.ts';
+
+/**
+ * End to end: real QEMU VMs (TCG) netboot real Docker images through `netboot serve` running
+ * in a private network namespace. Every test asserts on what the VM printed on its console
+ * and on the server's boot timeline. Console logs of every run stay in LOG_ROOT.
+ */
+
+const MARKER = /NETBOOT-E2E-UP hostname=(\S*) image=(\S*) root=(\S*) extra=(\S*) addr=(\S*)/;
+const BOOT_TIMEOUT = 240_000;
+/** Artifacts are content-addressed, so one cache serves every run on this machine. */
+const CACHE_DIR = join(FIXTURE_DIR, 'e2e-cache');
+
+interface Marker {
+  hostname: string;
+  image: string;
+  root: string;
+  extra: string;
+  addr: string;
+}
+
+function parseMarker(match: RegExpExecArray): Marker {
+  const [, hostname = '', image = '', root = '', extra = '', addr = ''] = match;
+  return { hostname, image, root, extra, addr };
+}
+
+interface MachineSummary {
+  state: string;
+  imageId: string | null;
+  lastBoot: { imageId?: string; phases: { phase: string; source: string; bytes?: number }[] } | null;
+}
+
+let dockerd: Dockerd;
+let systemdRef: string;
+let busyboxRef: string;
+let logRoot: string;
+const labs: Lab[] = [];
+
+beforeAll(async () => {
+  logRoot = await mkdtemp(join(tmpdir(), 'netboot-e2e-'));
+  process.stdout.write(`e2e logs: ${logRoot}\n`);
+  dockerd = await startDockerd();
+  systemdRef = await e2eImage(dockerd);
+  busyboxRef = await busyboxImage(dockerd);
+  // Build both images once up front; every lab's server then finds them in the shared cache.
+  const cache = new ImageCache({ cacheDir: CACHE_DIR, log: silentLogger });
+  for (const [name, ref] of [['debian', systemdRef], ['busybox', busyboxRef]] as const) {
+    await buildImage(cache, imageEntry(name, `docker:${ref}`), silentLogger, { docker: dockerd.docker });
+  }
+}, 3_600_000);
+
+afterAll(async () => {
+  await Promise.all(labs.map((lab) => lab.close().catch(() => undefined)));
+  await dockerd?.stop();
+});
+
+function imageEntry(name: string, source: string) {
+  return parseConfig(stringify({ images: { [name]: { source } } }), '/virtual/netboot.yaml').images.get(name)!;
+}
+
+interface LabSpec {
+  name: string;
+  subnet: number;
+  dhcp?: Record<string, unknown>;
+  machines?: Record<string, Record<string, unknown>>;
+  defaults?: Record<string, unknown>;
+  images?: Record<string, Record<string, unknown>>;
+  labDhcp?: boolean | { bootUrl?: string };
+  files?: Record<string, string>;
+}
+
+async function startLab(spec: LabSpec): Promise<{ lab: Lab; configFile: string; config: Record<string, unknown> }> {
+  const dir = await mkdtemp(join(tmpdir(), `netboot-e2e-${spec.name}-`));
+  for (const [path, content] of Object.entries(spec.files ?? {})) {
+    await mkdir(join(dir, path, '..'), { recursive: true });
+    await writeFile(join(dir, path), content);
+  }
+  const config = {
+    server: {
+      address: `10.77.${spec.subnet}.1`,
+      httpPort: 8080,
+      dhcp: spec.dhcp ?? { mode: 'proxy' },
+      stateDir: join(dir, 'state'),
+      cacheDir: CACHE_DIR,
+      rebootDelay: 0,
+      imageCheckSeconds: 2,
+    },
+    images: spec.images ?? {
+      debian: { source: `docker:${systemdRef}`, cmdline: 'console=ttyS0' },
+      busybox: { source: `docker:${busyboxRef}`, cmdline: 'console=ttyS0' },
+    },
+    machines: spec.machines ?? {},
+    defaults: spec.defaults ?? { image: 'busybox', unknown: 'deny' },
+  };
+  const configFile = join(dir, 'netboot.yaml');
+  await writeFile(configFile, stringify(config));
+  const lab = await Lab.start({
+    configFile,
+    logDir: join(logRoot, spec.name),
+    labDhcp: spec.labDhcp,
+    env: { DOCKER_HOST: dockerd.host },
+  });
+  labs.push(lab);
+  return { lab, configFile, config };
+}
+
+async function bootAndWait(lab: Lab, name: string, mac: string, options: Partial<Parameters<Lab['bootVm']>[0]> = {}): Promise<{ vm: Vm; marker: Marker }> {
+  const vm = await lab.bootVm({ name, mac, ...options });
+  const marker = parseMarker(await vm.waitFor(MARKER, BOOT_TIMEOUT));
+  return { vm, marker };
+}
+
+async function machine(lab: Lab, mac: string): Promise<MachineSummary> {
+  return lab.api<MachineSummary>(`/api/machines/${mac.replace(/:/g, '-')}`);
+}
+
+function phasesOf(summary: MachineSummary): string[] {
+  return summary.lastBoot?.phases.map((p) => p.phase) ?? [];
+}
+
+/** Polls until the machine's last boot shows `phase` (events are posted in the background). */
+async function waitForPhase(lab: Lab, mac: string, phase: string, timeoutMs = 60_000): Promise<MachineSummary> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const summary = await machine(lab, mac);
+    if (phasesOf(summary).includes(phase)) return summary;
+    if (Date.now() > deadline) throw new Error(`${mac}: no ${phase} in timeline ${JSON.stringify(phasesOf(summary))}`);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+async function closeLab(lab: Lab): Promise<void> {
+  await lab.close();
+  labs.splice(labs.indexOf(lab), 1);
+}
+
+describe('netboot end to end (QEMU, TCG)', () => {
+  it('boots two machines from the same systemd image at once, each with its own top layer', async () => {
+    const { lab } = await startLab({
+      name: 'two-machines',
+      subnet: 201,
+      machines: {
+        '52:54:00:e2:00:01': { hostname: 'alpha', image: 'debian' },
+        '52:54:00:e2:00:02': { hostname: 'beta', image: 'debian' },
+      },
+    });
+    try {
+      const [a, b] = await Promise.all([bootAndWait(lab, 'alpha', '52:54:00:e2:00:01'), bootAndWait(lab, 'beta', '52:54:00:e2:00:02', { nic: 'e1000' })]);
+      expect(a.marker).toMatchObject({ hostname: 'alpha', root: 'overlay' });
+      expect(b.marker).toMatchObject({ hostname: 'beta', root: 'overlay' });
+      expect(a.marker.image).toBe(b.marker.image);
+      expect(a.vm.console).toMatch(/Reached target.*Multi-User System/);
+      for (const mac of ['52:54:00:e2:00:01', '52:54:00:e2:00:02']) {
+        const summary = await waitForPhase(lab, mac, 'up');
+        expect(summary.state).toBe('up');
+        expect(summary.lastBoot?.imageId).toBe(a.marker.image);
+        const phases = phasesOf(summary);
+        for (const phase of ['dhcp', 'script', 'kernel', 'initrd', 'layer', 'rootfs', 'switch_root', 'up']) expect(phases).toContain(phase);
+        const rootfs = summary.lastBoot!.phases.find((p) => p.phase === 'rootfs' && p.source === 'http');
+        expect(rootfs?.bytes).toBeGreaterThan(10_000_000);
+      }
+    } finally {
+      await closeLab(lab);
+    }
+  }, 600_000);
+
+  it('adds boot information beside the lab DHCP server (proxyDHCP) and picks up a machine added while running', async () => {
+    const { lab, configFile, config } = await startLab({
+      name: 'proxy',
+      subnet: 202,
+      labDhcp: true,
+      machines: { '52:54:00:e2:00:11': { hostname: 'proxied' } },
+    });
+    try {
+      const first = await bootAndWait(lab, 'proxied', '52:54:00:e2:00:11');
+      expect(first.marker.hostname).toBe('proxied');
+      // The address came from the lab's dnsmasq range (.100-.199), not from us.
+      expect(first.marker.addr).toMatch(/^10\.77\.202\.1\d\d\//);
+
+      // Adding a machine is one line in the config file; no restart.
+      (config.machines as Record<string, unknown>)['52:54:00:e2:00:12'] = { hostname: 'newcomer' };
+      await writeFile(configFile, stringify(config));
+      await new Promise((r) => setTimeout(r, 1500));
+      const second = await bootAndWait(lab, 'newcomer', '52:54:00:e2:00:12');
+      expect(second.marker.hostname).toBe('newcomer');
+    } finally {
+      await closeLab(lab);
+    }
+  }, 600_000);
+
+  it('hands out the reserved address in full DHCP mode', async () => {
+    const { lab } = await startLab({
+      name: 'full-dhcp',
+      subnet: 203,
+      dhcp: { mode: 'full', pool: { start: '10.77.203.50', end: '10.77.203.60', router: '10.77.203.1' } },
+      machines: { '52:54:00:e2:00:21': { hostname: 'reserved', ip: '10.77.203.77' } },
+    });
+    try {
+      const { marker } = await bootAndWait(lab, 'reserved', '52:54:00:e2:00:21');
+      expect(marker).toMatchObject({ hostname: 'reserved', addr: '10.77.203.77/24' });
+    } finally {
+      await closeLab(lab);
+    }
+  }, 600_000);
+
+  it('applies the unknown-MAC policy: deny is printed on the console, menu times out to the default image', async () => {
+    const { lab, configFile, config } = await startLab({
+      name: 'unknown',
+      subnet: 204,
+      labDhcp: { bootUrl: 'http://10.77.204.1:8080/boot.ipxe' },
+      defaults: { image: 'busybox', unknown: 'deny' },
+    });
+    try {
+      // Under deny our DHCP ignores the MAC (several servers can share a LAN). Here the lab's own
+      // DHCP server points iPXE at our /boot.ipxe, so the refusal reaches the console.
+      const denied = await lab.bootVm({ name: 'denied', mac: '52:54:00:e2:00:31' });
+      await denied.waitFor(/not allowed to boot/i, BOOT_TIMEOUT);
+      expect(denied.console).not.toMatch(MARKER);
+
+      (config.defaults as Record<string, unknown>) = { image: 'busybox', unknown: 'menu', menuTimeout: 2 };
+      await writeFile(configFile, stringify(config));
+      await new Promise((r) => setTimeout(r, 1500));
+      const { vm, marker } = await bootAndWait(lab, 'menu', '52:54:00:e2:00:32');
+      expect(vm.console).toMatch(/busybox/);
+      expect(marker.hostname).toMatch(/^netboot-525400e20032$/);
+    } finally {
+      await closeLab(lab);
+    }
+  }, 600_000);
+
+  it('moves machines to a new image build on their next boot while the old id stays served', async () => {
+    const tag = 'netboot-e2e/updating:latest';
+    await dockerd.cli(['tag', busyboxRef, tag]);
+    const { lab } = await startLab({
+      name: 'update',
+      subnet: 205,
+      images: { updating: { source: `docker:${tag}`, cmdline: 'console=ttyS0' } },
+      defaults: { image: 'updating', unknown: 'deny' },
+      machines: { '52:54:00:e2:00:41': { hostname: 'upd' } },
+    });
+    try {
+      const before = await bootAndWait(lab, 'upd-1', '52:54:00:e2:00:41');
+      expect(before.marker.extra).toBe('');
+      const oldId = before.marker.image;
+
+      const context = await mkdtemp(join(tmpdir(), 'netboot-e2e-v2-'));
+      await writeFile(join(context, 'Dockerfile'), `FROM ${busyboxRef}\nRUN ["/bin/busybox", "sh", "-c", "echo v2 > /etc/netboot-e2e-extra"]\n`);
+      await dockerd.cli(['build', '-t', tag, context]);
+
+      // The server notices the tag moved, builds the new id and points the image at it.
+      const deadline = Date.now() + 600_000;
+      let images: { images: { name: string; currentId: string | null }[] } = { images: [] };
+      while (Date.now() < deadline) {
+        images = await lab.api('/api/images');
+        const current = images.images.find((i) => i.name === 'updating')?.currentId;
+        if (current && current !== oldId) break;
+        await new Promise((r) => setTimeout(r, 3000));
+      }
+      const newId = images.images.find((i) => i.name === 'updating')?.currentId;
+      expect(newId).toBeTruthy();
+      expect(newId).not.toBe(oldId);
+
+      // The old id is still served to machines that booted it.
+      const head = await lab.segment.exec('curl', ['-sf', '-o', '/dev/null', '-w', '%{http_code}', `${lab.baseUrl}/images/${oldId}/rootfs.squashfs`]);
+      expect(head.stdout).toBe('200');
+
+      const after = await bootAndWait(lab, 'upd-2', '52:54:00:e2:00:41');
+      expect(after.marker).toMatchObject({ extra: 'v2', image: newId });
+    } finally {
+      await closeLab(lab);
+    }
+  }, 1_200_000);
+
+  it("boots through OVMF's own UEFI PXE client, our DHCP and TFTP (ipxe.efi), then iPXE over HTTP", async () => {
+    const { lab } = await startLab({
+      name: 'uefi-pxe',
+      subnet: 206,
+      dhcp: { mode: 'full', efiBinary: 'ipxe.efi', pool: { start: '10.77.206.50', end: '10.77.206.60' } },
+      machines: { '52:54:00:e2:00:51': { hostname: 'firmware' } },
+    });
+    try {
+      const { vm, marker } = await bootAndWait(lab, 'firmware', '52:54:00:e2:00:51', { firmware: 'uefi-pxe' });
+      expect(marker.hostname).toBe('firmware');
+      expect(vm.console).toMatch(/iPXE/);
+      const summary = await machine(lab, '52:54:00:e2:00:51');
+      const tftp = summary.lastBoot?.phases.find((p) => p.phase === 'tftp');
+      expect(tftp).toBeDefined();
+    } finally {
+      await closeLab(lab);
+    }
+  }, 600_000);
+});
