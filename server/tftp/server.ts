@@ -186,8 +186,13 @@ class Transfer {
     this.done = new Promise((resolve) => (this.resolveDone = resolve));
     socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
     strangers.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
-    // ECONNREFUSED on the connected socket means the client's port is gone.
-    socket.on('error', (err) => {
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      // ECONNREFUSED on the connected socket: an ICMP port unreachable, the client has gone
+      // (typically it exited after the last DATA and its final ACK was lost).
+      if (err.code === 'ECONNREFUSED') {
+        this.apply(this.session.receive({ op: 'ERROR', code: ErrorCode.NotDefined, message: 'client port unreachable' }));
+        return;
+      }
       this.log.warn({ err }, 'tftp transfer socket error');
       this.apply(this.session.abort(ErrorCode.NotDefined, 'server socket error'));
     });

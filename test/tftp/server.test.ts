@@ -257,6 +257,16 @@ describe('protocol rules', () => {
     }
   });
 
+  it('a client whose port closed ends the transfer at the first retransmission (ICMP port unreachable)', async () => {
+    const peer = await RawPeer.open();
+    const clientPort = peer.port;
+    await peer.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+    expect((await peer.next())?.packet).toMatchObject({ op: 'DATA', block: 1 });
+    peer.close();
+    const e = await waitForEvent(clientPort);
+    expect(e).toMatchObject({ outcome: 'client-error', detail: 'client error 0: client port unreachable', bytes: 0 });
+  });
+
   it('a client that goes silent times out after the retries', async () => {
     const peer = await RawPeer.open();
     try {
