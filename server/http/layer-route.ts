@@ -5,6 +5,7 @@ import { AccountError } from '../layers/accounts.ts';
 import { buildLayer } from '../layers/build.ts';
 import { TemplateError } from '../layers/template.ts';
 import { LayerSourceError } from '../layers/tree.ts';
+import type { Redemption } from '../layers/signing.ts';
 import { isValidImageId } from './artifact-store.ts';
 import { serverUrl, type HttpContext } from './context.ts';
 import { etagMatches } from './range.ts';
@@ -31,6 +32,7 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
 
       const signed = request.query.sig !== undefined;
       let imageId: string | null;
+      let redemption: Redemption | null = null;
       if (signed) {
         if (config.server.dhcp.mode === 'full' && ctx.leaseLookup) {
           const leased = ctx.leaseLookup(mac);
@@ -45,10 +47,14 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
           request.note.warning = `signed layer refused: ${verdict.reason}`;
           return reply.code(verdict.status).send({ error: verdict.reason });
         }
+        redemption = verdict;
         imageId = verdict.grant.image;
       } else {
         imageId = request.query.image ?? (await ctx.artifacts.currentId(machine.image));
       }
+      // Until the response is complete the boot id stays redeemable (after a failure or a cut download /init retries).
+      const grant = redemption;
+      if (grant) reply.raw.once('close', () => grant.release());
       if (imageId === null || !isValidImageId(imageId)) {
         return reply.code(503).header('Retry-After', '10').send({ error: `image ${machine.image} is not built yet` });
       }
@@ -81,6 +87,7 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
       reply.type('application/x-tar').header('ETag', layer.etag).header('Cache-Control', signed ? 'no-store' : 'no-cache');
       if (!signed && etagMatches(request.headers['if-none-match'], layer.etag)) return reply.code(304).send();
       reply.raw.once('finish', () => {
+        redemption?.commit();
         ctx.metrics.served('layer', layer.tar.length);
         if (signed) ctx.timeline.record(mac, 'layer', { source: 'http', bytes: layer.tar.length, durationMs: ctx.now() - began, imageId: imageId! });
       });

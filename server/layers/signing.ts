@@ -2,9 +2,11 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 
 /**
  * Signed, expiring, one-shot URLs for the full layer (the one with secrets and host keys).
- * The signature binds MAC, boot id, image id and expiry; the boot id is consumed by the
- * first fetch. Consumed ids live in memory until they expire: a server restart forgets
- * them, so a URL that is still within its lifetime could be fetched once more after one.
+ * The signature binds MAC, boot id, image id and expiry; the boot id is used up by the
+ * first fetch that completes. While a fetch is in flight, others are refused; a fetch that
+ * breaks off (network hiccup) releases it, so /init can retry. Used ids live in memory
+ * until they expire: a server restart forgets them, so a URL still within its lifetime
+ * could be fetched once more after one.
  */
 
 export interface LayerGrant {
@@ -14,12 +16,21 @@ export interface LayerGrant {
   sig: string;
 }
 
-export type VerifyResult = { ok: true; grant: LayerGrant } | { ok: false; status: 403 | 410; reason: string };
+export interface Redemption {
+  grant: LayerGrant;
+  /** The layer was delivered: the boot id is used up. */
+  commit(): void;
+  /** The delivery broke off: the boot id may be fetched again. */
+  release(): void;
+}
+
+export type VerifyResult = ({ ok: true } & Redemption) | { ok: false; status: 403 | 409 | 410; reason: string };
 
 export class LayerSigner {
   readonly #key: Buffer;
   readonly #now: () => number;
   readonly #consumed = new Map<string, number>();
+  readonly #inFlight = new Set<string>();
 
   constructor(key: Buffer, now: () => number = Date.now) {
     this.#key = createHmac('sha256', key).update('layer-url').digest();
@@ -45,8 +56,24 @@ export class LayerSigner {
     this.#prune(nowSeconds);
     const id = `${mac}\0${boot}`;
     if (this.#consumed.has(id)) return { ok: false, status: 410, reason: 'already fetched once for this boot' };
-    this.#consumed.set(id, Number(exp));
-    return { ok: true, grant: { boot, image, exp: Number(exp), sig } };
+    if (this.#inFlight.has(id)) return { ok: false, status: 409, reason: 'another fetch for this boot is in progress' };
+    this.#inFlight.add(id);
+    let settled = false;
+    return {
+      ok: true,
+      grant: { boot, image, exp: Number(exp), sig },
+      commit: () => {
+        if (settled) return;
+        settled = true;
+        this.#inFlight.delete(id);
+        this.#consumed.set(id, Number(exp));
+      },
+      release: () => {
+        if (settled) return;
+        settled = true;
+        this.#inFlight.delete(id);
+      },
+    };
   }
 
   #mac(mac: string, boot: string, image: string, exp: number): string {

@@ -206,6 +206,16 @@ describe('per-machine layer', () => {
     expect(bad.json().error).toMatch(/motd\.tmpl:1: \{\{nope\}\} is not defined/);
   });
 
+  it('a signed fetch that fails (a template error) does not use up the boot: fixed and retried, it is served', async () => {
+    await setup();
+    writeFileSync(join(h.dir, 'machines/demo2/etc/motd.tmpl'), 'hello {{nope}}\n');
+    const path = await signedLayerPath(h.app, MAC2_HYP);
+    expect((await h.app.inject(path)).statusCode).toBe(500);
+    writeFileSync(join(h.dir, 'machines/demo2/etc/motd.tmpl'), 'hello {{hostname}}\n');
+    expect((await h.app.inject(path)).statusCode).toBe(200);
+    expect((await h.app.inject(path)).statusCode).toBe(410);
+  });
+
   it('an image that is not built: 503; a MAC with no image: 404; a bad MAC: 400', async () => {
     h = await harness(baseYaml({ defaults: '  unknown: deny' }));
     expect((await h.app.inject(`/machines/${MAC_HYP}/layer`)).statusCode).toBe(503);
