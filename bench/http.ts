@@ -4,7 +4,7 @@
  * Prints throughput of each, the ratio, and our server's peak RSS (VmHWM of the child
  * process) plus its RSS sampled during the run.
  *
- *   node --import tsx bench/http.ts [--size-mb 200] [--seconds 10] [--connections 50] [--rounds 2]
+ *   node --import tsx bench/http.ts [--size-mb 200] [--seconds 10] [--connections 50] [--rounds 3]
  *
  * nginx runs with one worker (our server is one Node process), sendfile on, on 127.0.0.1.
  */
@@ -117,7 +117,7 @@ async function main(): Promise<void> {
   const sizeMb = arg('size-mb', 200);
   const seconds = arg('seconds', 10);
   const connections = arg('connections', 50);
-  const rounds = arg('rounds', 2);
+  const rounds = arg('rounds', 3);
   const dir = mkdtempSync(join(tmpdir(), 'netboot-bench-http-'));
   const children: ChildProcess[] = [];
   try {
@@ -180,7 +180,11 @@ http { access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
     const peak = status(ours.pid!, 'VmHWM');
     const rssAfter = status(ours.pid!, 'VmRSS');
 
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    const median = (xs: number[]) => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      const mid = Math.floor(sorted.length / 2);
+      return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+    };
     const sorted = [...samples].sort((a, b) => a - b);
     const quart = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
     const gib = (r: WrkResult) => (r.bytesPerSecond / 2 ** 30).toFixed(2);
