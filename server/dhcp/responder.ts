@@ -1,0 +1,308 @@
+import type { Config } from '../config/types.ts';
+import { clientKind, decideBoot, type BootDecision, type ClientFacts } from './boot-decision.ts';
+import {
+  BOOTREPLY,
+  BOOTREQUEST,
+  BROADCAST_FLAG,
+  IPXE_NO_PROXYDHCP,
+  MessageType,
+  Opt,
+  PXE_BOOT_FROM_FILE,
+  PXE_DISCOVERY_CONTROL,
+  clientArch,
+  clientMac,
+  encodeSubOptions,
+  getOption,
+  ipOption,
+  messageType,
+  messageTypeName,
+  option,
+  requestedIp,
+  serverId,
+  textOption,
+  u32Option,
+  u8Option,
+  userClass,
+  vendorClass,
+  type DhcpMessage,
+  type DhcpOption,
+} from './codec.ts';
+import { sameSubnet, type LeaseStore, type PoolSpec } from './leases.ts';
+
+/**
+ * The DHCP logic without sockets: one decoded request in, at most one reply (with where to
+ * send it) and one exchange record out. server.ts does the I/O.
+ */
+
+export const DHCP_SERVER_PORT = 67;
+export const DHCP_CLIENT_PORT = 68;
+export const PXE_PORT = 4011;
+/** How long a declined address stays out of the pool. */
+export const DECLINE_HOLD_SECONDS = 600;
+
+export type DhcpMode = 'proxy' | 'full';
+
+/** One handled packet, for logs, metrics and the boot timeline. */
+export interface DhcpExchange {
+  mac: string;
+  /** Option 93's first entry; null when the client sent none. */
+  arch: number | null;
+  mode: DhcpMode;
+  /** What the client sent: DISCOVER, REQUEST, ... */
+  messageType: string;
+  /** What we answered (OFFER, ACK, NAK), or null when we stayed silent. */
+  replyType: string | null;
+  /** 67 or 4011 */
+  port: number;
+  offered: { ip?: string; bootfile?: string };
+  /** Why there was no reply (or no boot file in a full-mode reply). */
+  ignoredReason?: string;
+  detail?: string;
+}
+
+export interface Destination {
+  address: string;
+  port: number;
+}
+
+export interface Outcome {
+  reply: { message: DhcpMessage; to: Destination } | null;
+  exchange: DhcpExchange | null;
+}
+
+export interface RequestContext {
+  config: Config;
+  /** Port the packet arrived on. */
+  port: number;
+  from: Destination;
+  /** Full mode only. */
+  leases: LeaseStore | null;
+}
+
+const ZERO = '0.0.0.0';
+const BROADCAST = '255.255.255.255';
+
+export function respond(request: DhcpMessage, ctx: RequestContext): Outcome {
+  const { config } = ctx;
+  const mode = config.server.dhcp.mode;
+  if (mode === 'off' || request.op !== BOOTREQUEST) return { reply: null, exchange: null };
+  const mac = clientMac(request);
+  if (!mac) return { reply: null, exchange: null };
+  const type = messageType(request);
+  const arches = clientArch(request);
+  const facts: ClientFacts = { mac, arch: arches[0], userClass: userClass(request), vendorClass: vendorClass(request) };
+  const exchange: DhcpExchange = {
+    mac,
+    arch: facts.arch ?? null,
+    mode,
+    messageType: messageTypeName(type),
+    replyType: null,
+    port: ctx.port,
+    offered: {},
+  };
+  const silent = (reason: string, detail?: string): Outcome => ({
+    reply: null,
+    exchange: { ...exchange, ignoredReason: reason, ...(detail ? { detail } : {}) },
+  });
+  if (type === undefined) return silent('no-message-type', 'BOOTP request without option 53');
+
+  const decision = decideBoot(facts, config);
+  if (decision.kind === 'ignore' && decision.reason === 'unknown-mac-deny') return silent(decision.reason, decision.detail);
+
+  const out = mode === 'proxy' || ctx.port === PXE_PORT ? proxy(request, type, decision, ctx) : full(request, type, facts, decision, ctx);
+  if (!out.reply) return silent(out.reason ?? (decision.kind === 'ignore' ? decision.reason : 'not-for-us'), out.detail ?? (decision.kind === 'ignore' ? decision.detail : undefined));
+  const reply = out.reply;
+  const replyType = messageTypeName(messageType(reply.message));
+  const offered: DhcpExchange['offered'] = {};
+  if (reply.message.yiaddr !== ZERO) offered.ip = reply.message.yiaddr;
+  if (decision.kind === 'boot' && replyType !== 'NAK') offered.bootfile = decision.bootfile;
+  const record: DhcpExchange = { ...exchange, replyType, offered };
+  if (decision.kind === 'ignore' && replyType !== 'NAK') {
+    record.ignoredReason = decision.reason;
+    record.detail = decision.detail;
+  }
+  if (out.detail && replyType === 'NAK') record.detail = out.detail;
+  return { reply, exchange: record };
+}
+
+interface Partial {
+  reply: Outcome['reply'];
+  reason?: string;
+  detail?: string;
+}
+
+// ---- proxy ------------------------------------------------------------------------------
+
+/**
+ * ProxyDHCP (PXE spec 2.1): only PXE/HTTP-boot clients, never an address. On 67 an OFFER to
+ * a DISCOVER (and an ACK to a REQUEST naming us); on 4011 an ACK straight back to the sender.
+ */
+function proxy(request: DhcpMessage, type: number, decision: BootDecision, ctx: RequestContext): Partial {
+  if (decision.kind !== 'boot') return { reply: null };
+  const vendor = vendorClass(request) ?? '';
+  if (!vendor.startsWith('PXEClient') && !vendor.startsWith('HTTPClient')) {
+    return { reply: null, reason: 'not-a-pxe-client', detail: 'proxy mode answers only vendor class PXEClient/HTTPClient' };
+  }
+  const kind = decision.httpClientEcho ? 'http' : 'pxe';
+  const me = ctx.config.server.address;
+  let replyType: number;
+  let to: Destination;
+  if (ctx.port === PXE_PORT) {
+    if (type !== MessageType.REQUEST && type !== MessageType.INFORM) return { reply: null, reason: 'not-a-request' };
+    replyType = MessageType.ACK;
+    to = ctx.from;
+  } else if (type === MessageType.DISCOVER) {
+    replyType = MessageType.OFFER;
+    to = replyDestination(request, false);
+  } else if (type === MessageType.REQUEST && serverId(request) === me) {
+    replyType = MessageType.ACK;
+    to = replyDestination(request, false);
+  } else {
+    return { reply: null, reason: 'for-another-server', detail: 'proxy mode: address requests are the lab DHCP server\'s' };
+  }
+  const options: DhcpOption[] = [u8Option(Opt.MESSAGE_TYPE, replyType), ipOption(Opt.SERVER_ID, me)];
+  options.push(...bootOptions(request, decision, kind));
+  const message = baseReply(request, ZERO, decision, me);
+  message.options = options;
+  return { reply: { message, to } };
+}
+
+/** Option 60 echo, PXE vendor options (boot the named file, no menu/discovery), UUID echo. */
+function bootOptions(request: DhcpMessage, decision: Extract<BootDecision, { kind: 'boot' }>, kind: 'pxe' | 'http' | 'ipxe'): DhcpOption[] {
+  const options: DhcpOption[] = [];
+  if (decision.httpClientEcho || kind === 'http') {
+    options.push(textOption(Opt.VENDOR_CLASS, 'HTTPClient'));
+  } else if (kind === 'pxe') {
+    options.push(textOption(Opt.VENDOR_CLASS, 'PXEClient'));
+    options.push(option(Opt.VENDOR, encodeSubOptions([u8Option(PXE_DISCOVERY_CONTROL, PXE_BOOT_FROM_FILE)])));
+  }
+  // PXE spec: replies to a client that sent its UUID carry it back.
+  const uuid = getOption(request, Opt.CLIENT_UUID);
+  if (uuid && (kind === 'pxe' || kind === 'http')) options.push(option(Opt.CLIENT_UUID, uuid));
+  options.push(textOption(Opt.BOOTFILE, decision.bootfile));
+  return options;
+}
+
+function baseReply(request: DhcpMessage, yiaddr: string, decision: BootDecision, me: string): DhcpMessage {
+  return {
+    op: BOOTREPLY,
+    htype: request.htype,
+    hlen: request.hlen,
+    hops: 0,
+    xid: request.xid,
+    secs: 0,
+    flags: request.flags & BROADCAST_FLAG,
+    ciaddr: request.ciaddr,
+    yiaddr,
+    siaddr: decision.kind === 'boot' ? decision.nextServer : me,
+    giaddr: request.giaddr,
+    chaddr: Buffer.from(request.chaddr),
+    sname: '',
+    file: decision.kind === 'boot' && decision.bootfile.length <= 127 ? decision.bootfile : '',
+    options: [],
+  };
+}
+
+/**
+ * RFC 2131 4.1: to the relay (port 67) when giaddr is set; to ciaddr when the client has an
+ * address; else broadcast. (A client without the broadcast flag would like a unicast to its
+ * new address, but that needs an ARP entry Node cannot make: broadcast, which every client accepts.)
+ */
+function replyDestination(request: DhcpMessage, nak: boolean): Destination {
+  if (request.giaddr !== ZERO) return { address: request.giaddr, port: DHCP_SERVER_PORT };
+  if (!nak && request.ciaddr !== ZERO) return { address: request.ciaddr, port: DHCP_CLIENT_PORT };
+  return { address: BROADCAST, port: DHCP_CLIENT_PORT };
+}
+
+// ---- full -------------------------------------------------------------------------------
+
+function poolSpec(config: Config, mac: string): { spec: PoolSpec; reserved: string | undefined } | null {
+  const pool = config.server.dhcp.pool;
+  if (!pool) return null;
+  const excluded = new Set<string>([config.server.address]);
+  for (const machine of config.machines.values()) if (machine.ip && machine.mac !== mac) excluded.add(machine.ip);
+  return { spec: { start: pool.start, end: pool.end, excluded }, reserved: config.machines.get(mac)?.ip };
+}
+
+function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: BootDecision, ctx: RequestContext): Partial {
+  const { config, leases } = ctx;
+  const pool = config.server.dhcp.pool;
+  const spec = poolSpec(config, facts.mac);
+  if (!pool || !spec || !leases) return { reply: null, reason: 'no-pool', detail: 'full mode without server.dhcp.pool' };
+  const me = config.server.address;
+  const mac = facts.mac;
+  const asked = serverId(request);
+
+  const reply = (replyType: number, yiaddr: string, to: Destination, withLease: boolean): Partial => {
+    const message = baseReply(request, yiaddr, decision, me);
+    const options: DhcpOption[] = [u8Option(Opt.MESSAGE_TYPE, replyType), ipOption(Opt.SERVER_ID, me)];
+    if (withLease) {
+      options.push(u32Option(Opt.LEASE_TIME, pool.leaseSeconds));
+      options.push(u32Option(Opt.RENEWAL_TIME, Math.floor(pool.leaseSeconds / 2)));
+      options.push(u32Option(Opt.REBINDING_TIME, Math.floor((pool.leaseSeconds * 7) / 8)));
+    }
+    options.push(ipOption(Opt.SUBNET_MASK, pool.netmask));
+    if (pool.router) options.push(ipOption(Opt.ROUTER, pool.router));
+    if (pool.dns.length > 0) options.push(ipOption(Opt.DNS, ...pool.dns));
+    if (pool.domain) options.push(textOption(Opt.DOMAIN, pool.domain));
+    const hostname = decision.kind === 'boot' ? decision.machine?.hostname : config.machines.get(mac)?.hostname;
+    if (hostname) options.push(textOption(Opt.HOSTNAME, hostname));
+    if (decision.kind === 'boot') {
+      const kind = clientKind(facts);
+      options.push(...bootOptions(request, decision, kind === 'plain' ? 'ipxe' : kind));
+      // We are the only DHCP server: iPXE need not wait for ProxyDHCP offers.
+      if (kind === 'ipxe') options.push(option(Opt.IPXE, encodeSubOptions([u8Option(IPXE_NO_PROXYDHCP, 1)])));
+    }
+    message.options = options;
+    return { reply: { message, to } };
+  };
+  const nak = (detail: string): Partial => {
+    const message = baseReply(request, ZERO, { kind: 'ignore', reason: 'not-a-boot-client', detail }, me);
+    message.siaddr = ZERO;
+    message.file = '';
+    message.ciaddr = ZERO;
+    message.options = [u8Option(Opt.MESSAGE_TYPE, MessageType.NAK), ipOption(Opt.SERVER_ID, me), textOption(Opt.MESSAGE, detail)];
+    if (request.giaddr !== ZERO) message.flags |= BROADCAST_FLAG;
+    return { reply: { message, to: replyDestination(request, true) }, detail };
+  };
+
+  switch (type) {
+    case MessageType.DISCOVER: {
+      const ip = leases.offer(mac, spec.spec, spec.reserved, requestedIp(request));
+      if (!ip) return { reply: null, reason: 'pool-exhausted', detail: `no free address in ${pool.start}-${pool.end}` };
+      return reply(MessageType.OFFER, ip, replyDestination(request, false), true);
+    }
+    case MessageType.REQUEST: {
+      if (asked !== undefined && asked !== me) {
+        leases.withdrawOffer(mac);
+        return { reply: null, reason: 'other-server', detail: `REQUEST names server ${asked}` };
+      }
+      // SELECTING / INIT-REBOOT name the address in option 50; RENEWING / REBINDING in ciaddr.
+      const ip = requestedIp(request) ?? (request.ciaddr !== ZERO ? request.ciaddr : undefined);
+      if (!ip) return nak('REQUEST without a requested address');
+      const ours = asked === me || leases.list().some((l) => l.mac === mac) || spec.reserved !== undefined;
+      if (!ours) return { reply: null, reason: 'no-record', detail: `no lease on record for ${mac} (RFC 2131 4.3.2: stay silent)` };
+      if (!sameSubnet(ip, me, pool.netmask)) return nak(`${ip} is not on this network`);
+      if (!leases.bind(mac, ip, pool.leaseSeconds, spec.spec, spec.reserved)) return nak(`${ip} is not available to ${mac}`);
+      return reply(MessageType.ACK, ip, replyDestination(request, false), true);
+    }
+    case MessageType.DECLINE: {
+      const ip = requestedIp(request);
+      if (asked !== me || !ip) return { reply: null, reason: 'decline-not-ours' };
+      leases.decline(mac, ip, DECLINE_HOLD_SECONDS);
+      return { reply: null, reason: 'declined', detail: `${ip} declined; kept out of the pool for ${DECLINE_HOLD_SECONDS} s` };
+    }
+    case MessageType.RELEASE: {
+      if (asked !== undefined && asked !== me) return { reply: null, reason: 'other-server' };
+      leases.release(mac, request.ciaddr);
+      return { reply: null, reason: 'released', detail: `${request.ciaddr} released` };
+    }
+    case MessageType.INFORM: {
+      // The client has its address already: configuration only, no yiaddr, no lease time.
+      const to = request.giaddr !== ZERO ? { address: request.giaddr, port: DHCP_SERVER_PORT } : request.ciaddr !== ZERO ? { address: request.ciaddr, port: DHCP_CLIENT_PORT } : ctx.from;
+      return reply(MessageType.ACK, ZERO, to, false);
+    }
+    default:
+      return { reply: null, reason: 'unexpected-type' };
+  }
+}

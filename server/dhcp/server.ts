@@ -1,0 +1,142 @@
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import { join } from 'node:path';
+import type { Config } from '../config/types.ts';
+import { silentLogger, type Logger } from '../log.ts';
+import { decodeMessage, encodeMessage, messageType, messageTypeName } from './codec.ts';
+import { LeaseStore } from './leases.ts';
+import { DHCP_SERVER_PORT, PXE_PORT, respond, type DhcpExchange } from './responder.ts';
+
+export type { DhcpExchange } from './responder.ts';
+
+export interface DhcpServerOptions {
+  /** Read at every packet, so a reloaded config applies to the next one (mode, pool, machines). */
+  config: () => Config;
+  logger?: Logger;
+  /** Called once per handled packet (replied to or deliberately ignored). */
+  onExchange?: (exchange: DhcpExchange) => void;
+  /** Called for every packet in and every reply out (metrics), e.g. ('DISCOVER', 'in'). */
+  onPacket?: (messageType: string, direction: 'in' | 'out') => void;
+  /** Address to bind; default 0.0.0.0 (Node cannot bind to a device: run it in the right namespace/host). */
+  bind?: string;
+  /** Default 67 and 4011; tests may move them. */
+  ports?: { dhcp?: number; pxe?: number };
+  /** Leases file; default <config.server.stateDir>/leases.json, read at start(). */
+  leaseFile?: string;
+  now?: () => number;
+}
+
+/**
+ * The DHCP server loop: two UDP sockets (67 and 4011, broadcast enabled, SO_REUSEADDR so a lab
+ * DHCP server on the same host can share port 67), each packet decoded, answered by respond()
+ * and sent. Nothing a client sends can throw out of the loop: malformed packets are logged at
+ * debug and dropped.
+ */
+export class DhcpServer {
+  #sockets: Socket[] = [];
+  #leases: LeaseStore | null = null;
+  readonly #log: Logger;
+
+  constructor(private readonly options: DhcpServerOptions) {
+    this.#log = (options.logger ?? silentLogger).child({ phase: 'dhcp' });
+  }
+
+  get leases(): LeaseStore | null {
+    return this.#leases;
+  }
+
+  /** Binds both ports; resolves with the ports actually bound. */
+  async start(): Promise<{ dhcp: number; pxe: number }> {
+    const config = this.options.config();
+    const file = this.options.leaseFile ?? join(config.server.stateDir, 'leases.json');
+    this.#leases = await LeaseStore.open(file, { now: this.options.now, warn: (msg) => this.#log.warn(msg) });
+    const bind = this.options.bind ?? '0.0.0.0';
+    try {
+      const dhcp = await this.#bind(bind, this.options.ports?.dhcp ?? DHCP_SERVER_PORT);
+      const pxe = await this.#bind(bind, this.options.ports?.pxe ?? PXE_PORT);
+      this.#log.info({ bind, dhcp, pxe, mode: config.server.dhcp.mode }, 'DHCP server listening');
+      return { dhcp, pxe };
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+  }
+
+  async #bind(address: string, port: number): Promise<number> {
+    const socket = createSocket({ type: 'udp4', reuseAddr: true });
+    this.#sockets.push(socket);
+    await new Promise<void>((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(port, address, () => {
+        socket.off('error', reject);
+        resolve();
+      });
+    });
+    socket.setBroadcast(true);
+    const bound = socket.address().port;
+    socket.on('error', (err) => this.#log.warn({ err, port: bound }, 'DHCP socket error'));
+    socket.on('message', (packet, from) => this.#onPacket(socket, bound, packet, from));
+    return bound;
+  }
+
+  #onPacket(socket: Socket, port: number, packet: Buffer, from: RemoteInfo): void {
+    try {
+      this.#handle(socket, port, packet, from);
+    } catch (err) {
+      // A bug must cost one packet, never the server.
+      this.#log.error({ err, from: from.address }, 'DHCP packet handling failed');
+    }
+  }
+
+  #handle(socket: Socket, port: number, packet: Buffer, from: RemoteInfo): void {
+    const decoded = decodeMessage(packet);
+    if (!decoded.ok) {
+      this.#log.debug({ from: `${from.address}:${from.port}`, bytes: packet.length, ...decoded.error }, 'malformed DHCP packet dropped');
+      return;
+    }
+    const request = decoded.message;
+    this.options.onPacket?.(messageTypeName(messageType(request)), 'in');
+    const config = this.options.config();
+    const { reply, exchange } = respond(request, {
+      config,
+      port,
+      from: { address: from.address, port: from.port },
+      leases: config.server.dhcp.mode === 'full' ? this.#leases : null,
+    });
+    if (exchange) {
+      const fields = { mac: exchange.mac, arch: exchange.arch, mode: exchange.mode, port, type: exchange.messageType, reply: exchange.replyType, ...exchange.offered };
+      if (exchange.ignoredReason === 'arm64-no-ipxe') {
+        this.#log.warn({ ...fields, reason: exchange.ignoredReason }, `not answered: ${exchange.detail}`);
+      } else if (exchange.ignoredReason && !reply) {
+        this.#log.info({ ...fields, reason: exchange.ignoredReason }, `DHCP ${exchange.messageType} not answered: ${exchange.detail ?? exchange.ignoredReason}`);
+      } else {
+        this.#log.info(fields, `DHCP ${exchange.messageType} -> ${exchange.replyType}`);
+      }
+      this.options.onExchange?.(exchange);
+    }
+    if (!reply) return;
+    const bytes = encodeMessage(reply.message);
+    socket.send(bytes, reply.to.port, reply.to.address, (err) => {
+      if (err) this.#log.warn({ err, to: reply.to, mac: exchange?.mac }, 'DHCP reply not sent');
+    });
+    this.options.onPacket?.(exchange?.replyType ?? 'UNKNOWN', 'out');
+  }
+
+  /** Closes the sockets and waits for the lease file to be written. */
+  async stop(): Promise<void> {
+    const sockets = this.#sockets;
+    this.#sockets = [];
+    await Promise.all(
+      sockets.map(
+        (s) =>
+          new Promise<void>((resolve) => {
+            try {
+              s.close(() => resolve());
+            } catch {
+              resolve(); // never bound
+            }
+          }),
+      ),
+    );
+    await this.#leases?.flush().catch((err: Error) => this.#log.warn({ err }, 'leases not saved'));
+  }
+}
