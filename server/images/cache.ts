@@ -11,7 +11,7 @@ import { flattenLayers } from './flatten.ts';
 import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
 import { writeSquashfs } from './squashfs-writer.ts';
-import type { TarEntry } from './tar-reader.ts';
+import { TruncatedTarError, type TarEntry } from './tar-reader.ts';
 
 /** Bump when the artifacts a build makes change, so every id changes with it. */
 export const PIPELINE_VERSION = 1;
@@ -321,7 +321,7 @@ export class ImageCache {
         signal: options.signal,
       });
     } catch (err) {
-      if (err instanceof ImageError) throw new ImageError(`${label}: ${err.message}`);
+      if (err instanceof ImageError || err instanceof TruncatedTarError) throw new ImageError(`${label}: ${err.message}`);
       throw err;
     }
     options.onProgress?.({ image: image.name, phase: 'check', bytes: 0 });
