@@ -131,10 +131,11 @@ async function assetEntries(assetsDir: string): Promise<CpioEntry[]> {
 }
 
 async function compress(data: Buffer, compression: InitrdCompression): Promise<Buffer> {
-  if (compression === 'gzip') return gzipSync(data, { level: 9 });
+  // Levels chosen for build time: zstd -5 takes ~1 s on a 25 MB cpio, -15 took 14 s for 10% less.
+  if (compression === 'gzip') return gzipSync(data, { level: 6 });
   return new Promise((resolve, reject) => {
     // Single-threaded so the output does not depend on the number of cores.
-    const child = execFile('zstd', ['-q', '-c', '-15', '-T1'], { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
+    const child = execFile('zstd', ['-q', '-c', '-5', '-T1'], { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
       if (err) reject(new Error(`zstd failed: ${stderr.toString().trim() || err.message}`));
       else resolve(stdout);
     });
@@ -142,8 +143,22 @@ async function compress(data: Buffer, compression: InitrdCompression): Promise<B
   });
 }
 
+/** `fn` over `items` with at most `limit` running at once; results in input order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return results;
+}
+
 /** Bumped when the builder's output changes for the same inputs (layout, compression level). */
-export const INITRD_BUILDER_VERSION = 1;
+export const INITRD_BUILDER_VERSION = 2;
 
 /**
  * A digest of everything besides the image that goes into an initrd: builder version,
@@ -194,12 +209,13 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
   ];
 
   const modulesDir = `lib/modules/${kver}`;
-  for (const ref of refs) {
+  const moduleData = await mapLimit(refs, 4, async (ref) => {
     const raw = await sources.readImageFile(`${index.dir}/${ref.path}`).catch((err: Error) => {
       throw new Error(`module ${ref.name} listed in ${index.dir}/modules.dep but unreadable (${ref.path}): ${err.message}`);
     });
-    entries.push({ type: 'file', path: `${modulesDir}/${ref.shippedPath}`, data: await decompressModule(raw, ref.compression) });
-  }
+    return decompressModule(raw, ref.compression);
+  });
+  refs.forEach((ref, i) => entries.push({ type: 'file', path: `${modulesDir}/${ref.shippedPath}`, data: moduleData[i]! }));
   entries.push(
     { type: 'file', path: `${modulesDir}/modules.dep`, data: Buffer.from(index.trimmedDep(refs)) },
     { type: 'file', path: `${modulesDir}/modules.alias`, data: Buffer.from(index.trimmedAlias(refs)) },
