@@ -369,13 +369,20 @@ export function clientNdi(m: DhcpMessage): { type: number; major: number; minor:
   return data?.length === 3 ? { type: data[0]!, major: data[1]!, minor: data[2]! } : undefined;
 }
 
-/** Option 97: type 0 then a 16-byte UUID; `text` in the usual 8-4-4-4-12 form. */
+/**
+ * Option 97: type 0 then a 16-byte UUID. Firmware (EDK2, iPXE) sends the SMBIOS byte order,
+ * whose first three fields are little-endian; `text` is the usual 8-4-4-4-12 form as dmidecode
+ * and QEMU's -uuid show it.
+ */
 export function clientUuid(m: DhcpMessage): { type: number; bytes: Buffer; text: string } | undefined {
   const data = getOption(m, Opt.CLIENT_UUID);
   if (!data || data.length !== 17) return undefined;
   const bytes = Buffer.from(data.subarray(1));
-  const hex = bytes.toString('hex');
-  const text = `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+  const hex = (from: number, to: number, swap: boolean) => {
+    const part = Buffer.from(bytes.subarray(from, to));
+    return (swap ? part.reverse() : part).toString('hex');
+  };
+  const text = `${hex(0, 4, true)}-${hex(4, 6, true)}-${hex(6, 8, true)}-${hex(8, 10, false)}-${hex(10, 16, false)}`;
   return { type: data[0]!, bytes, text };
 }
 

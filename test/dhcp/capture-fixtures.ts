@@ -18,6 +18,8 @@ import { waitForOutput } from '../../server/lab/services.ts';
 
 interface Client {
   mac: string;
+  /** SMBIOS system UUID, sent by the firmware as option 97. */
+  uuid: string;
   /** QEMU arguments besides accel/memory/netdev. */
   args(work: string): Promise<string[]>;
 }
@@ -34,16 +36,19 @@ const CLIENTS: Record<string, Client> = {
   // SeaBIOS + QEMU's virtio-net iPXE ROM: arch 0, user class "iPXE".
   'ipxe-bios': {
     mac: '52:54:00:00:d0:01',
+    uuid: '5ad1b0a7-0001-4c6e-9e2b-0d0c0b0a0901',
     args: async () => ['-boot', 'n', '-device', 'virtio-net-pci,netdev=n0,mac=52:54:00:00:d0:01'],
   },
   // OVMF's own UEFI PXE client (NIC ROM disabled): arch 7, vendor class PXEClient.
   'ovmf-pxe': {
     mac: '52:54:00:00:d0:02',
+    uuid: '5ad1b0a7-0002-4c6e-9e2b-0d0c0b0a0902',
     args: async (work) => [...(await ovmf(work)), '-device', 'virtio-net-pci,netdev=n0,mac=52:54:00:00:d0:02,romfile=,bootindex=1'],
   },
   // OVMF UEFI HTTP Boot (PXE entries disabled): arch 16, vendor class HTTPClient.
   'ovmf-http': {
     mac: '52:54:00:00:d0:03',
+    uuid: '5ad1b0a7-0003-4c6e-9e2b-0d0c0b0a0903',
     args: async (work) => [
       ...(await ovmf(work)),
       '-fw_cfg', 'name=opt/org.tianocore/IPv4PXESupport,string=n',
@@ -65,7 +70,7 @@ async function capture(name: string, client: Client): Promise<Buffer> {
       tshark.once('exit', (code) => reject(new Error(`tshark exited with ${code} before a packet`)));
     });
     const qemu = segment.spawn('qemu-system-x86_64', [
-      '-accel', 'tcg', '-m', '256', '-nographic', '-no-reboot',
+      '-accel', 'tcg', '-m', '256', '-nographic', '-no-reboot', '-uuid', client.uuid,
       '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`,
       ...(await client.args(work)),
     ], { stdio: ['ignore', 'ignore', 'ignore'] });
