@@ -1,0 +1,78 @@
+import { execFile, spawn } from 'node:child_process';
+import { copyFileSync, mkdirSync, symlinkSync, writeFileSync, chmodSync, readFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { debianKernelFixture } from '../initramfs/fixture.ts';
+import { addImage } from './fixtures.ts';
+import { baseYaml, harness, MAC, MAC_HYP, type Harness } from './setup.ts';
+
+/**
+ * The rendered scripts run by a real iPXE (QEMU's NIC ROM) against the real server: DHCP
+ * comes from QEMU's user-mode network stack with restrict=on (the guest reaches nothing but
+ * the one forwarded address, 10.0.2.100:80, which `busybox nc` connects to our server on
+ * 127.0.0.1), the kernel is a real Debian kernel and the initrd a tiny cpio whose /init
+ * prints the command line it got and powers off.
+ */
+const run = promisify(execFile);
+let h: Harness;
+
+beforeAll(async () => {
+  h = await harness(baseYaml({ server: '' }).replace('address: 127.0.0.1\n  httpPort: 8080', 'address: 10.0.2.100\n  httpPort: 80'));
+  const kernel = await debianKernelFixture();
+  const image = addImage(h.store, 'demo');
+  copyFileSync(kernel.vmlinuz, h.store.artifactPath(image.id, 'vmlinuz'));
+  // The manifest's digest no longer matches the replaced files: fine, the ETag falls back.
+  writeFileSync(h.store.artifactPath(image.id, 'initrd.img'), await markerInitrd(join(h.dir, 'initrd-root')));
+  await h.app.listen({ host: '127.0.0.1', port: 0 });
+}, 600_000);
+afterAll(async () => h?.close());
+
+async function markerInitrd(root: string): Promise<Buffer> {
+  for (const dir of ['bin', 'proc', 'dev']) mkdirSync(join(root, dir), { recursive: true });
+  copyFileSync('/bin/busybox', join(root, 'bin/busybox'));
+  symlinkSync('busybox', join(root, 'bin/sh'));
+  writeFileSync(
+    join(root, 'init'),
+    '#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho "NETBOOT-CMDLINE: $(/bin/busybox cat /proc/cmdline)"\n/bin/busybox poweroff -f\n',
+  );
+  chmodSync(join(root, 'init'), 0o755);
+  await run('mknod', [join(root, 'dev/console'), 'c', '5', '1']);
+  const { stdout } = await run('sh', ['-c', 'cd "$1" && find . | sort | cpio -o -H newc --quiet', 'sh', root], { encoding: 'buffer', maxBuffer: 64 << 20 });
+  return stdout;
+}
+
+function bootInQemu(port: number, timeoutMs: number): Promise<string> {
+  return new Promise((resolve) => {
+    const qemu = spawn('qemu-system-x86_64', [
+      '-accel', 'tcg', '-m', '512', '-nographic', '-no-reboot', '-boot', 'n',
+      '-netdev', `user,id=n0,restrict=on,ipv6=off,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 ${port}`,
+      '-device', `virtio-net-pci,netdev=n0,mac=${MAC}`,
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let log = '';
+    qemu.stdout.on('data', (d: Buffer) => (log += d.toString('latin1')));
+    qemu.stderr.on('data', (d: Buffer) => (log += d.toString('latin1')));
+    const timer = setTimeout(() => qemu.kill('SIGKILL'), timeoutMs);
+    qemu.once('exit', () => {
+      clearTimeout(timer);
+      resolve(log);
+    });
+  });
+}
+
+describe('rendered scripts in a real iPXE', () => {
+  it('generic script -> per-MAC script -> named kernel and initrd with the netboot command line -> the kernel runs /init', async () => {
+    const port = (h.app.server.address() as AddressInfo).port;
+    const log = await bootInQemu(port, 150_000);
+    const line = /NETBOOT-CMDLINE: (.*)/.exec(log)?.[1];
+    expect(line, log.slice(-3000)).toBeDefined();
+    const image = h.store.currentId('demo')!;
+    expect(line).toContain(`initrd=initrd.img netboot.server=http://10.0.2.100:80 netboot.mac=${MAC} netboot.image=${image} netboot.root=ram`);
+    expect(line).toMatch(new RegExp(`netboot\\.layer=http://10\\.0\\.2\\.100:80/machines/${MAC_HYP}/layer\\?boot=[0-9a-f]+&image=${image}&exp=\\d+&sig=[0-9a-f]{64}`));
+    expect(line).toContain('netboot.init=/sbin/init netboot.reboot=30 console=ttyS0 quiet');
+    const phases = h.timeline.current(MAC)!.phases.map((p) => p.phase);
+    expect(phases).toEqual(['script', 'kernel', 'initrd']);
+    expect(h.timeline.current(MAC)!.phases[1]!.bytes).toBe(readFileSync(h.store.artifactPath(image, 'vmlinuz')).length);
+  }, 200_000);
+});
