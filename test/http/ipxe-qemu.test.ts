@@ -43,12 +43,19 @@ async function markerInitrd(root: string): Promise<Buffer> {
   return stdout;
 }
 
-function bootInQemu(port: number, timeoutMs: number): Promise<string> {
+function bootInQemu(port: number, timeoutMs: number, firmware: 'bios' | 'uefi'): Promise<string> {
+  const uefi: string[] = [];
+  if (firmware === 'uefi') {
+    const vars = join(h.dir, 'OVMF_VARS.fd');
+    copyFileSync('/usr/share/OVMF/OVMF_VARS_4M.fd', vars);
+    uefi.push('-drive', 'if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd', '-drive', `if=pflash,format=raw,file=${vars}`);
+  }
   return new Promise((resolve) => {
     const qemu = spawn('qemu-system-x86_64', [
-      '-accel', 'tcg', '-m', '512', '-nographic', '-no-reboot', '-boot', 'n',
+      '-accel', 'tcg', '-m', '512', '-nographic', '-no-reboot', ...uefi,
+      ...(firmware === 'bios' ? ['-boot', 'n'] : []),
       '-netdev', `user,id=n0,restrict=on,ipv6=off,bootfile=http://10.0.2.100/boot.ipxe,guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 ${port}`,
-      '-device', `virtio-net-pci,netdev=n0,mac=${MAC}`,
+      '-device', `virtio-net-pci,netdev=n0,mac=${MAC}${firmware === 'uefi' ? ',bootindex=1' : ''}`,
     ], { stdio: ['ignore', 'pipe', 'pipe'] });
     let log = '';
     qemu.stdout.on('data', (d: Buffer) => (log += d.toString('latin1')));
@@ -62,9 +69,10 @@ function bootInQemu(port: number, timeoutMs: number): Promise<string> {
 }
 
 describe('rendered scripts in a real iPXE', () => {
-  it('generic script -> per-MAC script -> named kernel and initrd with the netboot command line -> the kernel runs /init', async () => {
+  // UEFI is the case that needs initrd=initrd.img to name the initrd iPXE downloaded (MACHINE-NOTES).
+  it.each(['bios', 'uefi'] as const)('%s: generic script -> per-MAC script -> named kernel and initrd with the netboot command line -> the kernel runs /init', async (firmware) => {
     const port = (h.app.server.address() as AddressInfo).port;
-    const log = await bootInQemu(port, 150_000);
+    const log = await bootInQemu(port, 200_000, firmware);
     const line = /NETBOOT-CMDLINE: (.*)/.exec(log)?.[1];
     expect(line, log.slice(-3000)).toBeDefined();
     const image = h.store.currentId('demo')!;
@@ -74,5 +82,5 @@ describe('rendered scripts in a real iPXE', () => {
     const phases = h.timeline.current(MAC)!.phases.map((p) => p.phase);
     expect(phases).toEqual(['script', 'kernel', 'initrd']);
     expect(h.timeline.current(MAC)!.phases[1]!.bytes).toBe(readFileSync(h.store.artifactPath(image, 'vmlinuz')).length);
-  }, 200_000);
+  }, 240_000);
 });
