@@ -10,6 +10,8 @@ export function openImageCache(config: Config, log: Logger): ImageCache {
 
 export interface BuildImageOptions {
   docker?: Dockerode;
+  /** docker: pull when the image is missing from the engine (default true). */
+  pull?: boolean;
   onProgress?: (progress: BuildProgress) => void;
   signal?: AbortSignal;
 }

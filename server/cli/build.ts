@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { buildImage, openImageCache } from '../app/images.ts';
 import { EXIT, loadConfigOrExit, loggerFor, withCommonOptions, type CommonOptions } from './common.ts';
-import { formatBytes, progressReporter } from './progress.ts';
+import { formatBytes, progressReporter } from '../app/progress.ts';
 
 export function registerBuild(program: Command): void {
   withCommonOptions(program.command('build'))

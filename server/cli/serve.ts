@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
+import { startNetboot } from '../app/netboot.ts';
 import { ConfigStore } from '../config/watch.ts';
-import { loadConfigOrExit, loggerFor, withCommonOptions, type CommonOptions } from './common.ts';
+import { EXIT, loadConfigOrExit, loggerFor, withCommonOptions, type CommonOptions } from './common.ts';
 
 export function registerServe(program: Command): void {
   withCommonOptions(program.command('serve'))
@@ -8,13 +9,30 @@ export function registerServe(program: Command): void {
     .action(async (options: CommonOptions) => {
       const log = loggerFor(options);
       const store = new ConfigStore(loadConfigOrExit(options.config), log);
+      let netboot;
+      try {
+        netboot = await startNetboot({ store, log });
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
+        const hint =
+          e.code === 'EADDRINUSE' ? ` — another server uses ${e.address}:${e.port}; stop it or change the port in the config`
+          : e.code === 'EACCES' ? ' — ports below 1024 (DHCP 67, TFTP 69) need root'
+          : e.code === 'EADDRNOTAVAIL' ? ' — server.bind is not an address of this host'
+          : '';
+        log.fatal({ err: e.message, phase: 'serve' }, `cannot start${hint}`);
+        process.exit(EXIT.failure);
+      }
       store.watch();
-      log.info({ phase: 'serve', config: store.current.file, machines: store.current.machines.size }, 'netboot serving');
-      const stop = () => {
+      let stopping = false;
+      const stop = async (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        log.info({ phase: 'serve', signal }, 'stopping');
         store.close();
-        process.exit(0);
+        await netboot.stop();
+        process.exit(EXIT.ok);
       };
-      process.once('SIGINT', stop);
-      process.once('SIGTERM', stop);
+      process.once('SIGINT', () => void stop('SIGINT'));
+      process.once('SIGTERM', () => void stop('SIGTERM'));
     });
 }

@@ -1,0 +1,183 @@
+import type Dockerode from 'dockerode';
+import type { FastifyInstance } from 'fastify';
+import type { ConfigStore } from '../config/watch.ts';
+import { DhcpServer, type DhcpExchange } from '../dhcp/server.ts';
+import { Metrics } from '../events/metrics.ts';
+import { Timeline } from '../events/timeline.ts';
+import { createHttpServer, type ArtifactStore } from '../http/server.ts';
+import type { ImageCache } from '../images/cache.ts';
+import type { Logger } from '../log.ts';
+import { createTftpServer, dirSource, generatedSource, ipxeSource, mountSources, type TftpServer, type TransferEvent } from '../tftp/index.ts';
+import { ImageBuilds } from './image-builds.ts';
+import { openImageCache } from './images.ts';
+
+export interface NetbootOptions {
+  store: ConfigStore;
+  log: Logger;
+  docker?: Dockerode;
+  /** Directory of the iPXE binaries (Debian's ipxe package). */
+  ipxeDir?: string;
+}
+
+/** The running server: every service, and how to stop them all. */
+export interface Netboot {
+  http: FastifyInstance;
+  tftp: TftpServer | null;
+  dhcp: DhcpServer | null;
+  timeline: Timeline;
+  metrics: Metrics;
+  builds: ImageBuilds;
+  stop(): Promise<void>;
+}
+
+/** Artifacts a TFTP-only client may fetch, beside the iPXE binaries. */
+const TFTP_IMAGE_ARTIFACTS = new Set(['vmlinuz', 'initrd.img', 'image-initrd.img']);
+
+/**
+ * Composes the services around one config store: image builds, HTTP (scripts, artifacts,
+ * layers, API, metrics), TFTP and DHCP. The orchestration of "which file for which MAC"
+ * lives in the config (lookupMachine) and the HTTP scripts; DHCP and TFTP only feed the
+ * timeline. Services that fail to start stop the ones already started.
+ */
+export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
+  const { store, log } = options;
+  const config = store.current;
+  const metrics = new Metrics();
+  const timeline = new Timeline({ metrics });
+  const cache = openImageCache(config, log);
+  const builds = new ImageBuilds(cache, () => store.current, log, metrics, options.docker);
+  const addressOwners = new Map<string, string>();
+
+  const started: { stop(): Promise<unknown> }[] = [];
+  const stop = async () => {
+    builds.stop();
+    for (const service of started.reverse()) await service.stop().catch((err) => log.warn({ err }, 'stopping a service failed'));
+  };
+
+  try {
+    const http = await createHttpServer({
+      getConfig: () => store.current,
+      artifacts: artifactStore(cache, builds),
+      timeline,
+      metrics,
+      log: log.child({ service: 'http' }),
+      stateDir: config.server.stateDir,
+      leaseLookup: (mac) => dhcp?.leases?.active(mac)?.ip,
+      rebuild: (name) => builds.request(name, { pull: true }),
+    });
+    await http.listen({ host: config.server.bind, port: config.server.httpPort });
+    started.push({ stop: () => http.close() });
+
+    let tftp: TftpServer | null = null;
+    if (config.server.tftp.enabled) {
+      tftp = createTftpServer({
+        host: config.server.bind,
+        port: config.server.tftp.port,
+        maxTransfers: config.server.tftp.maxTransfers,
+        limits: { maxBlksize: config.server.tftp.maxBlksize },
+        log: log.child({ service: 'tftp' }),
+        source: tftpTree(cache.imagesDir, http, options.ipxeDir),
+        onTransfer: (event) => recordTftp(event, addressOwners, timeline, metrics),
+      });
+      await tftp.start();
+      started.push(tftp);
+    }
+
+    let dhcp: DhcpServer | null = null;
+    if (config.server.dhcp.mode !== 'off') {
+      dhcp = new DhcpServer({
+        config: () => store.current,
+        logger: log.child({ service: 'dhcp' }),
+        bind: config.server.bind,
+        onPacket: (type, direction) => metrics.dhcpPacket(type, direction),
+        onExchange: (exchange) => recordDhcp(exchange, addressOwners, timeline),
+      });
+      await dhcp.start();
+      started.push(dhcp);
+    }
+
+    store.on('change', (next, previous) => {
+      for (const name of next.images.keys()) {
+        if (JSON.stringify(next.images.get(name)) !== JSON.stringify(previous.images.get(name))) void builds.request(name);
+      }
+      const restartNeeded = (['address', 'bind', 'httpPort', 'stateDir', 'cacheDir'] as const).filter((key) => next.server[key] !== previous.server[key]);
+      const servicesChanged =
+        JSON.stringify(next.server.tftp) !== JSON.stringify(previous.server.tftp) || (next.server.dhcp.mode === 'off') !== (previous.server.dhcp.mode === 'off');
+      if (restartNeeded.length || servicesChanged) {
+        log.warn({ phase: 'config', keys: restartNeeded, services: servicesChanged }, 'these server settings take effect at the next restart');
+      }
+    });
+    builds.start();
+
+    log.info(
+      {
+        phase: 'serve',
+        http: `http://${config.server.address}:${config.server.httpPort}`,
+        tftp: tftp ? config.server.tftp.port : 'off',
+        dhcp: config.server.dhcp.mode,
+        images: [...config.images.keys()],
+        machines: config.machines.size,
+      },
+      'netboot serving',
+    );
+    return { http, tftp, dhcp, timeline, metrics, builds, stop };
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+}
+
+function artifactStore(cache: ImageCache, builds: ImageBuilds): ArtifactStore {
+  return {
+    currentId: (name) => cache.currentId(name),
+    artifactPath: (id, name) => cache.artifactPath(id, name),
+    manifest: (id) => cache.manifest(id),
+    list: async () => (await cache.list()).map((built) => built.manifest),
+    buildState: (name) => builds.state(name),
+  };
+}
+
+/**
+ * The TFTP tree: iPXE binaries at the root, `images/<id>/{vmlinuz,initrd.img}` from the
+ * cache, and `machines/<mac>/boot.ipxe` rendered by the HTTP service itself (so a client
+ * that only speaks TFTP gets exactly the script an HTTP client would).
+ */
+function tftpTree(imagesDir: string, http: FastifyInstance, ipxeDir?: string) {
+  const images = dirSource(imagesDir);
+  return mountSources({
+    '': ipxeSource(ipxeDir),
+    'images/': async (path, client) => (TFTP_IMAGE_ARTIFACTS.has(path.split('/').pop() ?? '') ? images(path, client) : null),
+    'machines/': generatedSource(async (path) => {
+      const match = /^([0-9a-f]{2}(?:-[0-9a-f]{2}){5})\/boot\.ipxe$/i.exec(path);
+      if (!match) return null;
+      const response = await http.inject({ method: 'GET', url: `/machines/${match[1]}/boot.ipxe` });
+      return response.statusCode === 200 ? response.body : null;
+    }),
+  });
+}
+
+function recordDhcp(exchange: DhcpExchange, addressOwners: Map<string, string>, timeline: Timeline): void {
+  if (!exchange.replyType) return;
+  if (exchange.offered.ip) addressOwners.set(exchange.offered.ip, exchange.mac);
+  timeline.record(exchange.mac, 'dhcp', {
+    source: 'dhcp',
+    detail: [exchange.messageType, '->', exchange.replyType, exchange.offered.ip, exchange.offered.bootfile].filter(Boolean).join(' '),
+  });
+}
+
+function recordTftp(event: TransferEvent, addressOwners: Map<string, string>, timeline: Timeline, metrics: Metrics): void {
+  // A UEFI tsize probe (aborted by the firmware on purpose) is not a transfer.
+  if (event.outcome !== 'probe') {
+    metrics.tftpTransfer(event.outcome === 'complete' || event.outcome === 'timeout' ? event.outcome : 'error', event.bytes);
+  }
+  const mac = addressOwners.get(event.client.address) ?? macFromPath(event.path);
+  if (mac && event.outcome === 'complete') {
+    timeline.record(mac, 'tftp', { source: 'tftp', detail: event.path, bytes: event.bytes, durationMs: event.durationMs });
+  }
+}
+
+function macFromPath(path: string): string | undefined {
+  const match = /^machines\/([0-9a-f]{2}(?:-[0-9a-f]{2}){5})\//i.exec(path);
+  return match ? match[1]!.toLowerCase().replace(/-/g, ':') : undefined;
+}
+
