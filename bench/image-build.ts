@@ -59,7 +59,7 @@ try {
     await rm(peerOut, { force: true });
     await rm(join(work, `cache-${round}`), { recursive: true, force: true });
   }
-  console.log('\nround | docker export | tar2sqfs | pipeline (export+scan+tar2sqfs+kernel+manifest) | ratio | cache hit | sizes (MB peer / ours)');
+  console.log('\nround | peer: docker export piped to tar2sqfs | pipeline (export+scan+tar2sqfs+kernel+manifest) | ratio | cache hit | sizes MB (peer / ours)');
   for (const r of results) {
     console.log(
       `${r.round} | ${r.peer.toFixed(1)} s | ${r.pipeline.toFixed(1)} s | ${(r.pipeline / r.peer).toFixed(3)}x | ${(r.hit * 1000).toFixed(0)} ms | ${(r.peerSize / 1e6).toFixed(1)} / ${(r.ourSize / 1e6).toFixed(1)}`,
