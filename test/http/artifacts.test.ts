@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -105,14 +106,18 @@ describe('artifacts over a real socket with curl', () => {
   });
 
   it('a client that goes away mid-download is recorded as an aborted download, and the server goes on serving', async () => {
-    const url = `${base}/images/${image.id}/rootfs.squashfs?mac=${MAC_HYP}`;
-    const full = image.files['rootfs.squashfs']!;
+    // Bigger than any loopback socket buffering (a few MiB), so the cut is seen by the server.
+    const big = randomBytes(64 << 20);
+    mkdirSync(join(h.store.root, 'bigimage'), { recursive: true });
+    writeFileSync(h.store.artifactPath('bigimage', 'rootfs.squashfs'), big);
+    const url = `${base}/images/bigimage/rootfs.squashfs?mac=${MAC_HYP}`;
     await expect(curl(['--limit-rate', '50k', '--max-time', '1', '-o', '/dev/null', url])).rejects.toThrow(/timed out/i);
-    for (let i = 0; i < 50 && !h.timeline.current(MAC)?.phases.some((p) => p.phase === 'rootfs'); i++) await new Promise((r) => setTimeout(r, 100));
+    for (let i = 0; i < 100 && !h.timeline.current(MAC)?.phases.some((p) => p.phase === 'rootfs'); i++) await new Promise((r) => setTimeout(r, 100));
     const rootfs = h.timeline.current(MAC)!.phases.find((p) => p.phase === 'rootfs')!;
-    expect(rootfs.detail).toMatch(new RegExp(`^aborted after \\d+ of ${full.length} bytes$`));
-    expect(rootfs.bytes).toBeLessThan(full.length);
-    expect(await curl(['-o', '/dev/null', '-w', '%{http_code} %{size_download}', url])).toBe(`200 ${full.length}`);
+    expect(rootfs.detail).toMatch(new RegExp(`^aborted after \\d+ of ${big.length} bytes$`));
+    expect(rootfs.bytes).toBeLessThan(big.length);
+    const full = image.files['rootfs.squashfs']!;
+    expect(await curl(['-o', '/dev/null', '-w', '%{http_code} %{size_download}', `${base}/images/${image.id}/rootfs.squashfs`])).toBe(`200 ${full.length}`);
   });
 
   it('HEAD: length and ETag, no body', async () => {
