@@ -23,7 +23,7 @@ export interface LayerInput {
   installKey: Buffer;
   stateDir: string;
   serverUrl: string;
-  /** true: the full layer (secrets/, SSH host private keys), only via a signed URL. */
+  /** true: the full layer (secrets/, SSH host private keys, /etc/shadow and gshadow), only via a signed URL. */
   withSecrets: boolean;
   limits?: TreeLimits;
 }
@@ -68,9 +68,12 @@ export async function layerEntries(input: LayerInput): Promise<TarEntry[]> {
   file('etc/machine-id', `${machineIdFor(input.installKey, machine.mac)}\n`, 0o444);
   file('etc/passwd', formatPasswd(accounts.passwd), 0o644);
   file('etc/group', formatGroup(accounts.group), 0o644);
-  const shadowGid = accounts.group.find((g) => g.name === 'shadow')?.gid ?? 0;
-  file('etc/shadow', formatColonLines(accounts.shadow), 0o640, { uid: 0, gid: shadowGid });
-  if (accounts.gshadow) file('etc/gshadow', formatColonLines(accounts.gshadow), 0o640, { uid: 0, gid: shadowGid });
+  // Password hashes are secrets: only the signed layer carries shadow files.
+  if (input.withSecrets) {
+    const shadowGid = accounts.group.find((g) => g.name === 'shadow')?.gid ?? 0;
+    file('etc/shadow', formatColonLines(accounts.shadow), 0o640, { uid: 0, gid: shadowGid });
+    if (accounts.gshadow) file('etc/gshadow', formatColonLines(accounts.gshadow), 0o640, { uid: 0, gid: shadowGid });
+  }
 
   const rootKeys = [...machine.sshAuthorizedKeys, ...(accounts.configured.find((u) => u.name === 'root')?.sshAuthorizedKeys ?? [])];
   if (rootKeys.length) {

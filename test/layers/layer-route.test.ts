@@ -151,6 +151,9 @@ describe('per-machine layer', () => {
     expect(existsSync(join(root, 'etc/api.key'))).toBe(false);
     expect(existsSync(join(root, 'etc/wireguard'))).toBe(false);
     expect(existsSync(join(root, 'etc/ssh/ssh_host_ed25519_key'))).toBe(false);
+    expect(existsSync(join(root, 'etc/shadow'))).toBe(false);
+    expect(existsSync(join(root, 'etc/gshadow'))).toBe(false);
+    expect(readFileSync(join(root, 'etc/passwd'), 'utf8')).toContain('alice:x:1001:1001:');
     expect(existsSync(join(root, 'etc/ssh/ssh_host_ed25519_key.pub'))).toBe(true);
     expect(readFileSync(join(root, 'etc/hostname'), 'utf8')).toBe('demo2\n');
     expect(res.headers.etag).toMatch(/^"[0-9a-f]{64}"$/);
