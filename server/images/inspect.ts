@@ -10,7 +10,8 @@ import type { TarHeader } from './tar-reader.ts';
 const MODULES_DIR = /^(?:usr\/)?lib\/modules\/([^/]+)\/(vmlinuz|modules\.builtin|modules\.dep|initramfs\.img|config)$/;
 const BOOT_FILE = /^boot\/(vmlinuz|initrd\.img|config)-(.+)$/;
 const BOOT_INITRAMFS = /^boot\/initramfs-(.+)\.img$/;
-const ROOT_KERNEL = /^(?:boot\/)?vmlinuz$/;
+/** /vmlinuz itself, and any file directly in /boot (where a /vmlinuz symlink may point). */
+const ROOT_KERNEL = /^(?:vmlinuz|boot\/[^/]+)$/;
 
 /** Capture at most this much in total: a safety net against absurd images. */
 const CAPTURE_LIMIT = 1 << 30;

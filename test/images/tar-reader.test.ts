@@ -138,6 +138,57 @@ describe('kernel inspection helpers', () => {
     expect([...names].sort()).toEqual(['e1000e', 'net_failover', 'overlay', 'squashfs', 'virtio_net']);
   });
 
+  const feed = (inspector: RootInspector, path: string, type: TarHeader['type'], content = '', linkname = '') => {
+    const sink = inspector.observe({ ...header(path, { type, linkname, size: content.length }), typeflag: '0' });
+    if (sink && content) sink(Buffer.from(content));
+  };
+  const modules = (inspector: RootInspector, version: string) => {
+    for (const d of ['usr', 'usr/lib', 'usr/lib/modules', `usr/lib/modules/${version}`]) feed(inspector, d, 'dir');
+    feed(inspector, `usr/lib/modules/${version}/modules.dep`, 'file', 'kernel/drivers/net/e1000/e1000.ko.xz:\nkernel/fs/overlayfs/overlay.ko.xz:\n');
+    feed(inspector, `usr/lib/modules/${version}/modules.builtin`, 'file', 'kernel/fs/squashfs/squashfs.ko\n');
+    feed(inspector, 'sbin', 'dir');
+    feed(inspector, 'sbin/init', 'file', '#!');
+  };
+  const options = { init: '/sbin/init', initramfs: 'netboot' as const, label: 'image t (sha256:x...)' };
+
+  it('finds the kernel of a bootc layout (/usr/lib/modules/<kver>/vmlinuz, no /boot) and its initramfs', () => {
+    const inspector = new RootInspector();
+    modules(inspector, '6.8.5-301.fc40.x86_64');
+    feed(inspector, 'usr/lib/modules/6.8.5-301.fc40.x86_64/vmlinuz', 'file', 'BOOTC-KERNEL');
+    feed(inspector, 'usr/lib/modules/6.8.5-301.fc40.x86_64/initramfs.img', 'file', 'DRACUT');
+    const k = inspector.analyse(options);
+    expect(k).toMatchObject({ version: '6.8.5-301.fc40.x86_64', kernelPath: '/usr/lib/modules/6.8.5-301.fc40.x86_64/vmlinuz' });
+    expect(k.kernel.toString()).toBe('BOOTC-KERNEL');
+    expect(k.imageInitrd?.toString()).toBe('DRACUT');
+  });
+
+  it('follows a /vmlinuz symlink to a kernel with no version in its name; the version comes from the modules dir', () => {
+    const inspector = new RootInspector();
+    modules(inspector, '6.6.1');
+    feed(inspector, 'boot', 'dir');
+    feed(inspector, 'boot/bzImage-custom', 'file', 'BZIMAGE');
+    feed(inspector, 'vmlinuz', 'symlink', '', 'boot/bzImage-custom');
+    const k = inspector.analyse(options);
+    expect(k).toMatchObject({ version: '6.6.1', kernelPath: '/boot/bzImage-custom' });
+    expect(k.kernel.toString()).toBe('BZIMAGE');
+    const direct = new RootInspector();
+    modules(direct, '6.6.1');
+    feed(direct, 'boot', 'dir');
+    feed(direct, 'boot/vmlinuz', 'file', 'PLAIN');
+    feed(direct, 'vmlinuz', 'symlink', '', 'boot/vmlinuz');
+    expect(direct.analyse(options)).toMatchObject({ version: '6.6.1', kernelPath: '/boot/vmlinuz' });
+  });
+
+  it('reports every missing piece at once: init, overlay, NIC driver', () => {
+    const inspector = new RootInspector();
+    for (const d of ['boot', 'usr', 'usr/lib', 'usr/lib/modules', 'usr/lib/modules/6.1.0-1']) feed(inspector, d, 'dir');
+    feed(inspector, 'boot/vmlinuz-6.1.0-1', 'file', 'K');
+    feed(inspector, 'usr/lib/modules/6.1.0-1/modules.builtin', 'file', 'kernel/fs/squashfs/squashfs.ko\n');
+    expect(() => inspector.analyse(options)).toThrow(
+      /^image t \(sha256:x\.\.\.\): no init: \/sbin\/init does not exist \(symlinks followed\).*; no overlay support in kernel 6\.1\.0-1: not found in \/usr\/lib\/modules\/6\.1\.0-1\/modules\.dep and modules\.builtin.*; no NIC driver for kernel 6\.1\.0-1: looked for virtio_net, e1000/,
+    );
+  });
+
   it('follows symlinks in every path component when looking for init', () => {
     const inspector = new RootInspector();
     const h = (path: string, type: TarHeader['type'], linkname = '') => ({ ...header(path, { type, linkname }), typeflag: '0' });
