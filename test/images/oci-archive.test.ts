@@ -1,6 +1,6 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, truncate, copyFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -143,6 +143,29 @@ describe('oci-archive: a synthetic multi-layer OCI image', () => {
     expect(seen).toEqual({ kernelVersion: '6.10.0-test', squashfsExists: true });
     expect((await readFile(cache.artifactPath(built.id, 'initrd.img'))).toString()).toBe('INITRD');
     expect(built.manifest.artifacts['initrd.img']?.size).toBe(6);
+  });
+
+  it('waits for another process building the same id, and takes over a lock whose holder died', async () => {
+    const fresh = new ImageCache({ cacheDir: join(work, 'cache-lock'), log: silentLogger });
+    const target = image('locked', `oci-archive:${archive}`, { compression: 'lz4' });
+    const { id: lockedId } = await fresh.idFor(target);
+    const holder = spawn('sleep', ['300'], { stdio: 'ignore' });
+    try {
+      await mkdir(join(work, 'cache-lock', 'images'), { recursive: true });
+      await writeFile(join(work, 'cache-lock', 'images', `.${lockedId}.lock`), String(holder.pid));
+      const phases: string[] = [];
+      const building = fresh.build(target, { onProgress: (p) => phases.push(p.phase) });
+      await new Promise((r) => setTimeout(r, 700));
+      expect(phases).toEqual(['resolve']); // still waiting for the other builder
+      holder.kill('SIGKILL');
+      await new Promise((r) => holder.once('exit', r));
+      const built = await building;
+      expect(built).toMatchObject({ id: lockedId, cached: false });
+      expect(phases).toContain('squashfs');
+      expect(await readdir(join(work, 'cache-lock', 'images'))).toEqual([lockedId, 'locked.current']);
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   it('an interrupted build leaves no temp dir behind and publishes nothing', async () => {
