@@ -135,7 +135,7 @@ interface Partial {
 
 /**
  * ProxyDHCP (PXE spec 2.1): only PXE/HTTP-boot clients, never an address. On 67 an OFFER to
- * a DISCOVER (and an ACK to a REQUEST naming us); on 4011 an ACK straight back to the sender.
+ * a DISCOVER; on 4011 an ACK straight back to the sender.
  */
 function proxy(request: DhcpMessage, type: number, decision: BootDecision, ctx: RequestContext): Partial {
   if (decision.kind !== 'boot') return { reply: null };
@@ -154,11 +154,11 @@ function proxy(request: DhcpMessage, type: number, decision: BootDecision, ctx: 
   } else if (type === MessageType.DISCOVER) {
     replyType = MessageType.OFFER;
     to = replyDestination(request, false);
-  } else if (type === MessageType.REQUEST && serverId(request) === me) {
-    replyType = MessageType.ACK;
-    to = replyDestination(request, false);
   } else {
-    return { reply: null, reason: 'for-another-server', detail: 'proxy mode: address requests are the lab DHCP server\'s' };
+    // A REQUEST on 67 is the address server's, even when it names our address (the lab's DHCP
+    // server may run on this very host): an ACK without yiaddr from us could win the race and
+    // leave the client without an address. PXE clients ask us on 4011.
+    return { reply: null, reason: 'for-address-server', detail: 'proxy mode answers only DISCOVER on 67 and REQUEST/INFORM on 4011' };
   }
   const options: DhcpOption[] = [u8Option(Opt.MESSAGE_TYPE, replyType), ipOption(Opt.SERVER_ID, me)];
   options.push(...bootOptions(request, decision, kind));

@@ -81,3 +81,44 @@ export function pxeDiscover(mac: string, arch = 7, extra: DhcpOption[] = []): Dh
 export function pxeDiscoverBytes(mac: string, arch = 7): Buffer {
   return encodeMessage(pxeDiscover(mac, arch));
 }
+
+/** Deterministic fuzz corpus: random bytes, truncations, bit flips, option-length lies. */
+export function fuzzPackets(seeds: Buffer[], count: number, seed: number): Buffer[] {
+  let state = seed >>> 0;
+  const rand = () => {
+    // xorshift32
+    state ^= state << 13;
+    state >>>= 0;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    state >>>= 0;
+    return state;
+  };
+  const packets: Buffer[] = [];
+  for (let i = 0; i < count; i++) {
+    const base = seeds[rand() % seeds.length]!;
+    const kind = rand() % 5;
+    let p: Buffer;
+    if (kind === 0) {
+      p = Buffer.alloc(rand() % 700);
+      for (let j = 0; j < p.length; j++) p[j] = rand() & 255;
+    } else if (kind === 1) {
+      p = Buffer.from(base.subarray(0, rand() % base.length));
+    } else if (kind === 2) {
+      p = Buffer.from(base);
+      const flips = 1 + (rand() % 8);
+      for (let j = 0; j < flips; j++) { const at = rand() % p.length; p[at] = p[at]! ^ (1 << (rand() % 8)); }
+    } else if (kind === 3) {
+      // Rewrite bytes in the options area only, keeping the header valid.
+      p = Buffer.from(base);
+      const n = 1 + (rand() % 6);
+      for (let j = 0; j < n; j++) p[240 + (rand() % (p.length - 240))] = rand() & 255;
+    } else {
+      // Header intact, overload set and sname/file filled with noise.
+      p = Buffer.concat([base.subarray(0, 240), Buffer.from([53, 1, 1 + (rand() % 8), 52, 1, rand() % 5, 255])]);
+      for (let j = 44; j < 236; j++) p[j] = rand() % 4 === 0 ? rand() & 255 : p[j]!;
+    }
+    packets.push(p);
+  }
+  return packets;
+}

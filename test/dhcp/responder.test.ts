@@ -82,8 +82,11 @@ describe('proxy mode', () => {
   });
 
   it('stays silent for REQUESTs meant for the lab server, plain clients, and unknown MACs under deny', () => {
-    const toLab = request(MessageType.REQUEST, PXE_MAC, [ipOption(Opt.SERVER_ID, '10.9.0.2'), textOption(Opt.VENDOR_CLASS, 'PXEClient')]);
-    expect(respond(toLab, ctx())).toMatchObject({ reply: null, exchange: { ignoredReason: 'for-another-server' } });
+    // Even one naming our address: the lab's DHCP server may share it (same host).
+    for (const server of ['10.9.0.2', '10.9.0.1']) {
+      const toLab = request(MessageType.REQUEST, PXE_MAC, [ipOption(Opt.REQUESTED_IP, '10.9.0.150'), ipOption(Opt.SERVER_ID, server), textOption(Opt.VENDOR_CLASS, 'PXEClient')]);
+      expect(respond(toLab, ctx())).toMatchObject({ reply: null, exchange: { ignoredReason: 'for-address-server' } });
+    }
     const plain = request(MessageType.DISCOVER, PXE_MAC, [textOption(Opt.VENDOR_CLASS, 'udhcp 1.35.0')]);
     expect(respond(plain, ctx()).reply).toBeNull();
     const deny = makeConfig({ server, machines: {}, defaults: { unknown: 'deny' } });

@@ -1,0 +1,228 @@
+import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import { once } from 'node:events';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+import { stopChild, type Segment } from '../lab/netns.ts';
+import type { DhcpExchange } from '../../server/dhcp/server.ts';
+
+const run = promisify(execFile);
+const REPO = join(import.meta.dirname, '../..');
+
+/**
+ * A second namespace joined to a segment's bridge by a veth pair: a DHCP client needs to be
+ * on the other side of a wire from the server (its broadcasts must leave one stack and enter
+ * another). Its interface is `eth0`, with no address unless asked.
+ */
+export interface ClientNamespace {
+  readonly ns: string;
+  readonly ifname: 'eth0';
+  exec(cmd: string, args: string[], opts?: { timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
+  spawn(cmd: string, args: string[], opts?: SpawnOptions): ChildProcess;
+  destroy(): Promise<void>;
+}
+
+const liveClients = new Set<string>();
+let hooked = false;
+let counter = 0;
+
+export async function addClientNamespace(segment: Segment, options: { mac?: string; address?: string } = {}): Promise<ClientNamespace> {
+  if (!hooked) {
+    hooked = true;
+    process.once('exit', () => {
+      for (const ns of liveClients) {
+        try {
+          execFileSync('ip', ['netns', 'del', ns]);
+        } catch {
+          /* gone */
+        }
+      }
+    });
+  }
+  const index = counter++;
+  const ns = `${segment.ns}c${index}`;
+  const hostSide = `vc${process.pid % 10000}x${index}`.slice(0, 15);
+  const ip = (...args: string[]) => run('ip', args);
+  await ip('netns', 'add', ns);
+  liveClients.add(ns);
+  const children = new Set<ChildProcess>();
+  const client: ClientNamespace = {
+    ns,
+    ifname: 'eth0',
+    exec: (cmd, args, opts = {}) => run('ip', ['netns', 'exec', ns, cmd, ...args], { timeout: opts.timeoutMs ?? 30_000 }),
+    spawn(cmd, args, opts = {}) {
+      const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: 'pipe', ...opts });
+      children.add(child);
+      child.once('exit', () => children.delete(child));
+      return child;
+    },
+    async destroy() {
+      await Promise.all([...children].map((c) => stopChild(c, 1000)));
+      const pids = await ip('netns', 'pids', ns).then((r) => r.stdout.split(/\s+/).filter(Boolean), () => []);
+      for (const pid of pids) {
+        try {
+          process.kill(Number(pid), 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      await ip('netns', 'del', ns).catch(() => undefined);
+      liveClients.delete(ns);
+    },
+  };
+  try {
+    await ip('-n', segment.ns, 'link', 'add', hostSide, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
+    await ip('-n', segment.ns, 'link', 'set', hostSide, 'master', segment.bridge, 'up');
+    await ip('-n', ns, 'link', 'set', 'lo', 'up');
+    if (options.mac) await ip('-n', ns, 'link', 'set', 'eth0', 'address', options.mac);
+    await ip('-n', ns, 'link', 'set', 'eth0', 'up');
+    if (options.address) await ip('-n', ns, 'addr', 'add', `${options.address}/24`, 'dev', 'eth0');
+    await ip('-n', ns, 'route', 'add', '255.255.255.255/32', 'dev', 'eth0');
+  } catch (err) {
+    await client.destroy();
+    throw err;
+  }
+  return client;
+}
+
+/** Our DHCP server (server/dhcp/run-standalone.ts) in a child process inside the segment. */
+export class DhcpChild {
+  readonly exchanges: DhcpExchange[] = [];
+  stderr = '';
+  #waiters = new Set<() => void>();
+
+  private constructor(readonly child: ChildProcess) {}
+
+  static async start(segment: Segment, rawConfig: Record<string, unknown>): Promise<DhcpChild> {
+    const child = segment.spawn('node', ['--import', 'tsx', 'server/dhcp/run-standalone.ts', '-'], { cwd: REPO, env: { ...process.env, LOG_LEVEL: 'debug' } });
+    const server = new DhcpChild(child);
+    child.stderr!.on('data', (chunk: Buffer) => (server.stderr += chunk.toString()));
+    child.stdin!.end(JSON.stringify(rawConfig));
+    const ready = new Promise<void>((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`DHCP server exited with ${code}: ${server.stderr.slice(-2000)}`)));
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        if (line.startsWith('ready ')) resolve();
+        if (line.startsWith('exchange ')) {
+          server.exchanges.push(JSON.parse(line.slice('exchange '.length)) as DhcpExchange);
+          for (const wake of server.#waiters) wake();
+        }
+      });
+    });
+    await ready;
+    return server;
+  }
+
+  get alive(): boolean {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** pino lines at level error (50) or above: a throw that reached the loop's safety net. */
+  get errorLogs(): string[] {
+    return this.stderr.split('\n').filter((line) => /"level":(5\d|60)/.test(line));
+  }
+
+  /** Resolves with the first exchange matching, waiting up to `timeoutMs`. */
+  waitForExchange(match: (e: DhcpExchange) => boolean, timeoutMs = 10_000): Promise<DhcpExchange> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const found = this.exchanges.find(match);
+        if (found) {
+          clearTimeout(timer);
+          this.#waiters.delete(check);
+          resolve(found);
+        }
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(check);
+        reject(new Error(`no matching DHCP exchange within ${timeoutMs} ms; saw ${JSON.stringify(this.exchanges.slice(-5))}`));
+      }, timeoutMs);
+      this.#waiters.add(check);
+      check();
+    });
+  }
+
+  async stop(): Promise<void> {
+    await stopChild(this.child, 2000);
+  }
+}
+
+export interface Received {
+  bytes: Buffer;
+  from: string;
+  port: number;
+}
+
+/**
+ * A raw UDP peer (test/dhcp/udp-peer.ts) in some namespace: sends the bytes the test gives it
+ * and reports every datagram it receives on its port.
+ */
+export class UdpPeer {
+  readonly inbox: Received[] = [];
+  #waiters = new Set<() => void>();
+  #echoes: string[] = [];
+
+  private constructor(readonly child: ChildProcess) {}
+
+  static async start(spawner: { spawn: ClientNamespace['spawn'] }, port: number, bind = '0.0.0.0'): Promise<UdpPeer> {
+    const child = spawner.spawn('node', ['--import', 'tsx', join(import.meta.dirname, 'udp-peer.ts'), bind, String(port)], { cwd: REPO });
+    const peer = new UdpPeer(child);
+    let stderr = '';
+    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    const ready = new Promise<void>((resolve, reject) => {
+      child.once('exit', (code) => reject(new Error(`udp peer exited with ${code}: ${stderr}`)));
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        const msg = JSON.parse(line) as { ready?: number; recv?: string; from?: string; port?: number; echo?: string };
+        if (msg.ready !== undefined) resolve();
+        if (msg.echo !== undefined) {
+          peer.#echoes.push(msg.echo);
+          for (const wake of peer.#waiters) wake();
+        }
+        if (msg.recv !== undefined) {
+          peer.inbox.push({ bytes: Buffer.from(msg.recv, 'hex'), from: msg.from!, port: msg.port! });
+          for (const wake of peer.#waiters) wake();
+        }
+      });
+    });
+    await ready;
+    return peer;
+  }
+
+  /** Queues datagrams; resolves when the peer has sent them all. */
+  async send(packets: Buffer[], to: string, port: number): Promise<void> {
+    const stdin = this.child.stdin!;
+    for (const bytes of packets) {
+      if (!stdin.write(JSON.stringify({ send: bytes.toString('hex'), to, port }) + '\n')) await once(stdin, 'drain');
+    }
+    const marker = `m${Math.random()}`;
+    stdin.write(JSON.stringify({ echo: marker }) + '\n');
+    await this.#waitFor(() => this.#echoes.includes(marker), 60_000);
+  }
+
+  async next(match: (r: Received) => boolean, timeoutMs = 10_000): Promise<Received | null> {
+    let found: Received | undefined;
+    await this.#waitFor(() => (found = this.inbox.find(match)) !== undefined, timeoutMs).catch(() => undefined);
+    return found ?? null;
+  }
+
+  #waitFor(condition: () => boolean, timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (condition()) {
+          clearTimeout(timer);
+          this.#waiters.delete(check);
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(check);
+        reject(new Error('timed out'));
+      }, timeoutMs);
+      this.#waiters.add(check);
+      check();
+    });
+  }
+
+  async stop(): Promise<void> {
+    await stopChild(this.child, 1000);
+  }
+}
