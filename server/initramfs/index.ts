@@ -28,10 +28,15 @@ export type InitrdInfo = Omit<InitrdBuild, 'image'> & { path: string; size: numb
 const HOST_PLATFORM: Record<string, string> = { x64: 'linux/amd64', arm64: 'linux/arm64' };
 
 /**
- * The image pipeline's hook: writes `<outDir>/initrd.img` (our /init, busybox, the image's
- * own kernel modules) atomically (temp file + rename).
+ * The image pipeline's hook (`BuildOptions.makeInitrd`): writes `<outDir>/initrd.img` (our
+ * /init, busybox, the image's own kernel modules) atomically (temp file + rename).
  */
-export async function makeInitrd({ squashfs, kernelVersion, image, outDir, log = silentLogger }: MakeInitrdOptions): Promise<InitrdInfo> {
+export async function makeInitrd(options: MakeInitrdOptions): Promise<void> {
+  await writeInitrd(options);
+}
+
+/** makeInitrd that also says what it shipped (modules, compression, size). */
+export async function writeInitrd({ squashfs, kernelVersion, image, outDir, log = silentLogger }: MakeInitrdOptions): Promise<InitrdInfo> {
   const host = HOST_PLATFORM[process.arch];
   if (image.platform && host && image.platform !== host) {
     // The busybox we ship is the host's (busybox-static): it only runs on the host's architecture.
@@ -42,6 +47,9 @@ export async function makeInitrd({ squashfs, kernelVersion, image, outDir, log =
     kernelVersion,
     nics: image.nics,
   });
+  if (image.nics?.length && image.nics.every((name) => build.unavailable.includes(canonicalModuleName(name)))) {
+    throw new Error(`none of the NIC drivers configured for image ${image.name} (${image.nics.join(', ')}) exist in kernel ${kernelVersion}: the initramfs could not bring up a network`);
+  }
   const path = join(outDir, 'initrd.img');
   const tmp = `${path}.tmp-${process.pid}`;
   try {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../server/config/types.ts';
-import { makeInitrd } from '../../server/initramfs/index.ts';
+import { makeInitrd, writeInitrd } from '../../server/initramfs/index.ts';
 import { debianKernelFixture, type KernelFixture } from './fixture.ts';
 import { createBootLab, phasesOf, type BootLab } from './lab.ts';
 import { testLayerTar } from './layer.ts';
@@ -43,7 +43,7 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
     fixture = await debianKernelFixture();
     work = await mkdtemp(join(tmpdir(), 'netboot-initramfs-boot-'));
     await mkdir(join(work, 'a'));
-    initrd = (await makeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: join(work, 'a') })).path;
+    initrd = (await writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: join(work, 'a') })).path;
     squashfsSize = (await stat(fixture.squashfs)).size;
     const sha256 = createHash('sha256').update(await readFile(fixture.squashfs)).digest('hex');
     await writeFile(join(work, 'manifest.json'), JSON.stringify({ kernelVersion: fixture.kernelVersion, artifacts: { 'rootfs.squashfs': { size: squashfsSize, sha256 } } }, null, 2));
@@ -70,7 +70,7 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
 
   it('builds a byte-identical initrd twice (zstd, as the kernel config allows)', async () => {
     await mkdir(join(work, 'b'));
-    const again = await makeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: join(work, 'b') });
+    const again = await writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: join(work, 'b') });
     expect(again.compression).toBe('zstd');
     expect((await readFile(again.path)).equals(await readFile(initrd))).toBe(true);
   }, 120_000);

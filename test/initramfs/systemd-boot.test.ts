@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../server/config/types.ts';
-import { makeInitrd } from '../../server/initramfs/index.ts';
+import { makeInitrd, writeInitrd } from '../../server/initramfs/index.ts';
 import { debianKernelFixture, type KernelFixture } from './fixture.ts';
 import { createBootLab, phasesOf, type BootLab } from './lab.ts';
 import { testLayerTar } from './layer.ts';
@@ -35,7 +35,7 @@ describe('netboot initramfs into a systemd image', () => {
   beforeAll(async () => {
     fixture = await debianKernelFixture(['systemd-sysv']);
     work = await mkdtemp(join(tmpdir(), 'netboot-initramfs-systemd-'));
-    const built = await makeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: work });
+    const built = await writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: work });
     expect(built.modules).toEqual(expect.arrayContaining(['virtio_net', 'virtio_pci', 'squashfs', 'overlay', 'loop', 'nbd']));
     expect(built.modules).not.toContain('e1000');
     initrd = built.path;

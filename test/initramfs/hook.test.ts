@@ -1,0 +1,56 @@
+import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Image } from '../../server/config/types.ts';
+import type { BuildOptions } from '../../server/images/cache.ts';
+import { makeInitrd, writeInitrd } from '../../server/initramfs/index.ts';
+import { debianKernelFixture, type KernelFixture } from './fixture.ts';
+
+// The image pipeline calls makeInitrd through this hook: a type error here is a broken contract.
+const hook: NonNullable<BuildOptions['makeInitrd']> = makeInitrd;
+
+const IMAGE: Image = {
+  name: 'debian',
+  source: 'docker:x',
+  cmdline: '',
+  root: 'ram',
+  initramfs: 'netboot',
+  init: '/sbin/init',
+  compression: 'zstd',
+  platform: 'linux/amd64',
+};
+
+describe('makeInitrd, the image pipeline hook', () => {
+  let fixture: KernelFixture;
+  let out: string;
+  beforeAll(async () => {
+    fixture = await debianKernelFixture();
+    out = await mkdtemp(join(tmpdir(), 'netboot-hook-'));
+  }, 600_000);
+  afterAll(async () => {
+    if (out) await rm(out, { recursive: true, force: true });
+  });
+
+  it('writes outDir/initrd.img and nothing else, shipping only the configured NICs', async () => {
+    const info = await writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, nics: ['e1000', 'not_a_driver'] }, outDir: out });
+    expect(await readdir(out)).toEqual(['initrd.img']);
+    expect((await stat(info.path)).size).toBe(info.size);
+    expect(info.modules).toEqual(['squashfs', 'overlay', 'loop', 'nbd', 'e1000']);
+    expect(info.unavailable).toEqual(['not_a_driver']);
+    await hook({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: IMAGE, outDir: out, log: (await import('../../server/log.ts')).silentLogger });
+  }, 60_000);
+
+  it('refuses clearly when no configured NIC driver exists, or the platform has no busybox here', async () => {
+    await expect(
+      writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, nics: ['nope1', 'nope2'] }, outDir: out }),
+    ).rejects.toThrow(/none of the NIC drivers configured for image debian \(nope1, nope2\) exist in kernel 6\./);
+    await expect(writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, platform: 'linux/arm64' }, outDir: out })).rejects.toThrow(
+      /linux\/arm64 needs a busybox/,
+    );
+    await expect(writeInitrd({ squashfs: fixture.squashfs, kernelVersion: '0.0.0-none', image: IMAGE, outDir: out })).rejects.toThrow(
+      /no modules\.dep for kernel 0\.0\.0-none \(looked for \/usr\/lib\/modules\/0\.0\.0-none\/modules\.dep, \/lib\/modules/,
+    );
+    expect(await readdir(out)).toEqual(['initrd.img']);
+  }, 60_000);
+});
