@@ -107,7 +107,10 @@ export function fuzzPackets(seeds: Buffer[], count: number, seed: number): Buffe
     } else if (kind === 2) {
       p = Buffer.from(base);
       const flips = 1 + (rand() % 8);
-      for (let j = 0; j < flips; j++) { const at = rand() % p.length; p[at] = p[at]! ^ (1 << (rand() % 8)); }
+      for (let j = 0; j < flips; j++) {
+        const at = rand() % p.length;
+        p[at] = p[at]! ^ (1 << (rand() % 8));
+      }
     } else if (kind === 3) {
       // Rewrite bytes in the options area only, keeping the header valid.
       p = Buffer.from(base);
