@@ -3,6 +3,7 @@ import { registerCheck } from './check.ts';
 import { registerServe } from './serve.ts';
 import { registerBuild } from './build.ts';
 import { registerGc } from './gc.ts';
+import { registerVm } from './vm.ts';
 import { EXIT } from './common.ts';
 
 const program = new Command('netboot')
@@ -14,6 +15,7 @@ registerServe(program);
 registerCheck(program);
 registerBuild(program);
 registerGc(program);
+registerVm(program);
 
 try {
   await program.parseAsync(process.argv);

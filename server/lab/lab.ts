@@ -13,7 +13,10 @@ export interface LabOptions {
   configFile: string;
   /** Where VM consoles and the server log go. */
   logDir: string;
-  /** Also run a separate "lab DHCP server" (dnsmasq) handing out addresses, as in a real lab. */
+  /**
+   * Also run a separate "lab DHCP server" (dnsmasq) handing out addresses, as in a real lab.
+   * Default: when the config's DHCP mode is proxy (a proxy alone gives no addresses).
+   */
   labDhcp?: boolean | { bootUrl?: string };
   /** Extra arguments for `netboot serve`. */
   serveArgs?: string[];
@@ -43,7 +46,8 @@ export class Lab {
     const lab = new Lab(segment, options, `http://${config.server.address}:${config.server.httpPort}`);
     try {
       await startRouterAdvertisements(segment);
-      if (options.labDhcp) await startLabDhcp(segment, typeof options.labDhcp === 'object' ? options.labDhcp : {});
+      const labDhcp = options.labDhcp ?? config.server.dhcp.mode === 'proxy';
+      if (labDhcp) await startLabDhcp(segment, typeof labDhcp === 'object' ? labDhcp : {});
       await lab.#startServer();
     } catch (err) {
       await lab.close();

@@ -1,5 +1,5 @@
 import { copyFile, mkdir, open, type FileHandle } from 'node:fs/promises';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { join } from 'node:path';
 import { stopChild, type Segment } from './netns.ts';
 
@@ -19,6 +19,13 @@ export interface VmOptions {
   direct?: { kernel: string; initrd: string; append: string };
   /** Where the timestamped serial log goes. */
   logDir: string;
+  /** Also copy the console here as it arrives (e.g. process.stdout for `netboot vm`). */
+  echo?: NodeJS.WritableStream;
+  /**
+   * Without a lab segment: QEMU's user-mode network, whose built-in DHCP hands iPXE this
+   * script URL (e.g. http://10.0.2.2:8080/boot.ipxe; 10.0.2.2 is the host).
+   */
+  userNetBootUrl?: string;
 }
 
 const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
@@ -40,7 +47,8 @@ export class Vm {
   #exit: Promise<number | null> | null = null;
 
   constructor(
-    private readonly segment: Segment,
+    /** The lab segment the VM's tap joins; null for QEMU user-mode networking. */
+    private readonly segment: Segment | null,
     readonly options: VmOptions,
   ) {
     this.logPath = join(options.logDir, `${options.name}.log`);
@@ -58,12 +66,15 @@ export class Vm {
   async start(): Promise<void> {
     const { options, segment } = this;
     await mkdir(options.logDir, { recursive: true });
-    const tap = await segment.addTap(`tap-${options.name}`.slice(0, 15));
-    const args = await this.#qemuArgs(tap);
+    const netdev = segment
+      ? `tap,id=n0,ifname=${await segment.addTap(`tap-${options.name}`.slice(0, 15))},script=no,downscript=no`
+      : `user,id=n0${options.userNetBootUrl ? `,bootfile=${options.userNetBootUrl}` : ''}`;
+    const args = await this.#qemuArgs(netdev);
     this.#log = await open(this.logPath, 'w');
     await this.#log.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
     this.#started = Date.now();
-    const child = segment.spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const stdio: SpawnOptions = { stdio: ['ignore', 'pipe', 'pipe'] };
+    const child = segment ? segment.spawn('qemu-system-x86_64', args, stdio) : spawn('qemu-system-x86_64', args, stdio);
     this.#child = child;
     this.#exit = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
     child.stdout!.on('data', (chunk: Buffer) => this.#onOutput(chunk.toString('latin1')));
@@ -71,7 +82,7 @@ export class Vm {
     child.once('exit', () => this.#wake());
   }
 
-  async #qemuArgs(tap: string): Promise<string[]> {
+  async #qemuArgs(netdev: string): Promise<string[]> {
     const { options } = this;
     const firmware = options.firmware ?? 'bios';
     const nicModel = options.nic === 'e1000' ? 'e1000' : 'virtio-net-pci';
@@ -82,7 +93,7 @@ export class Vm {
       '-m', String(options.memoryMiB ?? 1024),
       '-nographic',
       '-no-reboot',
-      '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`,
+      '-netdev', netdev,
       '-device', nic.join(','),
     ];
     if (firmware !== 'bios') {
@@ -103,6 +114,7 @@ export class Vm {
 
   #onOutput(text: string): void {
     this.#output += text;
+    this.options.echo?.write(text);
     const lines = (this.#partial + text).split(/\r?\n/);
     this.#partial = lines.pop() ?? '';
     const elapsed = ((Date.now() - this.#started) / 1000).toFixed(2).padStart(7);
