@@ -117,7 +117,8 @@ export function respond(request: DhcpMessage, ctx: RequestContext): Outcome {
   if (reply.message.yiaddr !== ZERO) offered.ip = reply.message.yiaddr;
   if (decision.kind === 'boot' && replyType !== 'NAK') offered.bootfile = decision.bootfile;
   const record: DhcpExchange = { ...exchange, replyType, offered };
-  if (decision.kind === 'ignore' && replyType !== 'NAK') {
+  // A plain DHCP client getting a lease without a boot file is the normal case, not worth a reason.
+  if (decision.kind === 'ignore' && decision.reason !== 'not-a-boot-client' && replyType !== 'NAK') {
     record.ignoredReason = decision.reason;
     record.detail = decision.detail;
   }
