@@ -1,0 +1,87 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { createSegment, stopChild, type Segment } from '../lab/netns.ts';
+import { startLabDhcp, startRouterAdvertisements, waitForOutput } from '../../server/lab/services.ts';
+import { Vm } from '../../server/lab/vm.ts';
+import { DhcpChild, UdpPeer } from './lab.ts';
+
+const MACS = { pxe: '52:54:00:00:f0:01', http: '52:54:00:00:f0:02', ipxe: '52:54:00:00:f0:03' };
+
+/**
+ * Real firmware beside a lab DHCP server (dnsmasq hands out addresses) with our proxy on the
+ * same segment: each client must take its address from dnsmasq and its boot file from us,
+ * and then ask for that file. No TFTP/HTTP server is needed: the first request for the file
+ * is the proof. QEMU runs under TCG; each VM is stopped as soon as its request is seen.
+ */
+describe('real PXE firmware with a lab DHCP server and our proxy', () => {
+  let segment: Segment;
+  let dir: string;
+  let server: DhcpChild;
+  let vm: Vm | null = null;
+  const extra: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'dhcp-firmware-'));
+    segment = await createSegment();
+    await startRouterAdvertisements(segment);
+    await startLabDhcp(segment);
+    server = await DhcpChild.start(segment, {
+      server: { address: segment.serverIp, httpPort: 8080, stateDir: join(dir, 'state') },
+      images: { deb: { source: 'docker:debian:12' } },
+      machines: Object.fromEntries(Object.values(MACS).map((mac) => [mac, {}])),
+    });
+  });
+
+  afterEach(async () => {
+    await vm?.stop();
+    vm = null;
+    for (const child of extra.splice(0)) await stopChild(child, 1000);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await segment?.destroy();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const inLabRange = (ip: string) => {
+    const last = Number(ip.split('.')[3]);
+    return ip.startsWith(`${segment.subnet}.`) && last >= 100 && last <= 199;
+  };
+
+  it('OVMF UEFI PXE (arch 7) takes the lab address and fetches snponly.efi from us over TFTP', async () => {
+    const tftp = await UdpPeer.start(segment, 69);
+    extra.push(tftp.child);
+    vm = new Vm(segment, { name: 'ovmf-pxe', mac: MACS.pxe, firmware: 'uefi-pxe', memoryMiB: 256, logDir: dir });
+    await vm.start();
+    const rrq = await tftp.next((r) => r.bytes.readUInt16BE(0) === 1, 120_000);
+    expect(rrq, `no TFTP request; console:\n${vm.tail()}`).not.toBeNull();
+    expect(rrq!.bytes.subarray(2, rrq!.bytes.indexOf(0, 2)).toString()).toBe('snponly.efi');
+    expect(inLabRange(rrq!.from)).toBe(true);
+    expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.pxe, arch: 7, replyType: 'OFFER', offered: { bootfile: 'snponly.efi' } }));
+  }, 180_000);
+
+  it('OVMF UEFI HTTP Boot (arch 16) takes the lab address and GETs the efi URL we echoed HTTPClient with', async () => {
+    const http = segment.spawn('busybox', ['nc', '-l', '-p', '8080']);
+    extra.push(http);
+    vm = new Vm(segment, { name: 'ovmf-http', mac: MACS.http, firmware: 'uefi-http', memoryMiB: 256, logDir: dir });
+    await vm.start();
+    const requestLine = await waitForOutput(http, /(GET|HEAD) \/ipxe\/\S+ HTTP/, 120_000);
+    expect(requestLine).toMatch(/ \/ipxe\/snponly\.efi /);
+    expect(server.exchanges).toContainEqual(
+      expect.objectContaining({ mac: MACS.http, arch: 16, replyType: 'OFFER', offered: { bootfile: `http://${segment.serverIp}:8080/ipxe/snponly.efi` } }),
+    );
+  }, 180_000);
+
+  it('the iPXE ROM (BIOS) takes the lab address and our boot.ipxe URL', async () => {
+    vm = new Vm(segment, { name: 'ipxe-bios', mac: MACS.ipxe, firmware: 'bios', memoryMiB: 256, logDir: dir });
+    await vm.start();
+    const [, ip] = await vm.waitFor(/net0: (\d+\.\d+\.\d+\.\d+)\//, 90_000);
+    expect(inLabRange(ip!)).toBe(true);
+    await vm.waitFor(new RegExp(`http://${segment.serverIp.replace(/\./g, '\\.')}:8080/boot\\.ipxe`), 60_000);
+    expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.ipxe, arch: 0, offered: { bootfile: `http://${segment.serverIp}:8080/boot.ipxe` } }));
+  }, 180_000);
+});
