@@ -486,6 +486,7 @@ class Connection {
   }
 
   private handleRequest(request: Request): void {
+    this.log.trace({ type: request.type, flags: request.flags, offset: request.offset.toString(), length: request.length }, 'nbd request');
     switch (request.type) {
       case Cmd.READ:
         this.handleRead(request);
