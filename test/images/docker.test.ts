@@ -122,8 +122,9 @@ describe('docker: and docker save -> oci-archive: with a real engine and a Debia
       await expect(
         cache.build(image('debian', 'docker:netboot-test/missing:nope'), { docker: dockerd.docker, pull: false }),
       ).rejects.toThrow(/docker:netboot-test\/missing:nope: no such image in the engine at unix:\/\/.*docker\.sock/);
-      await expect(cache.build(image('debian', 'docker:netboot-test/missing:nope'), { docker: dockerd.docker })).rejects.toThrow(
-        /docker:netboot-test\/missing:nope: pull failed: /,
+      // A registry on loopback that refuses connections (tests never reach outside 127.0.0.0/8).
+      await expect(cache.build(image('debian', 'docker:127.0.0.1:1/netboot-test/missing:nope'), { docker: dockerd.docker })).rejects.toThrow(
+        /docker:127\.0\.0\.1:1\/netboot-test\/missing:nope: pull failed: .*127\.0\.0\.1:1/,
       );
       await expectUntouched();
     }, 120_000);
