@@ -30,6 +30,7 @@ const logger = pino({ level: process.env.LOG_LEVEL ?? 'info', base: undefined },
 const server = new DhcpServer({
   config: () => config,
   logger,
+  bind: config.server.bind,
   ports: { dhcp: flag('--dhcp-port'), pxe: flag('--pxe-port') },
   onExchange: (exchange) => process.stdout.write(`exchange ${JSON.stringify(exchange)}\n`),
 });

@@ -16,7 +16,11 @@ export interface DhcpServerOptions {
   onExchange?: (exchange: DhcpExchange) => void;
   /** Called for every packet in and every reply out (metrics), e.g. ('DISCOVER', 'in'). */
   onPacket?: (messageType: string, direction: 'in' | 'out') => void;
-  /** Address to bind; default 0.0.0.0 (Node cannot bind to a device: run it in the right namespace/host). */
+  /**
+   * server.bind. DHCP always listens on 0.0.0.0: a socket bound to a unicast address never
+   * sees the broadcasts clients without an address send (and Node cannot bind to a device), so
+   * another address only earns a warning. Confine it by running it in the right host/namespace.
+   */
   bind?: string;
   /** Default 67 and 4011; tests may move them. */
   ports?: { dhcp?: number; pxe?: number };
@@ -49,7 +53,10 @@ export class DhcpServer {
     const config = this.options.config();
     const file = this.options.leaseFile ?? join(config.server.stateDir, 'leases.json');
     this.#leases = await LeaseStore.open(file, { now: this.options.now, warn: (msg) => this.#log.warn(msg) });
-    const bind = this.options.bind ?? '0.0.0.0';
+    const bind = '0.0.0.0';
+    if (this.options.bind && this.options.bind !== bind) {
+      this.#log.warn({ bind: this.options.bind }, `DHCP listens on 0.0.0.0, not ${this.options.bind}: clients without an address broadcast, and a socket bound to a unicast address never sees broadcasts`);
+    }
     try {
       const dhcp = await this.#bind(bind, this.options.ports?.dhcp ?? DHCP_SERVER_PORT);
       const pxe = await this.#bind(bind, this.options.ports?.pxe ?? PXE_PORT);

@@ -34,7 +34,8 @@ describe('DHCP server in a network namespace (proxy mode)', () => {
     segment = await createSegment();
     client = await addClientNamespace(segment, { mac: KNOWN });
     server = await DhcpChild.start(segment, {
-      server: { address: segment.serverIp, httpPort: 8080 },
+      // A unicast bind address must not deafen the server to broadcasts (it warns and uses 0.0.0.0).
+      server: { address: segment.serverIp, bind: segment.serverIp, httpPort: 8080 },
       images: { deb: { source: 'docker:debian:12' } },
       machines: { [KNOWN]: {} },
       defaults: { unknown: 'deny' },
