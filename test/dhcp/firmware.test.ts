@@ -85,3 +85,57 @@ describe('real PXE firmware with a lab DHCP server and our proxy', () => {
     expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.ipxe, arch: 0, offered: { bootfile: `http://${segment.serverIp}:8080/boot.ipxe` } }));
   }, 180_000);
 });
+
+/** We are the only DHCP server: firmware must accept our full-mode offers (address + boot file). */
+describe('real PXE firmware with our server in full mode', () => {
+  let segment: Segment;
+  let dir: string;
+  let server: DhcpChild;
+  let vm: Vm | null = null;
+  const extra: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'dhcp-firmware-full-'));
+    segment = await createSegment();
+    await startRouterAdvertisements(segment);
+    const s = segment.subnet;
+    server = await DhcpChild.start(segment, {
+      server: { address: segment.serverIp, httpPort: 8080, stateDir: join(dir, 'state'), dhcp: { mode: 'full', pool: { start: `${s}.50`, end: `${s}.60`, router: segment.serverIp } } },
+      images: { deb: { source: 'docker:debian:12' } },
+      machines: { [MACS.pxe]: { ip: `${s}.21` }, [MACS.ipxe]: { ip: `${s}.23` } },
+    });
+  });
+
+  afterEach(async () => {
+    await vm?.stop();
+    vm = null;
+    for (const child of extra.splice(0)) await stopChild(child, 1000);
+  });
+
+  afterAll(async () => {
+    await server?.stop();
+    await segment?.destroy();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('OVMF UEFI PXE gets its reserved address and fetches snponly.efi', async () => {
+    const tftp = await UdpPeer.start(segment, 69);
+    extra.push(tftp.child);
+    vm = new Vm(segment, { name: 'ovmf-pxe-full', mac: MACS.pxe, firmware: 'uefi-pxe', memoryMiB: 256, logDir: dir });
+    await vm.start();
+    const rrq = await tftp.next((r) => r.bytes.readUInt16BE(0) === 1, 120_000);
+    expect(rrq, `no TFTP request; console:\n${vm.tail()}`).not.toBeNull();
+    expect(rrq!.bytes.subarray(2, rrq!.bytes.indexOf(0, 2)).toString()).toBe('snponly.efi');
+    expect(rrq!.from).toBe(`${segment.subnet}.21`);
+    expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.pxe, replyType: 'ACK', offered: { ip: `${segment.subnet}.21`, bootfile: 'snponly.efi' } }));
+  }, 180_000);
+
+  it('the iPXE ROM gets its reserved address and the script URL', async () => {
+    vm = new Vm(segment, { name: 'ipxe-bios-full', mac: MACS.ipxe, firmware: 'bios', memoryMiB: 256, logDir: dir });
+    await vm.start();
+    const [, ip] = await vm.waitFor(/net0: (\d+\.\d+\.\d+\.\d+)\//, 90_000);
+    expect(ip).toBe(`${segment.subnet}.23`);
+    await vm.waitFor(new RegExp(`http://${segment.serverIp.replace(/\./g, '\\.')}:8080/boot\\.ipxe`), 60_000);
+    expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.ipxe, replyType: 'ACK', offered: { ip: `${segment.subnet}.23`, bootfile: `http://${segment.serverIp}:8080/boot.ipxe` } }));
+  }, 180_000);
+});
