@@ -104,8 +104,8 @@ const DEFAULTS = {
   maxOptionsPerConnection: 256,
 };
 
-/** Reply bytes buffered in user space for a slow reader before we stop taking its requests. */
-const WRITE_HIGH_WATER = 64 * 1024 * 1024;
+/** Reply bytes buffered in user space for a slow reader before we stop reading for it. */
+const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 
 interface OpenExport {
   name: string;
@@ -521,10 +521,16 @@ class Connection {
     const offset = Number(request.offset);
     const parsedAt = performance.now();
     this.inFlight++;
-    this.server.reads.enqueue(this, async () => {
+    const task = async (): Promise<void> => {
+      if (this.closed) return this.readDone();
+      if (this.socket.writableLength >= WRITE_HIGH_WATER) {
+        // The client is not taking its replies: give the slot back and queue again once it does,
+        // so unread replies cannot pile up in memory and a stalled client cannot hold slots.
+        this.socket.once('drain', () => this.server.reads.enqueue(this, task));
+        return;
+      }
       const startedAt = performance.now();
       try {
-        if (this.closed) return;
         const reply = Buffer.allocUnsafe(SIMPLE_REPLY_HEADER_LENGTH + length);
         let error = 0;
         try {
@@ -551,12 +557,17 @@ class Connection {
           queuedMs: startedAt - parsedAt,
         });
       } finally {
-        this.inFlight--;
-        this.updateBackpressure();
-        this.finishIfDisconnecting();
+        this.readDone();
       }
-    });
+    };
+    this.server.reads.enqueue(this, task);
     this.updateBackpressure();
+  }
+
+  private readDone(): void {
+    this.inFlight--;
+    this.updateBackpressure();
+    this.finishIfDisconnecting();
   }
 
   /** After NBD_CMD_DISC: answer what is in flight, then close. */
