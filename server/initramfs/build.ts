@@ -70,6 +70,8 @@ export interface InitrdSources {
   assetsDir?: string;
   /** Default: from the kernel config (zstd when CONFIG_RD_ZSTD=y, else gzip). */
   compression?: InitrdCompression;
+  /** More regular files, e.g. nbd-client and its libraries (nbdClientFiles()); paths relative to /. */
+  extraFiles?: readonly { path: string; mode: number; data: Buffer }[];
 }
 
 export interface InitrdBuild {
@@ -206,6 +208,7 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
     { type: 'file', path: 'bin/busybox', data: await readFile(busybox), mode: 0o755 },
     ...(await applets(busybox)).map((name): CpioEntry => ({ type: 'symlink', path: `bin/${name}`, target: 'busybox' })),
     ...(await assetEntries(sources.assetsDir ?? BOOT_ASSETS_DIR)),
+    ...(sources.extraFiles ?? []).map((file): CpioEntry => ({ type: 'file', path: file.path, data: file.data, mode: file.mode & 0o7777 })),
   ];
 
   const modulesDir = `lib/modules/${kver}`;

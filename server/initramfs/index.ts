@@ -4,7 +4,7 @@ import type { Image } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { silentLogger } from '../log.ts';
 import { readSquashfsFile } from '../images/squashfs-reader.ts';
-import { buildInitrd, type InitrdBuild } from './build.ts';
+import { buildInitrd, type InitrdBuild, type InitrdSources } from './build.ts';
 import { canonicalModuleName } from './modules.ts';
 
 export { buildInitrd, initrdBuilderFingerprint, INITRD_BUILDER_VERSION, BASE_MODULES, DEFAULT_NIC_MODULES, BOOT_ASSETS_DIR } from './build.ts';
@@ -21,6 +21,8 @@ export interface MakeInitrdOptions {
   image: Image;
   outDir: string;
   log?: Logger;
+  /** Passed to buildInitrd (e.g. nbd-client and its libraries for netboot.root=nbd). */
+  extraFiles?: InitrdSources['extraFiles'];
 }
 
 export type InitrdInfo = Omit<InitrdBuild, 'image'> & { path: string; size: number };
@@ -36,7 +38,7 @@ export async function makeInitrd(options: MakeInitrdOptions): Promise<void> {
 }
 
 /** makeInitrd that also says what it shipped (modules, compression, size). */
-export async function writeInitrd({ squashfs, kernelVersion, image, outDir, log = silentLogger }: MakeInitrdOptions): Promise<InitrdInfo> {
+export async function writeInitrd({ squashfs, kernelVersion, image, outDir, log = silentLogger, extraFiles }: MakeInitrdOptions): Promise<InitrdInfo> {
   const host = HOST_PLATFORM[process.arch];
   if (image.platform && host && image.platform !== host) {
     // The busybox we ship is the host's (busybox-static): it only runs on the host's architecture.
@@ -46,6 +48,7 @@ export async function writeInitrd({ squashfs, kernelVersion, image, outDir, log 
     readImageFile: (path) => readSquashfsFile(squashfs, path),
     kernelVersion,
     nics: image.nics,
+    extraFiles,
   });
   if (image.nics?.length && image.nics.every((name) => build.unavailable.includes(canonicalModuleName(name)))) {
     throw new Error(`none of the NIC drivers configured for image ${image.name} (${image.nics.join(', ')}) exist in kernel ${kernelVersion}: the initramfs could not bring up a network`);

@@ -111,7 +111,8 @@ describe('compressed modules', () => {
 
   it('ships them as plain .ko in the initramfs with modules.dep/alias renamed to match, reproducibly', async () => {
     const readImageFile = (path: string) => readFile(join(root, path));
-    const build = () => buildInitrd({ readImageFile, kernelVersion: kver, nics: ['x-xz', 'af_packet', 'absent_nic'], compression: 'gzip' });
+    const build = () => buildInitrd({ readImageFile, kernelVersion: kver, nics: ['x-xz', 'af_packet', 'absent_nic'], compression: 'gzip',
+        extraFiles: [{ path: 'bin/extra-tool', mode: 0o100755, data: Buffer.from('#!/bin/sh\n') }] });
     const first = await build();
     expect(first.modules).toEqual(['g_gz', 'z_zst', 'x_xz']);
     expect(first.builtin).toEqual(['af_packet']);
@@ -136,6 +137,7 @@ describe('compressed modules', () => {
     expect(stdout).toMatch(/^-rwxr-xr-x .* init$/m);
     expect(stdout).toMatch(/^-rwxr-xr-x .* lib\/netboot\/udhcpc.script$/m);
     expect(stdout).toMatch(/^-rw-r--r-- .* lib\/netboot\/common.sh$/m);
+    expect(stdout).toMatch(/^-rwxr-xr-x .* bin\/extra-tool$/m);
   });
 });
 
