@@ -6,7 +6,8 @@
  *
  * The config is netboot's config as JSON (a file, or stdin with `-`). stdout gets `ready
  * {"dhcp":67,"pxe":4011}` once both ports are bound, then `exchange {...}` per handled
- * packet; pino logs go to stderr. SIGTERM/SIGINT stop it (leases flushed first).
+ * packet; pino logs go to stderr. SIGHUP re-reads a config file (`reloaded` on stdout; a bad
+ * file keeps the old config). SIGTERM/SIGINT stop it (leases flushed first).
  */
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -24,8 +25,8 @@ const flag = (name: string): number | undefined => {
   const i = args.indexOf(name);
   return i >= 0 && args[i + 1] ? Number(args[i + 1]) : undefined;
 };
-const text = readFileSync(source === '-' ? 0 : source, 'utf8');
-const config = parseConfig(text, source === '-' ? resolve('stdin.json') : resolve(source));
+const read = () => parseConfig(readFileSync(source === '-' ? 0 : source, 'utf8'), source === '-' ? resolve('stdin.json') : resolve(source));
+let config = read();
 const logger = pino({ level: process.env.LOG_LEVEL ?? 'info', base: undefined }, pino.destination(2));
 const server = new DhcpServer({
   config: () => config,
@@ -36,6 +37,15 @@ const server = new DhcpServer({
 });
 const ports = await server.start();
 process.stdout.write(`ready ${JSON.stringify(ports)}\n`);
+process.on('SIGHUP', () => {
+  if (source === '-') return;
+  try {
+    config = read();
+    process.stdout.write('reloaded\n');
+  } catch (err) {
+    logger.error({ err: (err as Error).message }, 'config reload failed; keeping the old one');
+  }
+});
 for (const signal of ['SIGTERM', 'SIGINT'] as const) {
   process.once(signal, () => {
     void server.stop().then(() => process.exit(0));

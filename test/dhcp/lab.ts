@@ -1,5 +1,6 @@
 import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
@@ -93,15 +94,21 @@ export class DhcpChild {
 
   private constructor(readonly child: ChildProcess) {}
 
-  static async start(segment: Segment, rawConfig: Record<string, unknown>): Promise<DhcpChild> {
-    const child = segment.spawn('node', ['--import', 'tsx', 'server/dhcp/run-standalone.ts', '-'], { cwd: REPO, env: { ...process.env, LOG_LEVEL: 'debug' } });
+  /** With `configFile`, the config is written there (and reload() re-reads it); else it goes through stdin. */
+  static async start(segment: Segment, rawConfig: Record<string, unknown>, configFile?: string): Promise<DhcpChild> {
+    if (configFile) writeFileSync(configFile, JSON.stringify(rawConfig));
+    const child = segment.spawn('node', ['--import', 'tsx', 'server/dhcp/run-standalone.ts', configFile ?? '-'], { cwd: REPO, env: { ...process.env, LOG_LEVEL: 'debug' } });
     const server = new DhcpChild(child);
     child.stderr!.on('data', (chunk: Buffer) => (server.stderr += chunk.toString()));
-    child.stdin!.end(JSON.stringify(rawConfig));
+    child.stdin!.end(configFile ? undefined : JSON.stringify(rawConfig));
     const ready = new Promise<void>((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`DHCP server exited with ${code}: ${server.stderr.slice(-2000)}`)));
       createInterface({ input: child.stdout! }).on('line', (line) => {
         if (line.startsWith('ready ')) resolve();
+        if (line === 'reloaded') {
+          server.#reloads++;
+          for (const wake of server.#waiters) wake();
+        }
         if (line.startsWith('exchange ')) {
           server.exchanges.push(JSON.parse(line.slice('exchange '.length)) as DhcpExchange);
           for (const wake of server.#waiters) wake();
@@ -110,6 +117,26 @@ export class DhcpChild {
     });
     await ready;
     return server;
+  }
+
+  #reloads = 0;
+
+  /** Rewrites the config file and has the server re-read it (SIGHUP); resolves once it has. */
+  async reload(configFile: string, rawConfig: Record<string, unknown>): Promise<void> {
+    writeFileSync(configFile, JSON.stringify(rawConfig));
+    const before = this.#reloads;
+    this.child.kill('SIGHUP');
+    await new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (this.#reloads > before) {
+          clearTimeout(timer);
+          this.#waiters.delete(check);
+          resolve();
+        }
+      };
+      const timer = setTimeout(() => reject(new Error('config not reloaded')), 10_000);
+      this.#waiters.add(check);
+    });
   }
 
   get alive(): boolean {

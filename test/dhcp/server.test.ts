@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MessageType, Opt, decodeMessage, encodeMessage, ipOption, messageType, vendorClass, pxeDiscoveryControl, type DhcpMessage } from '../../server/dhcp/codec.ts';
 import { createSegment, type Segment } from '../lab/netns.ts';
@@ -101,5 +104,45 @@ describe('DHCP server in a network namespace (proxy mode)', () => {
     expect(server.errorLogs).toEqual([]);
     // The flood did reach the server: malformed packets were seen and dropped.
     expect(server.stderr).toMatch(/malformed DHCP packet dropped/);
+  });
+});
+
+describe('config reload applies to the next packet', () => {
+  let segment: Segment;
+  let client: ClientNamespace;
+  let server: DhcpChild;
+  let peer: UdpPeer;
+  let dir: string;
+  const raw = (unknown: string) => ({
+    server: { address: segment.serverIp },
+    images: { deb: { source: 'docker:debian:12' } },
+    defaults: { unknown },
+  });
+
+  beforeAll(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'dhcp-reload-'));
+    segment = await createSegment();
+    client = await addClientNamespace(segment);
+    server = await DhcpChild.start(segment, raw('deny'), join(dir, 'config.json'));
+    peer = await UdpPeer.start(client, 68);
+  });
+
+  afterAll(async () => {
+    await peer?.stop();
+    await server?.stop();
+    await client?.destroy();
+    await segment?.destroy();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('an unknown MAC denied before the reload is answered after it', async () => {
+    const mac = '52:54:00:00:ee:02';
+    await peer.send([encodeMessage({ ...pxeDiscover(mac, 0), xid: 0x4001 })], '255.255.255.255', 67);
+    await server.waitForExchange((e) => e.mac === mac && e.ignoredReason === 'unknown-mac-deny');
+    await server.reload(join(dir, 'config.json'), raw('boot-default'));
+    await peer.send([encodeMessage({ ...pxeDiscover(mac, 0), xid: 0x4002 })], '255.255.255.255', 67);
+    const offer = decoded(await peer.next((r) => xidOf(r) === 0x4002));
+    expect(offer.file).toBe('undionly.kpxe');
+    expect(peer.inbox.filter((r) => xidOf(r) === 0x4001)).toEqual([]);
   });
 });
