@@ -286,13 +286,23 @@ export function encodeHeader(header: Omit<TarHeader, 'pax' | 'typeflag'> & { pax
   const name = header.type === 'dir' ? `${header.path}/` : header.path;
   if (Buffer.byteLength(name) > 100) records.path = name;
   if (Buffer.byteLength(header.linkname) > 100) records.linkpath = header.linkname;
+  // Values too large for the octal fields go to PAX records (the field keeps 0).
+  const fit = (key: 'uid' | 'gid' | 'size' | 'mtime', value: number, digits: number): number => {
+    if (value < 8 ** digits) return value;
+    records[key] = String(value);
+    return 0;
+  };
+  const uid = fit('uid', header.uid, 7);
+  const gid = fit('gid', header.gid, 7);
+  const size = fit('size', header.size, 11);
+  const mtime = fit('mtime', header.mtime, 11);
   const block = Buffer.alloc(512);
   block.write(name.slice(0, 100), 0, 100, 'utf8');
   block.write(octal(header.mode, 8), 100, 'ascii');
-  block.write(octal(header.uid, 8), 108, 'ascii');
-  block.write(octal(header.gid, 8), 116, 'ascii');
-  block.write(octal(header.size, 12), 124, 'ascii');
-  block.write(octal(header.mtime, 12), 136, 'ascii');
+  block.write(octal(uid, 8), 108, 'ascii');
+  block.write(octal(gid, 8), 116, 'ascii');
+  block.write(octal(size, 12), 124, 'ascii');
+  block.write(octal(mtime, 12), 136, 'ascii');
   block.write(typeflag[header.type], 156, 'ascii');
   block.write(header.linkname.slice(0, 100), 157, 100, 'utf8');
   block.write('ustar\x0000', 257, 'latin1');
@@ -304,7 +314,7 @@ export function encodeHeader(header: Omit<TarHeader, 'pax' | 'typeflag'> & { pax
   block.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'ascii');
   if (Object.keys(records).length === 0) return block;
   const paxData = Buffer.concat(Object.entries(records).map(([k, v]) => paxRecord(k, v)));
-  const paxHeader = encodeHeader({ ...header, path: 'PaxHeader', type: 'file', size: paxData.length, linkname: '', pax: {} });
+  const paxHeader = encodeHeader({ ...header, path: 'PaxHeader', type: 'file', size: paxData.length, linkname: '', uid: 0, gid: 0, mtime: mtime, pax: {} });
   paxHeader.write('x', 156, 'ascii');
   // Recompute the checksum after changing the typeflag.
   paxHeader.fill(0x20, 148, 156);

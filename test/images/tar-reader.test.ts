@@ -85,6 +85,21 @@ describe('tar reader', () => {
     }
   });
 
+  it('encodes owners too large for the octal fields as PAX records', async () => {
+    const tar = tarOf([{ h: header('big', { uid: 100_000_000, gid: 3_000_000 }), data: 'x' }]);
+    const seen: TarHeader[] = [];
+    for await (const entry of readTar(chunked(tar, 512))) seen.push(entry.header);
+    expect(seen.map((h) => [h.path, h.uid, h.gid, h.size])).toEqual([['big', 100_000_000, 3_000_000, 1]]);
+    const dir = await mkdtemp(join(tmpdir(), 'netboot-tar-'));
+    try {
+      await writeFile(join(dir, 'x.tar'), tar);
+      const { stdout } = await run('tar', ['--numeric-owner', '-tvf', join(dir, 'x.tar')]);
+      expect(stdout).toContain('100000000/3000000');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('normalises paths without letting them climb above the root', () => {
     expect(normalisePath('./etc/passwd')).toBe('etc/passwd');
     expect(normalisePath('/usr//lib/')).toBe('usr/lib');
