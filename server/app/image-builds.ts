@@ -4,6 +4,8 @@ import type { Config, Image } from '../config/types.ts';
 import type { Metrics } from '../events/metrics.ts';
 import type { ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
+import { defaultDocker } from '../images/docker-source.ts';
+import { watchDockerTag } from '../images/watch.ts';
 import { buildImage } from './images.ts';
 import { progressReporter } from './progress.ts';
 
@@ -11,14 +13,16 @@ export type BuildState = 'idle' | 'building' | 'failed';
 
 /**
  * Keeps every configured image built while the server runs: builds what is missing at
- * start-up without blocking the rest of the service, re-checks each source every
- * `server.imageCheckSeconds` (a moved docker tag or a rewritten archive gives a new id, which
+ * start-up without blocking the rest of the service, watches each source (docker engine
+ * events; archives every `server.imageCheckSeconds`): a moved tag or a rewritten archive gives a new id, which
  * machines get at their next boot; the old id stays served), and rebuilds on request.
  * Builds run one at a time: they are CPU-heavy and the machines being served come first.
  */
 export class ImageBuilds {
   readonly #state = new Map<string, { state: BuildState; error?: string }>();
   readonly #archiveStamps = new Map<string, string>();
+  /** One docker tag watcher per image name, with the source it watches. */
+  readonly #tagWatchers = new Map<string, { source: string; stop: () => void }>();
   #queue: Promise<void> = Promise.resolve();
   #queued = new Set<string>();
   #timer: NodeJS.Timeout | null = null;
@@ -40,10 +44,33 @@ export class ImageBuilds {
     return this.#state.get(name)?.error;
   }
 
-  /** Queues a build of every configured image, then periodic checks. */
+  /** Queues a build of every configured image, then watches their sources. */
   start(): void {
-    for (const name of this.getConfig().images.keys()) this.request(name, { pull: true });
+    for (const name of this.getConfig().images.keys()) void this.request(name, { pull: true });
+    this.syncWatchers();
     this.#schedule();
+  }
+
+  /**
+   * Docker tags are watched through engine events (a moved tag is seen at once, with a slow
+   * poll behind it); call again after a config reload so added or removed images follow.
+   */
+  syncWatchers(): void {
+    const images = this.getConfig().images;
+    for (const [name, watcher] of this.#tagWatchers) {
+      if (images.get(name)?.source !== watcher.source) {
+        watcher.stop();
+        this.#tagWatchers.delete(name);
+      }
+    }
+    for (const image of images.values()) {
+      if (!image.source.startsWith('docker:') || this.#tagWatchers.has(image.name) || this.#stopped) continue;
+      const stop = watchDockerTag(
+        { docker: this.docker ?? defaultDocker(), ref: image.source.slice('docker:'.length), log: this.log, pollMs: this.getConfig().server.imageCheckSeconds * 1000 },
+        () => void this.request(image.name, { pull: false }),
+      );
+      this.#tagWatchers.set(image.name, { source: image.source, stop });
+    }
   }
 
   /** Queues a build (a cache hit when nothing changed); returns when it has run. */
@@ -60,6 +87,8 @@ export class ImageBuilds {
   stop(): void {
     this.#stopped = true;
     if (this.#timer) clearTimeout(this.#timer);
+    for (const watcher of this.#tagWatchers.values()) watcher.stop();
+    this.#tagWatchers.clear();
   }
 
   /** Resolves when every queued build has run (for tests and `serve --build-first`). */
@@ -73,11 +102,10 @@ export class ImageBuilds {
     this.#timer.unref();
   }
 
+  /** Archives have no events: a changed size or mtime means a rebuild. */
   async #check(): Promise<void> {
     for (const image of this.getConfig().images.values()) {
-      if (image.source.startsWith('oci-archive:') && !(await this.#archiveChanged(image))) continue;
-      // docker: resolving the tag is cheap (an inspect); an unchanged digest is a cache hit.
-      await this.request(image.name, { pull: false });
+      if (image.source.startsWith('oci-archive:') && (await this.#archiveChanged(image))) await this.request(image.name, { pull: false });
     }
   }
 

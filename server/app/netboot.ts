@@ -97,6 +97,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
     }
 
     store.on('change', (next, previous) => {
+      builds.syncWatchers();
       for (const name of next.images.keys()) {
         if (JSON.stringify(next.images.get(name)) !== JSON.stringify(previous.images.get(name))) void builds.request(name);
       }

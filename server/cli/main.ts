@@ -4,6 +4,7 @@ import { registerServe } from './serve.ts';
 import { registerBuild } from './build.ts';
 import { registerGc } from './gc.ts';
 import { registerVm } from './vm.ts';
+import { registerDemo } from './demo.ts';
 import { EXIT } from './common.ts';
 
 const program = new Command('netboot')
@@ -16,6 +17,7 @@ registerCheck(program);
 registerBuild(program);
 registerGc(program);
 registerVm(program);
+registerDemo(program);
 
 try {
   await program.parseAsync(process.argv);

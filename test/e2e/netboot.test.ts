@@ -2,6 +2,8 @@ import { mkdtemp, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab } from '../../server/lab/lab.ts';
 import type { Vm } from '../../server/lab/vm.ts';
@@ -12,6 +14,9 @@ import { silentLogger } from '../../server/log.ts';
 import { startDockerd, type Dockerd } from '../lab/dockerd.ts';
 import { busyboxImage, e2eImage } from '../fixtures/images/e2e.ts';
 import { FIXTURE_DIR } from '../fixtures/cache.ts';
+import { EXIT, REPO_ROOT } from '../../server/cli/common.ts';
+
+const run = promisify(execFile);
 
 /**
  * End to end: real QEMU VMs (TCG) netboot real Docker images through `netboot serve` running
@@ -283,6 +288,31 @@ describe('netboot end to end (QEMU, TCG)', () => {
       await closeLab(lab);
     }
   }, 1_200_000);
+
+  it('netboot vm --lab exits 0 on the expected console text and 5 with the last console lines on timeout', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'netboot-e2e-cli-'));
+    const configFile = join(dir, 'netboot.yaml');
+    await writeFile(
+      configFile,
+      stringify({
+        server: { address: '10.77.207.1', stateDir: join(dir, 'state'), cacheDir: CACHE_DIR, rebootDelay: 0 },
+        images: { busybox: { source: `docker:${busyboxRef}`, cmdline: 'console=ttyS0' } },
+        machines: { '52:54:00:e2:00:61': { hostname: 'cli' } },
+      }),
+    );
+    const netboot = (args: string[]) =>
+      run(join(REPO_ROOT, 'bin/netboot'), args, { timeout: 400_000, env: { ...process.env, DOCKER_HOST: dockerd.host } }).then(
+        ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
+        (err: { code: number; stdout: string; stderr: string }) => ({ code: err.code, stdout: err.stdout, stderr: err.stderr }),
+      );
+    const ok = await netboot(['vm', '--lab', '--config', configFile, '--mac', '52-54-00-E2-00-61', '--expect', 'NETBOOT-E2E-UP hostname=cli', '--timeout', '300']);
+    expect(ok.stdout).toMatch(/NETBOOT-E2E-UP hostname=cli image=\S+ root=overlay/);
+    expect(ok.code).toBe(EXIT.ok);
+
+    const late = await netboot(['vm', '--lab', '--config', configFile, '--mac', '52:54:00:e2:00:61', '--expect', 'text this image never prints', '--timeout', '20']);
+    expect(late.code).toBe(EXIT.timeout);
+    expect(late.stderr).toMatch(/last console lines \(full log: \S+\.log\)/);
+  }, 900_000);
 
   it("boots through OVMF's own UEFI PXE client, our DHCP and TFTP (ipxe.efi), then iPXE over HTTP", async () => {
     const { lab } = await startLab({
