@@ -3,6 +3,7 @@ import type { Config, Image } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { ImageCache, type BuildProgress, type BuiltImage } from '../images/cache.ts';
 import { initrdBuilderFingerprint, makeInitrd } from '../initramfs/index.ts';
+import { nbdClientFiles } from '../initramfs/nbd-client.ts';
 
 export function openImageCache(config: Config, log: Logger): ImageCache {
   return new ImageCache({ cacheDir: config.server.cacheDir, log });
@@ -28,7 +29,8 @@ export async function buildImage(cache: ImageCache, image: Image, log: Logger, o
   fingerprint ??= initrdBuilderFingerprint();
   return cache.build(image, {
     ...options,
-    extraInputs: { initramfs: ours ? await fingerprint : null },
-    makeInitrd: ours ? async (ctx) => void (await makeInitrd(ctx)) : undefined,
+    extraInputs: { initramfs: ours ? await fingerprint : null, root: image.root },
+    // An NBD root needs Debian's nbd-client (and its libraries) in the initramfs.
+    makeInitrd: ours ? async (ctx) => makeInitrd({ ...ctx, extraFiles: image.root === 'nbd' ? await nbdClientFiles() : undefined }) : undefined,
   });
 }

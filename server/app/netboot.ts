@@ -1,3 +1,4 @@
+import { statSync } from 'node:fs';
 import type Dockerode from 'dockerode';
 import type { FastifyInstance } from 'fastify';
 import type { ConfigStore } from '../config/watch.ts';
@@ -7,6 +8,7 @@ import { Timeline } from '../events/timeline.ts';
 import { createHttpServer, type ArtifactStore } from '../http/server.ts';
 import type { ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
+import { NbdServer, type NbdConnectionEvent, type NbdExport } from '../nbd/server.ts';
 import { createTftpServer, dirSource, generatedSource, ipxeSource, mountSources, type TftpServer, type TransferEvent } from '../tftp/index.ts';
 import { ImageBuilds } from './image-builds.ts';
 import { openImageCache } from './images.ts';
@@ -24,6 +26,7 @@ export interface Netboot {
   http: FastifyInstance;
   tftp: TftpServer | null;
   dhcp: DhcpServer | null;
+  nbd: NbdServer | null;
   timeline: Timeline;
   metrics: Metrics;
   builds: ImageBuilds;
@@ -46,6 +49,8 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   const timeline = new Timeline({ metrics });
   const cache = openImageCache(config, log);
   const builds = new ImageBuilds(cache, () => store.current, log, metrics, options.docker);
+  // Which MAC an address belongs to, learnt from DHCP offers and from HTTP requests that name a
+  // MAC (/init's layer and rootfs fetches): TFTP and NBD only see addresses.
   const addressOwners = new Map<string, string>();
 
   const started: { stop(): Promise<unknown> }[] = [];
@@ -64,6 +69,9 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       stateDir: config.server.stateDir,
       leaseLookup: (mac) => dhcp?.leases?.active(mac)?.ip,
       rebuild: (name) => builds.request(name, { pull: true }),
+    });
+    http.addHook('onResponse', async (request) => {
+      if (request.note?.mac) addressOwners.set(request.ip.replace(/^::ffff:/, ''), request.note.mac);
     });
     await http.listen({ host: config.server.bind, port: config.server.httpPort });
     started.push({ stop: () => http.close() });
@@ -96,6 +104,18 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       started.push(dhcp);
     }
 
+    let nbd: NbdServer | null = null;
+    if ([...config.images.values()].some((image) => image.root === 'nbd')) {
+      nbd = new NbdServer({
+        lookupExport: (id) => nbdExport(cache, id),
+        maxConnections: config.server.nbd.maxConnections,
+        log: log.child({ service: 'nbd' }),
+        onConnection: (event) => recordNbd(event, addressOwners, timeline, metrics),
+      });
+      await nbd.start({ host: config.server.bind, port: config.server.nbd.port });
+      started.push(nbd);
+    }
+
     store.on('change', (next, previous) => {
       builds.syncWatchers();
       for (const name of next.images.keys()) {
@@ -116,12 +136,13 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         http: `http://${config.server.address}:${config.server.httpPort}`,
         tftp: tftp ? config.server.tftp.port : 'off',
         dhcp: config.server.dhcp.mode,
+        nbd: nbd ? config.server.nbd.port : 'off',
         images: [...config.images.keys()],
         machines: config.machines.size,
       },
       'netboot serving',
     );
-    return { http, tftp, dhcp, timeline, metrics, builds, stop };
+    return { http, tftp, dhcp, nbd, timeline, metrics, builds, stop };
   } catch (err) {
     await stop();
     throw err;
@@ -175,6 +196,26 @@ function recordTftp(event: TransferEvent, addressOwners: Map<string, string>, ti
   if (mac && event.outcome === 'complete') {
     timeline.record(mac, 'tftp', { source: 'tftp', detail: event.path, bytes: event.bytes, durationMs: event.durationMs });
   }
+}
+
+/** Each image id is an export; a superseded id stays readable while its file exists (and for connected clients, after). */
+function nbdExport(cache: ImageCache, id: string): NbdExport | null {
+  try {
+    const path = cache.artifactPath(id, 'rootfs.squashfs');
+    return { path, size: statSync(path).size };
+  } catch {
+    return null;
+  }
+}
+
+/** An NBD root stays connected while the machine runs: its rootfs phase is the connection's open, and its close reports the bytes read. */
+function recordNbd(event: NbdConnectionEvent, addressOwners: Map<string, string>, timeline: Timeline, metrics: Metrics): void {
+  if (event.event === 'refused' || !event.export) return;
+  if (event.event === 'close') metrics.served('rootfs.squashfs', event.bytes);
+  const mac = addressOwners.get(event.client.address.replace(/^::ffff:/, ''));
+  if (!mac) return;
+  const detail = event.event === 'open' ? `nbd export ${event.export} connected` : `nbd export ${event.export} closed after ${event.requests} reads (${event.reason ?? 'disconnect'})`;
+  timeline.record(mac, 'rootfs', { source: 'nbd', detail, ...(event.event === 'close' ? { bytes: event.bytes } : {}), imageId: event.export });
 }
 
 function macFromPath(path: string): string | undefined {

@@ -7,7 +7,7 @@ export const INIT_PHASES = ['init', 'net', 'layer', 'rootfs', 'switch_root', 'up
 export type ServerPhase = (typeof SERVER_PHASES)[number];
 export type InitPhase = (typeof INIT_PHASES)[number];
 export type Phase = ServerPhase | InitPhase;
-export type PhaseSource = 'dhcp' | 'tftp' | 'http' | 'init';
+export type PhaseSource = 'dhcp' | 'tftp' | 'http' | 'nbd' | 'init';
 export type BootState = 'booting' | 'up' | 'failed' | 'never';
 
 /** Body of `POST /api/machines/<mac>/events`, sent by /init. */

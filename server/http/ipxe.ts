@@ -36,6 +36,8 @@ export interface BootScriptParams {
   /** Signed layer URL for this boot (netboot initramfs only). */
   layerUrl: string;
   rebootDelay: number;
+  /** host:port of the NBD server, for images whose root is streamed over NBD. */
+  nbd: string;
 }
 
 /** The kernel command line after the kernel URL, per the contract in DESIGN.md. */
@@ -50,7 +52,8 @@ export function kernelArgs(p: BootScriptParams): string {
       `netboot.layer=${p.layerUrl}`,
       `netboot.init=${p.image.init}`,
     );
-    if (p.rebootDelay > 0) args.push(`netboot.reboot=${p.rebootDelay}`);
+    if (p.image.root === 'nbd') args.push(`netboot.nbd=${p.nbd}`);
+    args.push(`netboot.reboot=${p.rebootDelay}`);
   }
   args.push(p.image.cmdline, p.machine.cmdline);
   return args.map((a) => a.trim()).filter(Boolean).join(' ');

@@ -57,7 +57,15 @@ export function registerScriptRoutes(app: FastifyInstance, ctx: HttpContext): vo
     const boot = ctx.timeline.record(mac, 'script', { source: 'http', imageId, detail: `image ${image.name}` });
     const grant = ctx.layers.signer.sign(mac, boot.id, imageId, ctx.layerTtlSeconds);
     const layerUrl = `${server}/machines/${macToHyphens(mac)}/layer?boot=${grant.boot}&image=${grant.image}&exp=${grant.exp}&sig=${grant.sig}`;
-    return renderBoot(ctx.templates, { server, machine, image, imageId, layerUrl, rebootDelay: config.server.rebootDelay });
+    return renderBoot(ctx.templates, {
+      server,
+      machine,
+      image,
+      imageId,
+      layerUrl,
+      rebootDelay: config.server.rebootDelay,
+      nbd: `${config.server.address}:${config.server.nbd.port}`,
+    });
   });
 }
 
