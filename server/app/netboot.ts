@@ -110,7 +110,8 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         lookupExport: (id) => nbdExport(cache, id),
         maxConnections: config.server.nbd.maxConnections,
         log: log.child({ service: 'nbd' }),
-        onConnection: (event) => recordNbd(event, addressOwners, timeline, metrics),
+        onConnection: (event) => recordNbd(event, addressOwners, timeline),
+        onRead: (event) => metrics.nbdRead(event.export, event.length, event.latencyMs),
       });
       await nbd.start({ host: config.server.bind, port: config.server.nbd.port });
       started.push(nbd);
@@ -209,9 +210,8 @@ function nbdExport(cache: ImageCache, id: string): NbdExport | null {
 }
 
 /** An NBD root stays connected while the machine runs: its rootfs phase is the connection's open, and its close reports the bytes read. */
-function recordNbd(event: NbdConnectionEvent, addressOwners: Map<string, string>, timeline: Timeline, metrics: Metrics): void {
+function recordNbd(event: NbdConnectionEvent, addressOwners: Map<string, string>, timeline: Timeline): void {
   if (event.event === 'refused' || !event.export) return;
-  if (event.event === 'close') metrics.served('rootfs.squashfs', event.bytes);
   const mac = addressOwners.get(event.client.address.replace(/^::ffff:/, ''));
   if (!mac) return;
   const detail = event.event === 'open' ? `nbd export ${event.export} connected` : `nbd export ${event.export} closed after ${event.requests} reads (${event.reason ?? 'disconnect'})`;

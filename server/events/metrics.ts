@@ -76,6 +76,25 @@ export class Metrics {
     this.imageBuild.observe({ image, outcome }, seconds);
   }
 
+  readonly nbdBytes = new Counter({
+    name: 'netboot_nbd_bytes_total',
+    help: 'Bytes of root filesystem read over NBD, by export (image id)',
+    labelNames: ['export'] as const,
+    registers: [this.registry],
+  });
+
+  readonly nbdReadSeconds = new Histogram({
+    name: 'netboot_nbd_read_seconds',
+    help: 'NBD read latency, from request to reply (queueing included)',
+    buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5],
+    registers: [this.registry],
+  });
+
+  nbdRead(exportName: string, bytes: number, latencyMs: number): void {
+    this.nbdBytes.inc({ export: exportName }, bytes);
+    this.nbdReadSeconds.observe(latencyMs / 1000);
+  }
+
   served(artifact: ArtifactKind, bytes: number): void {
     if (bytes > 0) this.bytesServed.inc({ artifact }, bytes);
   }

@@ -62,8 +62,13 @@ beforeAll(async () => {
   busyboxRef = await busyboxImage(dockerd);
   // Build both images once up front; every lab's server then finds them in the shared cache.
   const cache = new ImageCache({ cacheDir: CACHE_DIR, log: silentLogger });
-  for (const [name, ref] of [['debian', systemdRef], ['busybox', busyboxRef]] as const) {
-    await buildImage(cache, imageEntry(name, `docker:${ref}`), silentLogger, { docker: dockerd.docker });
+  for (const [name, ref, root] of [
+    ['debian', systemdRef, 'ram'],
+    ['busybox', busyboxRef, 'ram'],
+    ['busybox-nbd', busyboxRef, 'nbd'],
+    ['debian-nbd', systemdRef, 'nbd'],
+  ] as const) {
+    await buildImage(cache, imageEntry(name, { source: `docker:${ref}`, cmdline: 'console=ttyS0', root }), silentLogger, { docker: dockerd.docker });
   }
 }, 3_600_000);
 
@@ -72,8 +77,8 @@ afterAll(async () => {
   await dockerd?.stop();
 });
 
-function imageEntry(name: string, source: string) {
-  return parseConfig(stringify({ images: { [name]: { source } } }), '/virtual/netboot.yaml').images.get(name)!;
+function imageEntry(name: string, entry: Record<string, unknown>) {
+  return parseConfig(stringify({ images: { [name]: entry } }), '/virtual/netboot.yaml').images.get(name)!;
 }
 
 interface LabSpec {
@@ -313,6 +318,42 @@ describe('netboot end to end (QEMU, TCG)', () => {
     expect(late.code).toBe(EXIT.timeout);
     expect(late.stderr).toMatch(/last console lines \(full log: \S+\.log\)/);
   }, 900_000);
+
+  it('streams the root over NBD: reads a fraction of the image, and a server restart mid-boot is survived', async () => {
+    const { lab } = await startLab({
+      name: 'nbd',
+      subnet: 208,
+      images: {
+        'busybox-nbd': { source: `docker:${busyboxRef}`, cmdline: 'console=ttyS0', root: 'nbd' },
+        'debian-nbd': { source: `docker:${systemdRef}`, cmdline: 'console=ttyS0', root: 'nbd' },
+      },
+      defaults: { image: 'busybox-nbd', unknown: 'deny' },
+      machines: { '52:54:00:e2:00:71': { hostname: 'streamer' }, '52:54:00:e2:00:72': { hostname: 'survivor', image: 'debian-nbd' } },
+    });
+    try {
+      // The lab's server builds the nbd variants (initrd with nbd-client) at start-up.
+      const small = await bootAndWait(lab, 'streamer', '52:54:00:e2:00:71');
+      expect(small.marker).toMatchObject({ hostname: 'streamer', root: 'overlay' });
+      expect(small.vm.console).toMatch(/netboot: rootfs: nbd:\/\/10\.77\.208\.1:10809\/\S+ mounted read-only/);
+      const summary = await machine(lab, '52:54:00:e2:00:71');
+      expect(summary.lastBoot?.phases.some((p) => p.phase === 'rootfs' && p.source === 'nbd')).toBe(true);
+      const manifest = await lab.api<{ artifacts: Record<string, { size: number }> }>(`/images/${small.marker.image}/manifest.json`);
+      const imageBytes = manifest.artifacts['rootfs.squashfs']!.size;
+      const { stdout: metrics } = await lab.segment.exec('curl', ['-sf', `${lab.baseUrl}/metrics`]);
+      const read = Number(new RegExp(`netboot_nbd_bytes_total\\{export="${small.marker.image}"\\} (\\d+)`).exec(metrics)?.[1]);
+      expect(read).toBeGreaterThan(0);
+      expect(read).toBeLessThan(imageBytes * 0.1);
+
+      // systemd keeps reading its root long after switch_root: restart the server right then.
+      const vm = await lab.bootVm({ name: 'survivor', mac: '52:54:00:e2:00:72' });
+      await vm.waitFor(/netboot: switch_root into/, BOOT_TIMEOUT);
+      await lab.restartServer();
+      const marker = parseMarker(await vm.waitFor(MARKER, BOOT_TIMEOUT));
+      expect(marker).toMatchObject({ hostname: 'survivor', root: 'overlay' });
+    } finally {
+      await closeLab(lab);
+    }
+  }, 1_200_000);
 
   it("boots through OVMF's own UEFI PXE client, our DHCP and TFTP (ipxe.efi), then iPXE over HTTP", async () => {
     const { lab } = await startLab({
