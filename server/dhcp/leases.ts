@@ -56,6 +56,8 @@ const OFFER_HOLD_MS = 60_000;
 export class LeaseStore {
   /** by MAC */
   readonly #leases = new Map<string, Lease>();
+  /** ip -> mac of the lease holding it (one lease per address) */
+  readonly #byIp = new Map<string, string>();
   readonly #declined = new Map<string, number>();
   #saving: Promise<void> = Promise.resolve();
   #saveError: Error | null = null;
@@ -80,7 +82,7 @@ export class LeaseStore {
       const data = JSON.parse(text) as Persisted;
       for (const lease of data.leases ?? []) {
         if (typeof lease.mac === 'string' && typeof lease.ip === 'string' && typeof lease.expiresAt === 'number') {
-          store.#leases.set(lease.mac, { mac: lease.mac, ip: lease.ip, expiresAt: lease.expiresAt, state: 'bound' });
+          store.#put({ mac: lease.mac, ip: lease.ip, expiresAt: lease.expiresAt, state: 'bound' });
         }
       }
       for (const [ip, until] of Object.entries(data.declined ?? {})) if (typeof until === 'number') store.#declined.set(ip, until);
@@ -93,6 +95,11 @@ export class LeaseStore {
   /** Every lease, expired ones included (a client gets its old address back when it is still free). */
   list(): Lease[] {
     return [...this.#leases.values()].map((l) => ({ ...l }));
+  }
+
+  /** Whether there is any record (expired or not) of the client. */
+  knows(mac: string): boolean {
+    return this.#leases.has(mac);
   }
 
   /** The client's current, unexpired lease. */
@@ -108,9 +115,9 @@ export class LeaseStore {
 
   /** The MAC holding `ip` with an unexpired lease, if any. */
   holder(ip: string): string | undefined {
-    const now = this.now();
-    for (const lease of this.#leases.values()) if (lease.ip === ip && lease.expiresAt > now) return lease.mac;
-    return undefined;
+    const mac = this.#byIp.get(ip);
+    const lease = mac === undefined ? undefined : this.#leases.get(mac);
+    return lease && lease.expiresAt > this.now() ? lease.mac : undefined;
   }
 
   /** Can `mac` have `ip`? Its reservation always; else a pool address nobody else holds, not excluded or declined. */
@@ -133,7 +140,7 @@ export class LeaseStore {
     const hold = this.now() + OFFER_HOLD_MS;
     // An offer never shortens a bound lease of the same address.
     if (existing && existing.ip === ip && existing.state === 'bound' && existing.expiresAt > hold) return ip;
-    this.#leases.set(mac, { mac, ip, expiresAt: hold, state: existing?.ip === ip && existing.state === 'bound' ? 'bound' : 'offered' });
+    this.#put({ mac, ip, expiresAt: hold, state: existing?.ip === ip && existing.state === 'bound' ? 'bound' : 'offered' });
     return ip;
   }
 
@@ -157,14 +164,31 @@ export class LeaseStore {
   }
 
   #forgetIp(ip: string): void {
-    for (const [mac, lease] of this.#leases) if (lease.ip === ip) this.#leases.delete(mac);
+    const mac = this.#byIp.get(ip);
+    if (mac !== undefined) this.#remove(mac);
+  }
+
+  /** Sets a MAC's lease; an (expired) record of another MAC for the same address is dropped. */
+  #put(lease: Lease): void {
+    this.#remove(lease.mac);
+    const other = this.#byIp.get(lease.ip);
+    if (other !== undefined) this.#remove(other);
+    this.#leases.set(lease.mac, lease);
+    this.#byIp.set(lease.ip, lease.mac);
+  }
+
+  #remove(mac: string): void {
+    const lease = this.#leases.get(mac);
+    if (!lease) return;
+    this.#leases.delete(mac);
+    if (this.#byIp.get(lease.ip) === mac) this.#byIp.delete(lease.ip);
   }
 
   /** REQUEST accepted: binds `ip` to `mac` for `seconds`. false when the address is not the client's to have. */
   bind(mac: string, ip: string, seconds: number, pool: PoolSpec, reservedIp: string | undefined): boolean {
     if (!this.available(mac, ip, pool, reservedIp)) return false;
     this.#forgetIp(ip);
-    this.#leases.set(mac, { mac, ip, expiresAt: this.now() + seconds * 1000, state: 'bound' });
+    this.#put({ mac, ip, expiresAt: this.now() + seconds * 1000, state: 'bound' });
     this.#save();
     return true;
   }
@@ -182,7 +206,7 @@ export class LeaseStore {
   decline(mac: string, ip: string, seconds: number): boolean {
     const lease = this.#leases.get(mac);
     if (!lease || lease.ip !== ip) return false;
-    this.#leases.delete(mac);
+    this.#remove(mac);
     this.#declined.set(ip, this.now() + seconds * 1000);
     this.#save();
     return true;
@@ -191,7 +215,7 @@ export class LeaseStore {
   /** Drops an unanswered offer (the client chose another server). */
   withdrawOffer(mac: string): void {
     const lease = this.#leases.get(mac);
-    if (lease?.state === 'offered') this.#leases.delete(mac);
+    if (lease?.state === 'offered') this.#remove(mac);
   }
 
   /** Resolves when every change so far is on disk; rejects with the last write error. */

@@ -112,6 +112,7 @@ export function respond(request: DhcpMessage, ctx: RequestContext): Outcome {
   const out = mode === 'proxy' || ctx.port === PXE_PORT ? proxy(request, type, decision, ctx) : full(request, type, facts, decision, ctx);
   if (!out.reply) return silent(out.reason ?? (decision.kind === 'ignore' ? decision.reason : 'not-for-us'), out.detail ?? (decision.kind === 'ignore' ? decision.detail : undefined));
   const reply = out.reply;
+  echoClientOptions(request, reply.message);
   const replyType = messageTypeName(messageType(reply.message));
   const offered: DhcpExchange['offered'] = {};
   if (reply.message.yiaddr !== ZERO) offered.ip = reply.message.yiaddr;
@@ -124,6 +125,17 @@ export function respond(request: DhcpMessage, ctx: RequestContext): Outcome {
   }
   if (out.detail && replyType === 'NAK') record.detail = out.detail;
   return { reply, exchange: record };
+}
+
+/**
+ * RFC 6842: the client identifier (61) comes back in every reply; RFC 3046: relay agent
+ * information (82) comes back too, last, so the relay can forward the reply.
+ */
+function echoClientOptions(request: DhcpMessage, reply: DhcpMessage): void {
+  const clientIdentifier = getOption(request, Opt.CLIENT_ID);
+  if (clientIdentifier) reply.options.push(option(Opt.CLIENT_ID, clientIdentifier));
+  const relayInfo = getOption(request, Opt.RELAY_AGENT);
+  if (relayInfo && request.giaddr !== ZERO) reply.options.push(option(Opt.RELAY_AGENT, relayInfo));
 }
 
 interface Partial {
@@ -281,7 +293,7 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
       // SELECTING / INIT-REBOOT name the address in option 50; RENEWING / REBINDING in ciaddr.
       const ip = requestedIp(request) ?? (request.ciaddr !== ZERO ? request.ciaddr : undefined);
       if (!ip) return nak('REQUEST without a requested address');
-      const ours = asked === me || leases.list().some((l) => l.mac === mac) || spec.reserved !== undefined;
+      const ours = asked === me || leases.knows(mac) || spec.reserved !== undefined;
       if (!ours) return { reply: null, reason: 'no-record', detail: `no lease on record for ${mac} (RFC 2131 4.3.2: stay silent)` };
       if (!sameSubnet(ip, me, pool.netmask)) return nak(`${ip} is not on this network`);
       if (!leases.bind(mac, ip, pool.leaseSeconds, spec.spec, spec.reserved)) return nak(`${ip} is not available to ${mac}`);

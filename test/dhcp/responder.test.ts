@@ -6,8 +6,10 @@ import {
   decodeMessage,
   encodeMessage,
   getOption,
+  encodeSubOptions,
   ipOption,
   ipxeOptions,
+  option,
   leaseTime,
   messageType,
   pxeDiscoveryControl,
@@ -181,9 +183,15 @@ describe('full mode', () => {
 
   it('replies through a relay to giaddr:67, to ciaddr:68 when renewing, broadcast otherwise', async () => {
     const handle = await setup();
-    const relayed = handle(plain(MessageType.DISCOVER, '02:00:00:00:00:05', [], { giaddr: '10.9.0.250', hops: 1 }));
+    const agent = option(Opt.RELAY_AGENT, encodeSubOptions([option(1, [0, 4, 0, 1]), option(2, [9, 9])]));
+    const clientIdentifier = option(Opt.CLIENT_ID, [1, 2, 0, 0, 0, 0, 5]);
+    const relayed = handle(plain(MessageType.DISCOVER, '02:00:00:00:00:05', [clientIdentifier, agent], { giaddr: '10.9.0.250', hops: 1 }));
     expect(relayed.reply!.to).toEqual({ address: '10.9.0.250', port: 67 });
-    expect(wire(relayed).giaddr).toBe('10.9.0.250');
+    const relayedOffer = wire(relayed);
+    expect(relayedOffer.giaddr).toBe('10.9.0.250');
+    // Relay agent information (RFC 3046) and the client identifier (RFC 6842) are echoed, 82 last.
+    expect(relayedOffer.options.at(-1)).toEqual(agent);
+    expect(getOption(relayedOffer, Opt.CLIENT_ID)).toEqual(clientIdentifier.data);
     handle(plain(MessageType.REQUEST, '02:00:00:00:00:05', [ipOption(Opt.REQUESTED_IP, '10.9.0.100'), ipOption(Opt.SERVER_ID, '10.9.0.1')]));
     const renew = handle(plain(MessageType.REQUEST, '02:00:00:00:00:05', [], { ciaddr: '10.9.0.100' }));
     expect(messageType(wire(renew))).toBe(MessageType.ACK);
