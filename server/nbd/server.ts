@@ -32,7 +32,8 @@ import {
   writeSimpleReplyHeader,
   type ClientMessage,
 } from './codec.ts';
-import { FairQueue } from './fair-queue.ts';
+import { BufferPool } from './buffer-pool.ts';
+import { FairQueue, type Task } from './fair-queue.ts';
 
 export interface NbdExport {
   /** The file served (for us: `<cacheDir>/images/<id>/rootfs.squashfs`). */
@@ -118,6 +119,7 @@ export class NbdServer {
     Pick<NbdServerOptions, 'listExports' | 'onConnection' | 'onRead'>;
   private readonly log: Logger;
   private readonly readQueue: FairQueue<Connection>;
+  private readonly pool = new BufferPool();
   private readonly connections = new Set<Connection>();
   private server: Server | null = null;
   private stopping = false;
@@ -210,6 +212,11 @@ export class NbdServer {
   }
 
   /** @internal */
+  get buffers(): BufferPool {
+    return this.pool;
+  }
+
+  /** @internal */
   forget(connection: Connection): void {
     this.connections.delete(connection);
   }
@@ -279,6 +286,8 @@ class Connection {
   private handshakeTimer: NodeJS.Timeout | null = null;
   private closeReason = 'client-closed';
   private closing: Promise<void> | null = null;
+  /** Reads put back while the client was not taking its replies; queued again on 'drain'. */
+  private deferred: Task[] = [];
 
   constructor(
     private readonly socket: Socket,
@@ -304,7 +313,10 @@ class Connection {
       this.closeReason = 'socket-error';
     });
     socket.on('close', () => void this.close(this.closeReason));
-    socket.on('drain', () => this.updateBackpressure());
+    socket.on('drain', () => {
+      for (const task of this.deferred.splice(0)) this.server.reads.enqueue(this, task);
+      this.updateBackpressure();
+    });
     this.handshakeTimer = setTimeout(() => {
       this.log.warn('nbd handshake timeout');
       void this.close('handshake-timeout');
@@ -526,22 +538,27 @@ class Connection {
       if (this.socket.writableLength >= WRITE_HIGH_WATER) {
         // The client is not taking its replies: give the slot back and queue again once it does,
         // so unread replies cannot pile up in memory and a stalled client cannot hold slots.
-        this.socket.once('drain', () => this.server.reads.enqueue(this, task));
+        this.deferred.push(task);
         return;
       }
       const startedAt = performance.now();
       try {
-        const reply = Buffer.allocUnsafe(SIMPLE_REPLY_HEADER_LENGTH + length);
+        const buffer = this.server.buffers.acquire(SIMPLE_REPLY_HEADER_LENGTH + length);
+        const reply = buffer.subarray(0, SIMPLE_REPLY_HEADER_LENGTH + length);
         let error = 0;
         try {
           await readFully(exp.file, reply, SIMPLE_REPLY_HEADER_LENGTH, length, offset);
         } catch (err) {
-          if (this.closed) return;
-          this.log.error({ err, offset, length }, 'nbd read failed');
+          if (!this.closed) this.log.error({ err, offset, length }, 'nbd read failed');
           error = Errno.EIO;
         }
+        if (this.closed) {
+          this.server.buffers.release(buffer);
+          return;
+        }
         writeSimpleReplyHeader(reply, 0, error, handle);
-        this.send(error === 0 ? reply : reply.subarray(0, SIMPLE_REPLY_HEADER_LENGTH));
+        // The buffer goes back to the pool once the socket has handed it to the kernel.
+        this.socket.write(error === 0 ? reply : reply.subarray(0, SIMPLE_REPLY_HEADER_LENGTH), () => this.server.buffers.release(buffer));
         if (error !== 0) return;
         this.bytes += length;
         this.requests++;
