@@ -94,7 +94,7 @@ export function renderMenu(t: IpxeTemplates, p: MenuParams): string {
   const label = (name: string) => `img_${name.replace(/[^A-Za-z0-9_]/g, '_')}`;
   const items = p.images.map((img) => `item ${label(img.name)} ${img.name}${img.built ? '' : ' (not built yet)'}`).join('\n');
   const targets = p.images
-    .map((img) => `:${label(img.name)}\nchain ${p.server}/machines/${hyphens}/boot.ipxe?image=${encodeURIComponent(img.name)} || goto menu`)
+    .map((img) => `:${label(img.name)}\nchain --replace ${p.server}/machines/${hyphens}/boot.ipxe?image=${encodeURIComponent(img.name)} || goto menu`)
     .join('\n');
   return renderTemplate(
     t.menu,

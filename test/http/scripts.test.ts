@@ -17,7 +17,7 @@ describe('iPXE scripts', () => {
     h = await harness();
     const res = await h.app.inject('/boot.ipxe');
     expect(res.statusCode).toBe(200);
-    expect(res.body).toContain(`chain ${S}/machines/\${mac:hexhyp}/boot.ipxe`);
+    expect(res.body).toContain(`chain --replace ${S}/machines/\${mac:hexhyp}/boot.ipxe`);
     expectWellFormed(res.body);
   });
 
@@ -63,7 +63,7 @@ describe('iPXE scripts', () => {
     expectWellFormed(script);
     expect(script).toContain('image demo for demo1 is not built yet');
     expect(script).toMatch(/^sleep 10$/m);
-    expect(script).toContain(`chain ${S}/machines/${MAC_HYP}/boot.ipxe || goto wait`);
+    expect(script).toContain(`chain --replace ${S}/machines/${MAC_HYP}/boot.ipxe || goto wait`);
     expect(script).not.toMatch(/^kernel/m);
   });
 
@@ -76,7 +76,7 @@ describe('iPXE scripts', () => {
     expect(script).toContain('item img_demo demo\n');
     expect(script).toContain('item img_other other (not built yet)\n');
     expect(script).toContain('choose --timeout 7000 --default img_demo target || goto local');
-    expect(script).toContain(`:img_other\nchain ${S}/machines/52-54-00-99-99-99/boot.ipxe?image=other || goto menu`);
+    expect(script).toContain(`:img_other\nchain --replace ${S}/machines/52-54-00-99-99-99/boot.ipxe?image=other || goto menu`);
     const chosen = (await h.app.inject('/machines/52-54-00-99-99-99/boot.ipxe?image=demo')).body;
     expectWellFormed(chosen);
     expect(chosen).toContain(`${S}/images/${demo.id}/vmlinuz?mac=52-54-00-99-99-99`);
