@@ -245,6 +245,10 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
   const me = config.server.address;
   const mac = facts.mac;
   const asked = serverId(request);
+  // One pool, one subnet: a relay on another network would hand out addresses that do not work there.
+  if (request.giaddr !== ZERO && !sameSubnet(request.giaddr, pool.start, pool.netmask)) {
+    return { reply: null, reason: 'relay-other-subnet', detail: `relay ${request.giaddr} is not on the pool's network (${pool.start}/${pool.netmask})` };
+  }
 
   const reply = (replyType: number, yiaddr: string, to: Destination, withLease: boolean): Partial => {
     const message = baseReply(request, yiaddr, decision, me);

@@ -8,6 +8,8 @@ import { DHCP_SERVER_PORT, PXE_PORT, respond, type DhcpExchange } from './respon
 
 export type { DhcpExchange } from './responder.ts';
 
+const ROUTINE = new Set(['not-a-pxe-client', 'not-a-boot-client', 'for-address-server', 'other-server', 'no-record']);
+
 export interface DhcpServerOptions {
   /** Read at every packet, so a reloaded config applies to the next one (mode, pool, machines). */
   config: () => Config;
@@ -114,7 +116,9 @@ export class DhcpServer {
       if (exchange.ignoredReason === 'arm64-no-ipxe') {
         this.#log.warn({ ...fields, reason: exchange.ignoredReason }, `not answered: ${exchange.detail}`);
       } else if (exchange.ignoredReason && !reply) {
-        this.#log.info({ ...fields, reason: exchange.ignoredReason }, `DHCP ${exchange.messageType} not answered: ${exchange.detail ?? exchange.ignoredReason}`);
+        // Every DHCP client on a shared LAN passes by: routine non-answers are debug lines.
+        const level = ROUTINE.has(exchange.ignoredReason) ? 'debug' : 'info';
+        this.#log[level]({ ...fields, reason: exchange.ignoredReason }, `DHCP ${exchange.messageType} not answered: ${exchange.detail ?? exchange.ignoredReason}`);
       } else {
         this.#log.info(fields, `DHCP ${exchange.messageType} -> ${exchange.replyType}`);
       }

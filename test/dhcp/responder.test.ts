@@ -192,6 +192,11 @@ describe('full mode', () => {
     // Relay agent information (RFC 3046) and the client identifier (RFC 6842) are echoed, 82 last.
     expect(relayedOffer.options.at(-1)).toEqual(agent);
     expect(getOption(relayedOffer, Opt.CLIENT_ID)).toEqual(clientIdentifier.data);
+    // A relay on another network is not served from this network's pool.
+    expect(handle(plain(MessageType.DISCOVER, '02:00:00:00:00:05', [], { giaddr: '10.10.0.1', hops: 1 }))).toMatchObject({
+      reply: null,
+      exchange: { ignoredReason: 'relay-other-subnet' },
+    });
     handle(plain(MessageType.REQUEST, '02:00:00:00:00:05', [ipOption(Opt.REQUESTED_IP, '10.9.0.100'), ipOption(Opt.SERVER_ID, '10.9.0.1')]));
     const renew = handle(plain(MessageType.REQUEST, '02:00:00:00:00:05', [], { ciaddr: '10.9.0.100' }));
     expect(messageType(wire(renew))).toBe(MessageType.ACK);
