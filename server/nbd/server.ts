@@ -105,6 +105,8 @@ const DEFAULTS = {
   maxOptionsPerConnection: 256,
 };
 
+const KEEPALIVE_IDLE_MS = 30_000;
+
 /** Reply bytes buffered in user space for a slow reader before we stop reading for it. */
 const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 
@@ -304,6 +306,9 @@ class Connection {
   begin(): void {
     const { socket } = this;
     socket.setNoDelay(true);
+    // Diskless machines get powered off without NBD_CMD_DISC: keepalive lets their connections
+    // (and the slots and file descriptors they hold) go away instead of lingering forever.
+    socket.setKeepAlive(true, KEEPALIVE_IDLE_MS);
     socket.on('data', (chunk: Buffer) => {
       this.parser.push(chunk);
       this.pump();
