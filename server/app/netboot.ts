@@ -69,6 +69,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       stateDir: config.server.stateDir,
       leaseLookup: (mac) => dhcp?.leases?.active(mac)?.ip,
       rebuild: (name) => builds.request(name, { pull: true }),
+      ipxeDir: options.ipxeDir,
     });
     http.addHook('onResponse', async (request) => {
       if (request.note?.mac) addressOwners.set(request.ip.replace(/^::ffff:/, ''), request.note.mac);

@@ -21,6 +21,8 @@ export interface HttpDeps {
   /** Lifetime of the signed layer URL written into the kernel command line. Default 900 s. */
   layerTtlSeconds?: number;
   templatesDir?: string;
+  /** Where the iPXE binaries are (default: Debian's /usr/lib/ipxe). */
+  ipxeDir?: string;
   now?: () => number;
 }
 

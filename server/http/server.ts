@@ -2,6 +2,7 @@ import Fastify, { type FastifyInstance } from 'fastify';
 import { LayerService } from '../layers/service.ts';
 import { registerApiRoutes } from './api.ts';
 import { registerArtifactRoutes } from './artifacts.ts';
+import { registerIpxeBinaryRoutes } from './ipxe-binaries.ts';
 import type { HttpContext, HttpDeps } from './context.ts';
 import { loadIpxeTemplates } from './ipxe.ts';
 import { registerLayerRoute } from './layer-route.ts';
@@ -58,6 +59,7 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
   app.get('/metrics', async (_request, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.text()));
   registerScriptRoutes(app, ctx);
   registerArtifactRoutes(app, ctx);
+  registerIpxeBinaryRoutes(app, ctx);
   registerLayerRoute(app, ctx);
   registerApiRoutes(app, ctx);
   return app;

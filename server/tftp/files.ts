@@ -5,6 +5,7 @@
  * a symlink cannot point out of its root.
  */
 import { open, realpath, stat } from 'node:fs/promises';
+import { IPXE_BINARIES, IPXE_DIR, ipxeBinaryPath } from '../ipxe-binaries.ts';
 import { join, sep } from 'node:path';
 
 export interface TftpClient {
@@ -68,32 +69,37 @@ export function dirSource(root: string): TftpFileSource {
       return null;
     }
     if (!target.startsWith(rootReal.endsWith(sep) ? rootReal : rootReal + sep)) return null;
-    let handle;
-    try {
-      handle = await open(target, 'r');
-    } catch {
-      return null;
-    }
-    const info = await handle.stat().catch(() => null);
-    if (info === null || !info.isFile()) {
-      await handle.close().catch(() => undefined);
-      return null;
-    }
-    const fd = handle;
-    return {
-      size: info.size,
-      async read(offset, length) {
-        const buffer = Buffer.allocUnsafe(length);
-        let filled = 0;
-        while (filled < length) {
-          const { bytesRead } = await fd.read(buffer, filled, length - filled, offset + filled);
-          if (bytesRead === 0) break;
-          filled += bytesRead;
-        }
-        return buffer.subarray(0, filled);
-      },
-      close: () => fd.close().catch(() => undefined),
-    };
+    return openRegularFile(target);
+  };
+}
+
+/** A regular file as a TftpFile (fd kept open for the transfer), or null. */
+export async function openRegularFile(target: string): Promise<TftpFile | null> {
+  let handle;
+  try {
+    handle = await open(target, 'r');
+  } catch {
+    return null;
+  }
+  const info = await handle.stat().catch(() => null);
+  if (info === null || !info.isFile()) {
+    await handle.close().catch(() => undefined);
+    return null;
+  }
+  const fd = handle;
+  return {
+    size: info.size,
+    async read(offset, length) {
+      const buffer = Buffer.allocUnsafe(length);
+      let filled = 0;
+      while (filled < length) {
+        const { bytesRead } = await fd.read(buffer, filled, length - filled, offset + filled);
+        if (bytesRead === 0) break;
+        filled += bytesRead;
+      }
+      return buffer.subarray(0, filled);
+    },
+    close: () => fd.close().catch(() => undefined),
   };
 }
 
@@ -145,8 +151,12 @@ export function onlyFiles(source: TftpFileSource, names: readonly string[]): Tft
 }
 
 /** The iPXE binaries PXE firmware asks for, served from Debian's `ipxe` package directory. */
-export const IPXE_BINARIES = ['undionly.kpxe', 'undionly.kkpxe', 'ipxe.pxe', 'ipxe.efi', 'snponly.efi'] as const;
+export { IPXE_BINARIES };
 
-export function ipxeSource(dir = '/usr/lib/ipxe'): TftpFileSource {
-  return onlyFiles(dirSource(dir), IPXE_BINARIES);
+/** Only the iPXE binaries, from Debian's ipxe package (see server/ipxe-binaries.ts). */
+export function ipxeSource(dir = IPXE_DIR): TftpFileSource {
+  return async (path) => {
+    const target = ipxeBinaryPath(path, dir);
+    return target ? openRegularFile(target) : null;
+  };
 }

@@ -95,6 +95,10 @@ describe('sources', () => {
     expect(efi?.size).toBeGreaterThan(10_000); // Debian's ipxe package is a declared host dependency
     await efi?.close();
     expect(await ipxe('ipxe.iso', client)).toBeNull();
+    // Debian's ipxe.efi links to /boot/ipxe.efi, outside the directory: a fixed name may follow it.
+    const linked = await ipxe('ipxe.efi', client);
+    expect(linked?.size).toBeGreaterThan(100_000);
+    await linked?.close();
   });
 
   it('bufferFile slices without copying past the end', async () => {
