@@ -172,7 +172,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
       expect(a.marker).toMatchObject({ hostname: 'alpha', root: 'overlay' });
       expect(b.marker).toMatchObject({ hostname: 'beta', root: 'overlay' });
       expect(a.marker.image).toBe(b.marker.image);
-      expect(a.vm.console).toMatch(/Reached target.*Multi-User System/);
+      for (const { vm } of [a, b]) await vm.waitFor(/Reached target.*Multi-User System/, 120_000);
       for (const mac of ['52:54:00:e2:00:01', '52:54:00:e2:00:02']) {
         const summary = await waitForPhase(lab, mac, 'up');
         expect(summary.state).toBe('up');
