@@ -138,7 +138,7 @@ function echoClientOptions(request: DhcpMessage, reply: DhcpMessage): void {
   if (relayInfo && request.giaddr !== ZERO) reply.options.push(option(Opt.RELAY_AGENT, relayInfo));
 }
 
-interface Partial {
+interface Answer {
   reply: Outcome['reply'];
   reason?: string;
   detail?: string;
@@ -150,7 +150,7 @@ interface Partial {
  * ProxyDHCP (PXE spec 2.1): only PXE/HTTP-boot clients, never an address. On 67 an OFFER to
  * a DISCOVER; on 4011 an ACK straight back to the sender.
  */
-function proxy(request: DhcpMessage, type: number, decision: BootDecision, ctx: RequestContext): Partial {
+function proxy(request: DhcpMessage, type: number, decision: BootDecision, ctx: RequestContext): Answer {
   if (decision.kind !== 'boot') return { reply: null };
   const vendor = vendorClass(request) ?? '';
   if (!vendor.startsWith('PXEClient') && !vendor.startsWith('HTTPClient')) {
@@ -237,7 +237,7 @@ function poolSpec(config: Config, mac: string): { spec: PoolSpec; reserved: stri
   return { spec: { start: pool.start, end: pool.end, excluded }, reserved: config.machines.get(mac)?.ip };
 }
 
-function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: BootDecision, ctx: RequestContext): Partial {
+function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: BootDecision, ctx: RequestContext): Answer {
   const { config, leases } = ctx;
   const pool = config.server.dhcp.pool;
   const spec = poolSpec(config, facts.mac);
@@ -250,7 +250,7 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
     return { reply: null, reason: 'relay-other-subnet', detail: `relay ${request.giaddr} is not on the pool's network (${pool.start}/${pool.netmask})` };
   }
 
-  const reply = (replyType: number, yiaddr: string, to: Destination, withLease: boolean): Partial => {
+  const reply = (replyType: number, yiaddr: string, to: Destination, withLease: boolean): Answer => {
     const message = baseReply(request, yiaddr, decision, me);
     const options: DhcpOption[] = [u8Option(Opt.MESSAGE_TYPE, replyType), ipOption(Opt.SERVER_ID, me)];
     if (withLease) {
@@ -273,7 +273,7 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
     message.options = options;
     return { reply: { message, to } };
   };
-  const nak = (detail: string): Partial => {
+  const nak = (detail: string): Answer => {
     const message = baseReply(request, ZERO, { kind: 'ignore', reason: 'not-a-boot-client', detail }, me);
     message.siaddr = ZERO;
     message.file = '';

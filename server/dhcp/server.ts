@@ -113,15 +113,13 @@ export class DhcpServer {
     });
     if (exchange) {
       const fields = { mac: exchange.mac, arch: exchange.arch, mode: exchange.mode, port, type: exchange.messageType, reply: exchange.replyType, ...exchange.offered };
-      if (exchange.ignoredReason === 'arm64-no-ipxe') {
-        this.#log.warn({ ...fields, reason: exchange.ignoredReason }, `not answered: ${exchange.detail}`);
-      } else if (exchange.ignoredReason && !reply) {
-        // Every DHCP client on a shared LAN passes by: routine non-answers are debug lines.
-        const level = ROUTINE.has(exchange.ignoredReason) ? 'debug' : 'info';
-        this.#log[level]({ ...fields, reason: exchange.ignoredReason }, `DHCP ${exchange.messageType} not answered: ${exchange.detail ?? exchange.ignoredReason}`);
-      } else {
-        this.#log.info(fields, `DHCP ${exchange.messageType} -> ${exchange.replyType}`);
-      }
+      const reason = exchange.ignoredReason;
+      const level = reason === 'arm64-no-ipxe' ? 'warn' : reason && ROUTINE.has(reason) ? 'debug' : 'info';
+      // Every DHCP client on a shared LAN passes by: routine non-answers are debug lines.
+      const what = !reply
+        ? `not answered: ${exchange.detail ?? reason}`
+        : `-> ${exchange.replyType}${reason ? ` without boot file: ${exchange.detail ?? reason}` : ''}`;
+      this.#log[level]({ ...fields, ...(reason ? { reason } : {}) }, `DHCP ${exchange.messageType} ${what}`);
       this.options.onExchange?.(exchange);
     }
     if (!reply) return;

@@ -99,7 +99,10 @@ export class DhcpChild {
     if (configFile) writeFileSync(configFile, JSON.stringify(rawConfig));
     const child = segment.spawn('node', ['--import', 'tsx', 'server/dhcp/run-standalone.ts', configFile ?? '-'], { cwd: REPO, env: { ...process.env, LOG_LEVEL: 'debug' } });
     const server = new DhcpChild(child);
-    child.stderr!.on('data', (chunk: Buffer) => (server.stderr += chunk.toString()));
+    child.stderr!.on('data', (chunk: Buffer) => {
+      server.stderr += chunk.toString();
+      for (const wake of server.#waiters) wake();
+    });
     child.stdin!.end(configFile ? undefined : JSON.stringify(rawConfig));
     const ready = new Promise<void>((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`DHCP server exited with ${code}: ${server.stderr.slice(-2000)}`)));
@@ -146,6 +149,32 @@ export class DhcpChild {
   /** pino lines at level error (50) or above: a throw that reached the loop's safety net. */
   get errorLogs(): string[] {
     return this.stderr.split('\n').filter((line) => /"level":(5\d|60)/.test(line));
+  }
+
+  /** Resolves with the first pino line (stderr, JSON) matching, waiting up to `timeoutMs`. */
+  waitForLog(match: (line: Record<string, unknown>) => boolean, timeoutMs = 10_000): Promise<Record<string, unknown>> {
+    const find = () =>
+      this.stderr
+        .split('\n')
+        .filter((l) => l.startsWith('{'))
+        .map((l) => JSON.parse(l) as Record<string, unknown>)
+        .find(match);
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const found = find();
+        if (found) {
+          clearTimeout(timer);
+          this.#waiters.delete(check);
+          resolve(found);
+        }
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(check);
+        reject(new Error(`no matching log line within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#waiters.add(check);
+      check();
+    });
   }
 
   /** Resolves with the first exchange matching, waiting up to `timeoutMs`. */

@@ -63,6 +63,9 @@ describe('DHCP server in a network namespace (proxy mode)', () => {
     expect(vendorClass(offer)).toBe('PXEClient');
     expect(pxeDiscoveryControl(offer)).toBe(8);
     expect(await server.waitForExchange((e) => e.mac === KNOWN && e.replyType === 'OFFER')).toMatchObject({ arch: 7, mode: 'proxy' });
+    // The log line of the exchange (pino JSON on the child's stderr) carries mac, arch, mode, phase.
+    const line = await server.waitForLog((l) => l.mac === KNOWN && l.reply === 'OFFER');
+    expect(line).toMatchObject({ phase: 'dhcp', mac: KNOWN, arch: 7, mode: 'proxy', bootfile: 'snponly.efi' });
   });
 
   it('answers a REQUEST on 4011 directly to the requester address and port', async () => {
