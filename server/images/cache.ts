@@ -1,12 +1,13 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Dockerode from 'dockerode';
 import type { Image } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { defaultDocker, exportDockerImage, resolveDockerImage } from './docker-source.ts';
 import { ImageError } from './errors.ts';
+import { acquireLockFile, isAlive } from '../lock-file.ts';
 import { flattenLayers } from './flatten.ts';
 import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
@@ -270,7 +271,7 @@ export class ImageCache {
 
   private async buildOnce(image: Image, id: string, source: ResolvedSource, options: BuildOptions, started: number): Promise<BuiltImage> {
     await mkdir(this.imagesDir, { recursive: true });
-    const unlock = await acquireLock(join(this.imagesDir, `.${id}.lock`), options.signal);
+    const unlock = await acquireLockFile(join(this.imagesDir, `.${id}.lock`), { signal: options.signal });
     const finalDir = join(this.imagesDir, id);
     const log = this.log.child({ image: image.name, id });
     try {
@@ -381,34 +382,4 @@ async function hashFile(path: string): Promise<ArtifactInfo | null> {
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
   return { size: info.size, sha256: hash.digest('hex') };
-}
-
-/** A lock file holding our pid; a lock whose holder died is taken over. */
-async function acquireLock(path: string, signal?: AbortSignal): Promise<() => Promise<void>> {
-  for (let attempt = 0; ; attempt++) {
-    signal?.throwIfAborted();
-    try {
-      const handle = await open(path, 'wx');
-      await handle.writeFile(String(process.pid));
-      await handle.close();
-      return () => rm(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const pid = Number(await readFile(path, 'utf8').catch(() => ''));
-      if (pid && !isAlive(pid)) {
-        await rm(path, { force: true });
-        continue;
-      }
-      await new Promise((r) => setTimeout(r, Math.min(1000, 50 * (attempt + 1))));
-    }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, rename, rm, stat } from 'node:fs/promises';
+import { acquireLockFile } from '../lock-file.ts';
 import { join } from 'node:path';
 
 /**
@@ -24,7 +25,7 @@ export async function cachedBuild(dir: string, name: string, build: (tmpPath: st
   await mkdir(dir, { recursive: true });
   const target = join(dir, name);
   if (await exists(target)) return target;
-  const lock = await acquireLock(`${target}.lock`);
+  const lock = await acquireLockFile(`${target}.lock`);
   try {
     if (await exists(target)) return target;
     const tmp = `${target}.tmp-${process.pid}`;
@@ -39,31 +40,5 @@ export async function cachedBuild(dir: string, name: string, build: (tmpPath: st
     return target;
   } finally {
     await lock();
-  }
-}
-
-async function acquireLock(path: string): Promise<() => Promise<void>> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const handle = await open(path, 'wx');
-      await handle.writeFile(String(process.pid));
-      await handle.close();
-      return () => rm(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const holder = await readFile(path, 'utf8').catch(() => '');
-      const pid = Number(holder);
-      if (pid && !isAlive(pid)) await rm(path, { force: true });
-      else await new Promise((r) => setTimeout(r, Math.min(1000, 50 * (attempt + 1))));
-    }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
   }
 }

@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import Dockerode from 'dockerode';
+import { acquireLockFile } from '../lock-file.ts';
 
 const run = promisify(execFile);
 
@@ -25,7 +26,7 @@ export interface Dockerd {
 export async function startDockerd(options: { dataRoot: string; lockTimeoutMs?: number }): Promise<Dockerd> {
   const dataRoot = options.dataRoot;
   await mkdir(dataRoot, { recursive: true });
-  const unlock = await lockDataRoot(`${dataRoot}.lock`, options.lockTimeoutMs ?? 15 * 60_000);
+  const unlock = await acquireLockFile(`${dataRoot}.lock`, { timeoutMs: options.lockTimeoutMs ?? 15 * 60_000, what: `the dockerd data root ${dataRoot}` });
   // Short path: unix socket paths are limited to 108 bytes.
   const runDir = await mkdtemp('/tmp/nbdockerd-');
   const execRoot = join(runDir, 'exec');
@@ -118,34 +119,4 @@ async function unmountUnder(dir: string): Promise<void> {
     .filter((p): p is string => !!p && (p === dir || p.startsWith(`${dir}/`)))
     .sort((a, b) => b.length - a.length);
   for (const point of points) await run('umount', ['-l', point]).catch(() => {});
-}
-
-async function lockDataRoot(path: string, timeoutMs: number): Promise<() => Promise<void>> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      const handle = await open(path, 'wx');
-      await handle.writeFile(String(process.pid));
-      await handle.close();
-      return () => rm(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const pid = Number(await readFile(path, 'utf8').catch(() => ''));
-      if (pid && !isAlive(pid)) {
-        await rm(path, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new Error(`the test dockerd data root is held by pid ${pid} (${path})`);
-      await new Promise((r) => setTimeout(r, 250));
-    }
-  }
-}
-
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
