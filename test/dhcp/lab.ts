@@ -1,90 +1,14 @@
-import { execFile, execFileSync, spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { promisify } from 'node:util';
-import { stopChild, type Segment } from '../lab/netns.ts';
 import type { DhcpExchange } from '../../server/dhcp/server.ts';
+import { stopChild, type ClientNamespace, type Segment } from '../lab/netns.ts';
 
-const run = promisify(execFile);
+export { addClientNamespace, type ClientNamespace } from '../lab/netns.ts';
+
 const REPO = join(import.meta.dirname, '../..');
-
-/**
- * A second namespace joined to a segment's bridge by a veth pair: a DHCP client needs to be
- * on the other side of a wire from the server (its broadcasts must leave one stack and enter
- * another). Its interface is `eth0`, with no address unless asked.
- */
-export interface ClientNamespace {
-  readonly ns: string;
-  readonly ifname: 'eth0';
-  exec(cmd: string, args: string[], opts?: { timeoutMs?: number }): Promise<{ stdout: string; stderr: string }>;
-  spawn(cmd: string, args: string[], opts?: SpawnOptions): ChildProcess;
-  destroy(): Promise<void>;
-}
-
-const liveClients = new Set<string>();
-let hooked = false;
-let counter = 0;
-
-export async function addClientNamespace(segment: Segment, options: { mac?: string; address?: string } = {}): Promise<ClientNamespace> {
-  if (!hooked) {
-    hooked = true;
-    process.once('exit', () => {
-      for (const ns of liveClients) {
-        try {
-          execFileSync('ip', ['netns', 'del', ns]);
-        } catch {
-          /* gone */
-        }
-      }
-    });
-  }
-  const index = counter++;
-  const ns = `${segment.ns}c${index}`;
-  const hostSide = `vc${process.pid % 10000}x${index}`.slice(0, 15);
-  const ip = (...args: string[]) => run('ip', args);
-  await ip('netns', 'add', ns);
-  liveClients.add(ns);
-  const children = new Set<ChildProcess>();
-  const client: ClientNamespace = {
-    ns,
-    ifname: 'eth0',
-    exec: (cmd, args, opts = {}) => run('ip', ['netns', 'exec', ns, cmd, ...args], { timeout: opts.timeoutMs ?? 30_000 }),
-    spawn(cmd, args, opts = {}) {
-      const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: 'pipe', ...opts });
-      children.add(child);
-      child.once('exit', () => children.delete(child));
-      return child;
-    },
-    async destroy() {
-      await Promise.all([...children].map((c) => stopChild(c, 1000)));
-      const pids = await ip('netns', 'pids', ns).then((r) => r.stdout.split(/\s+/).filter(Boolean), () => []);
-      for (const pid of pids) {
-        try {
-          process.kill(Number(pid), 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-      await ip('netns', 'del', ns).catch(() => undefined);
-      liveClients.delete(ns);
-    },
-  };
-  try {
-    await ip('-n', segment.ns, 'link', 'add', hostSide, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns);
-    await ip('-n', segment.ns, 'link', 'set', hostSide, 'master', segment.bridge, 'up');
-    await ip('-n', ns, 'link', 'set', 'lo', 'up');
-    if (options.mac) await ip('-n', ns, 'link', 'set', 'eth0', 'address', options.mac);
-    await ip('-n', ns, 'link', 'set', 'eth0', 'up');
-    if (options.address) await ip('-n', ns, 'addr', 'add', `${options.address}/24`, 'dev', 'eth0');
-    await ip('-n', ns, 'route', 'add', '255.255.255.255/32', 'dev', 'eth0');
-  } catch (err) {
-    await client.destroy();
-    throw err;
-  }
-  return client;
-}
 
 /** Our DHCP server (server/dhcp/run-standalone.ts) in a child process inside the segment. */
 export class DhcpChild {
