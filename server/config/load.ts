@@ -2,6 +2,7 @@ import { readFileSync, statSync, readdirSync } from 'node:fs';
 import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node, type Pair } from 'yaml';
 import type { z } from 'zod';
+import { ipToInt } from './ipv4.ts';
 import { normalizeMac, macToHyphens } from './mac.ts';
 import { configSchema, type RawConfig } from './schema.ts';
 import type { Config, Image, Machine } from './types.ts';
@@ -268,8 +269,4 @@ function machineFolder(listing: FolderListing, baseDir: string, hostname: string
     return null;
   }
   return folder;
-}
-
-export function ipToInt(ip: string): number {
-  return ip.split('.').reduce((acc, octet) => acc * 256 + Number(octet), 0);
 }

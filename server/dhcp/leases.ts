@@ -1,5 +1,8 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { intToIp, ipToInt } from '../config/ipv4.ts';
+
+export { intToIp, ipToInt };
 
 /**
  * Full-mode address bookkeeping: a pool plus static reservations, leases that expire,
@@ -29,15 +32,6 @@ interface Persisted {
   leases: Lease[];
   /** ip -> ms since the epoch until which it stays out of use */
   declined: Record<string, number>;
-}
-
-export function ipToInt(ip: string): number {
-  const parts = ip.split('.').map(Number);
-  return (((parts[0]! << 24) >>> 0) + (parts[1]! << 16) + (parts[2]! << 8) + parts[3]!) >>> 0;
-}
-
-export function intToIp(n: number): string {
-  return `${n >>> 24}.${(n >>> 16) & 255}.${(n >>> 8) & 255}.${n & 255}`;
 }
 
 export function inPool(ip: string, pool: Pick<PoolSpec, 'start' | 'end'>): boolean {
