@@ -30,6 +30,7 @@ const VIRTIO_MAC = '52:54:00:00:04:01';
 const E1000_MAC = '52:54:00:00:04:02';
 const FAIL_MAC = '52:54:00:00:04:03';
 const hyphens = (mac: string) => mac.replace(/:/g, '-');
+const FAIL_MAC_HYPHENS = hyphens(FAIL_MAC);
 const BOOT_TIMEOUT = 240_000;
 
 describe('netboot initramfs boots a real kernel in QEMU', () => {
@@ -123,7 +124,7 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
 
     it('rootfs URL 404', async () => {
       const { lines, events } = await bootToFailure(`netboot.mac=${FAIL_MAC} netboot.image=missing`);
-      expect(lines).toEqual([`netboot: FAILED at rootfs: ${lab.serverUrl}/images/missing/rootfs.squashfs: wget: server returned error: HTTP/1.1 404 Not Found`]);
+      expect(lines).toEqual([`netboot: FAILED at rootfs: ${lab.serverUrl}/images/missing/rootfs.squashfs?mac=${FAIL_MAC_HYPHENS}: wget: server returned error: HTTP/1.1 404 Not Found`]);
       expect(events.map((e) => e.phase)).toEqual(['init', 'net', 'layer', 'failed']);
       expect(events.at(-1)!.detail).toContain('404');
     }, BOOT_TIMEOUT + 10_000);
@@ -132,7 +133,7 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
       const { lines, events } = await bootToFailure(`netboot.mac=${FAIL_MAC} netboot.image=trunc`);
       expect(lines).toHaveLength(1);
       expect(lines[0]).toMatch(
-        new RegExp(`^netboot: FAILED at rootfs: ${lab.serverUrl}/images/trunc/rootfs.squashfs: truncated squashfs: superblock says \\d+ bytes, file has ${Math.floor(squashfsSize / 2)}$`),
+        new RegExp(`^netboot: FAILED at rootfs: ${lab.serverUrl}/images/trunc/rootfs.squashfs\\?mac=${FAIL_MAC_HYPHENS}: truncated squashfs: superblock says \\d+ bytes, file has ${Math.floor(squashfsSize / 2)}$`),
       );
       expect(events.map((e) => e.phase)).toEqual(['init', 'net', 'layer', 'failed']);
     }, BOOT_TIMEOUT + 10_000);
@@ -140,7 +141,7 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
     it('too little RAM for the image suggests netboot.root=nbd', async () => {
       const { lines, events } = await bootToFailure(`netboot.mac=${FAIL_MAC} netboot.image=img1`, 192);
       expect(lines).toHaveLength(1);
-      expect(lines[0]).toMatch(/^netboot: FAILED at rootfs: \S+\/images\/img1\/rootfs.squashfs: image is 75 MiB but only \d+ MiB of RAM is available .*netboot.root=nbd/);
+      expect(lines[0]).toMatch(/^netboot: FAILED at rootfs: \S+\/images\/img1\/rootfs.squashfs\?mac=[0-9a-f-]{17}: image is 75 MiB but only \d+ MiB of RAM is available .*netboot.root=nbd/);
       expect(events.map((e) => e.phase)).toEqual(['init', 'net', 'layer', 'failed']);
     }, BOOT_TIMEOUT + 10_000);
 
