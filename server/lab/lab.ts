@@ -91,11 +91,6 @@ export class Lab {
     return JSON.parse(stdout) as T;
   }
 
-  async restartServer(): Promise<void> {
-    if (this.#server) await stopChild(this.#server);
-    await this.#startServer();
-  }
-
   async bootVm(options: Omit<VmOptions, 'logDir'>): Promise<Vm> {
     const vm = new Vm(this.segment, { ...options, logDir: this.options.logDir });
     this.vms.push(vm);
