@@ -183,6 +183,9 @@ function tftpTree(imagesDir: string, http: FastifyInstance, ipxeDir?: string) {
 function recordDhcp(exchange: DhcpExchange, addressOwners: Map<string, string>, timeline: Timeline): void {
   if (!exchange.replyType) return;
   if (exchange.offered.ip) addressOwners.set(exchange.offered.ip, exchange.mac);
+  // Only firmware and iPXE get a boot file. /init's own DHCP (full mode) is part of the boot
+  // already under way; as a 'dhcp' phase it would open a new boot in the timeline.
+  if (!exchange.offered.bootfile) return;
   timeline.record(exchange.mac, 'dhcp', {
     source: 'dhcp',
     detail: [exchange.messageType, '->', exchange.replyType, exchange.offered.ip, exchange.offered.bootfile].filter(Boolean).join(' '),
