@@ -9,12 +9,12 @@
  * nginx runs with one worker (our server is one Node process), sendfile on, on 127.0.0.1.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { chmodSync, createWriteStream, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
+import { writeRandomFile } from './lib/files.ts';
 
 const run = promisify(execFile);
 const ID = 'benchimage0001';
@@ -51,14 +51,6 @@ async function serveMode(dir: string, port: number): Promise<void> {
   process.send?.('ready');
 }
 
-async function writeRandomFile(path: string, bytes: number): Promise<void> {
-  const out = createWriteStream(path);
-  const chunk = randomBytes(1 << 20);
-  for (let written = 0; written < bytes; written += chunk.length) {
-    if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
-  }
-  await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-}
 
 function parseBytes(text: string): number {
   const m = /([\d.]+)([KMGT]?)B/.exec(text);

@@ -9,12 +9,12 @@
  * Our server runs in its own Node process (as nbd-server runs in its own), with default limits.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { writeRandomFile } from './lib/files.ts';
 
 const run = promisify(execFile);
 const EXPORT = 'benchimage0001';
@@ -32,14 +32,6 @@ async function serveMode(file: string): Promise<void> {
   process.send?.({ port });
 }
 
-async function writeRandomFile(path: string, bytes: number): Promise<void> {
-  const out = createWriteStream(path);
-  const chunk = randomBytes(1 << 20);
-  for (let written = 0; written < bytes; written += chunk.length) {
-    if (!out.write(chunk)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
-  }
-  await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
-}
 
 async function startOurs(file: string): Promise<{ port: number; child: ChildProcess }> {
   const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--serve', file], {
