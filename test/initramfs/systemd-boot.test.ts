@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Image } from '../../server/config/types.ts';
-import { makeInitrd, writeInitrd } from '../../server/initramfs/index.ts';
+import { writeInitrd } from '../../server/initramfs/index.ts';
 import { debianKernelFixture, type KernelFixture } from './fixture.ts';
 import { createBootLab, phasesOf, type BootLab } from './lab.ts';
 import { testLayerTar } from './layer.ts';

@@ -5,7 +5,7 @@ import { promisify } from 'node:util';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { addImage, IMAGE_PASSWD } from '../http/fixtures.ts';
-import { baseYaml, harness, MAC, MAC_HYP, type Harness } from '../http/setup.ts';
+import { baseYaml, harness, MAC_HYP, type Harness } from '../http/setup.ts';
 
 const run = promisify(execFile);
 let h: Harness;
