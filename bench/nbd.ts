@@ -1,12 +1,21 @@
 /**
- * bench/nbd: sequential read throughput of our NBD export vs Debian's nbd-server on the same
+ * bench/nbd (issue 8), two parts, both by default:
+ *
+ * throughput: sequential read throughput of our NBD export vs Debian's nbd-server on the same
  * file, both on 127.0.0.1, read by nbdcopy into `null:` (no disk writes on the client side).
  * Two client shapes: one connection, and nbdcopy's default (up to 4 connections when the
  * server advertises multi-conn). Alternating rounds, medians, ratio ours/nbd-server.
- *
- *   node --import tsx bench/nbd.ts [--size-mb 200] [--rounds 3]
- *
  * Our server runs in its own Node process (as nbd-server runs in its own), with default limits.
+ *
+ * boot: the e2e suite's systemd Debian image booted in QEMU with `root: ram` and `root: nbd`
+ * from one lab server, alternating: time to userspace and bytes transferred, as ratios
+ * (bench/lib/boot-compare.ts). Needs root, QEMU and the e2e fixtures (cached after a first build).
+ *
+ *   node --import tsx bench/nbd.ts [--only throughput|boot] [--size-mb 200] [--rounds N]
+ *        [--boot-rounds N] [--boot-images debian,busybox]
+ *
+ * --rounds: rounds of the part(s) run (defaults: throughput 3, boot 2); --boot-rounds overrides it
+ * for the boot part. --boot-images: debian (default; the realistic case) and/or busybox.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,13 +24,19 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { writeRandomFile } from './lib/files.ts';
+import { cleanupOnInterrupt } from './lib/interrupt.ts';
 
 const run = promisify(execFile);
 const EXPORT = 'benchimage0001';
 
-function arg(name: string, fallback: number): number {
+function stringArg(name: string): string | undefined {
   const i = process.argv.indexOf(`--${name}`);
-  return i >= 0 ? Number(process.argv[i + 1]) : fallback;
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+function arg(name: string, fallback: number): number {
+  const value = stringArg(name);
+  return value === undefined ? fallback : Number(value);
 }
 
 async function serveMode(file: string): Promise<void> {
@@ -106,16 +121,17 @@ async function copySeconds(port: number, connections: number | null): Promise<nu
   return Number(process.hrtime.bigint() - start) / 1e9;
 }
 
-async function main(): Promise<void> {
-  const serveIndex = process.argv.indexOf('--serve');
-  if (serveIndex >= 0) return serveMode(process.argv[serveIndex + 1]!);
-
-  const sizeMb = arg('size-mb', 200);
-  const rounds = arg('rounds', 3);
+async function throughput(sizeMb: number, rounds: number): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'bench-nbd-'));
   const file = join(dir, 'rootfs.squashfs');
   let ours: { port: number; child: ChildProcess } | null = null;
   let reference: { port: number; pid: number; stop: () => Promise<void> } | null = null;
+  const cleanup = async () => {
+    ours?.child.kill('SIGTERM');
+    await reference?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const unregister = cleanupOnInterrupt(cleanup);
   try {
     await writeRandomFile(file, sizeMb * 2 ** 20);
     ours = await startOurs(file);
@@ -162,9 +178,23 @@ async function main(): Promise<void> {
     console.log(`\nserver CPU per GiB read: netboot ${(cpu.ours / gibRead).toFixed(2)} s, nbd-server ${(cpu.ref / gibRead).toFixed(2)} s (incl. its per-connection children)`);
     console.log(`target: ratio >= 0.8x. load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 shared cores)`);
   } finally {
-    ours?.child.kill('SIGTERM');
-    await reference?.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await cleanup();
+    unregister();
+  }
+}
+
+async function main(): Promise<void> {
+  const serveIndex = process.argv.indexOf('--serve');
+  if (serveIndex >= 0) return serveMode(process.argv[serveIndex + 1]!);
+
+  const only = stringArg('only');
+  if (only !== undefined && only !== 'throughput' && only !== 'boot') throw new Error(`--only ${only}: expected throughput or boot`);
+  if (only !== 'boot') await throughput(arg('size-mb', 200), arg('rounds', 3));
+  if (only !== 'throughput') {
+    const images = (stringArg('boot-images') ?? 'debian').split(',');
+    for (const image of images) if (image !== 'debian' && image !== 'busybox') throw new Error(`--boot-images: unknown image ${image}`);
+    const { runBootComparison } = await import('./lib/boot-compare.ts');
+    await runBootComparison({ rounds: arg('boot-rounds', arg('rounds', 2)), images: images as ('debian' | 'busybox')[] });
   }
 }
 
