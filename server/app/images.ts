@@ -3,7 +3,7 @@ import type { Config, Image } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { ImageCache, type BuildProgress, type BuiltImage } from '../images/cache.ts';
 import { initrdBuilderFingerprint, makeInitrd } from '../initramfs/index.ts';
-import { nbdClientFiles } from '../initramfs/nbd-client.ts';
+import { nbdClientFiles, nbdClientFingerprint } from '../initramfs/nbd-client.ts';
 
 export function openImageCache(config: Config, log: Logger): ImageCache {
   return new ImageCache({ cacheDir: config.server.cacheDir, log });
@@ -18,6 +18,7 @@ export interface BuildImageOptions {
 }
 
 let fingerprint: Promise<string> | null = null;
+let nbdFingerprint: Promise<string> | null = null;
 
 /**
  * Builds (or finds in the cache) one image's artifacts, our initramfs included. The initramfs
@@ -27,10 +28,12 @@ let fingerprint: Promise<string> | null = null;
 export async function buildImage(cache: ImageCache, image: Image, log: Logger, options: BuildImageOptions = {}): Promise<BuiltImage> {
   const ours = image.initramfs === 'netboot';
   fingerprint ??= initrdBuilderFingerprint();
+  const nbd = ours && image.root === 'nbd';
+  if (nbd) nbdFingerprint ??= nbdClientFingerprint();
   return cache.build(image, {
     ...options,
-    extraInputs: { initramfs: ours ? await fingerprint : null, root: image.root },
-    // An NBD root needs Debian's nbd-client (and its libraries) in the initramfs.
+    extraInputs: { initramfs: ours ? await fingerprint : null, root: image.root, ...(nbd ? { nbdClient: await nbdFingerprint } : {}) },
+    // An NBD root needs our NBD client (native/nbd-client) in the initramfs.
     makeInitrd: ours ? async (ctx) => makeInitrd({ ...ctx, extraFiles: image.root === 'nbd' ? await nbdClientFiles() : undefined }) : undefined,
   });
 }

@@ -65,10 +65,21 @@ export class Lab {
     const args = ['serve', '--config', this.options.configFile, '--log-level', 'debug', ...(this.options.serveArgs ?? [])];
     const child = this.segment.spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...this.options.env } });
     this.#server = child;
-    const log = createWriteStream(this.serverLog);
+    const log = createWriteStream(this.serverLog, { flags: 'a' });
     child.stdout!.pipe(log);
     child.stderr!.pipe(log);
     await this.waitForServer(120_000);
+  }
+
+  /**
+   * Stops `netboot serve` (SIGTERM, as an admin's restart would), waits `downMs` with no server,
+   * then starts it again with the same config and waits until it answers.
+   */
+  async restartServer(downMs = 0): Promise<void> {
+    if (this.#server) await stopChild(this.#server);
+    this.#server = null;
+    if (downMs > 0) await new Promise((r) => setTimeout(r, downMs));
+    await this.#startServer();
   }
 
   /** Polls /healthz from inside the segment until the server answers. */

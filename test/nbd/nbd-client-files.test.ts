@@ -1,83 +1,113 @@
 /**
- * The nbd-client bundle for the initramfs: complete (runs in an otherwise empty root with no
- * ld.so.cache), compatible with our cpio writer and the initramfs layout (usr/sbin -> ../bin).
+ * Our initramfs NBD client (native/nbd-client/netboot-nbd.c): compiled static, negotiates with
+ * our server and with Debian's nbd-server (the handshake half; the kernel half — netlink connect,
+ * reconnect after a server restart — runs in the e2e suite's VMs: this host has no nbd module).
  */
-import { execFile } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeCpio, type CpioEntry } from '../../server/initramfs/cpio.ts';
-import { nbdClientFiles, parseLddOutput, type InitramfsFile } from '../../server/initramfs/nbd-client.ts';
+import { compileNbdClient, nbdClientFiles, nbdClientFingerprint, NBD_CLIENT_PATH, NBD_CLIENT_SOURCE, type InitramfsFile } from '../../server/initramfs/nbd-client.ts';
 import { startServer, type ServerFixture } from './helpers.ts';
 
 const run = promisify(execFile);
 
-describe('parseLddOutput', () => {
-  it('takes resolved libraries and the loader, skips the vdso', () => {
-    const out = [
-      '\tlinux-vdso.so.1 (0x00007ffd)',
-      '\tlibnl-3.so.200 => /lib/x86_64-linux-gnu/libnl-3.so.200 (0x00007f6b1215b000)',
-      '\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f6b11c1e000)',
-      '\t/lib64/ld-linux-x86-64.so.2 (0x00007f6b121aa000)',
-      '',
-    ].join('\n');
-    expect(parseLddOutput(out)).toEqual(['/lib/x86_64-linux-gnu/libnl-3.so.200', '/lib/x86_64-linux-gnu/libc.so.6', '/lib64/ld-linux-x86-64.so.2']);
-  });
+function check(binary: string, port: number, name: string, host = '127.0.0.1') {
+  return run(binary, ['--check', host, String(port), name], { timeout: 20_000 }).then(
+    ({ stdout }) => ({ code: 0, stdout, stderr: '' }),
+    (err: { code: number; stdout: string; stderr: string }) => ({ code: err.code, stdout: err.stdout, stderr: err.stderr }),
+  );
+}
 
-  it('refuses output with a missing library', () => {
-    expect(() => parseLddOutput('\tlibfoo.so.1 => not found\n')).toThrow(/missing shared library/);
-  });
-});
-
-describe('nbdClientFiles', () => {
+describe('netboot-nbd, our initramfs NBD client', () => {
   let files: InitramfsFile[];
+  let binary: string;
   let fx: ServerFixture;
   let root: string;
 
   beforeAll(async () => {
+    binary = await compileNbdClient();
     files = await nbdClientFiles();
-    fx = await startServer({ 'image-a': 4096 });
+    fx = await startServer({ 'image-a': 8192, 'image-b': 65536 + 4096 });
     root = await mkdtemp(join(tmpdir(), 'nbd-client-root-'));
-  });
+  }, 120_000);
   afterAll(async () => {
     await fx?.close();
     if (root) await rm(root, { recursive: true, force: true });
   });
 
-  it('has the binary, the loader and libc as regular ELF files, sorted, with sane modes', () => {
-    const paths = files.map((f) => f.path);
-    expect(paths).toEqual([...paths].sort());
-    expect(paths).toContain('bin/nbd-client');
-    expect(paths).toContain('lib64/ld-linux-x86-64.so.2');
-    expect(paths.some((p) => /^lib\/x86_64-linux-gnu\/libc\.so\.6$/.test(p) || /^usr\/lib\/.*libc\.so\.6$/.test(p))).toBe(true);
-    for (const f of files) {
-      expect(f.data.subarray(0, 4), f.path).toEqual(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
-      expect(f.mode & ~0o7777).toBe(0);
-      expect(f.mode & 0o400).toBe(0o400);
-    }
-    expect(files.find((f) => f.path === 'bin/nbd-client')!.mode & 0o111).not.toBe(0);
-    const total = files.reduce((n, f) => n + f.data.length, 0);
-    expect(total).toBeGreaterThan(1_000_000);
-    expect(total).toBeLessThan(20_000_000);
+  it('is one static ELF executable at bin/netboot-nbd, far smaller than nbd-client with its libraries', async () => {
+    expect(files.map((f) => f.path)).toEqual([NBD_CLIENT_PATH]);
+    const [file] = files;
+    expect(file!.data.subarray(0, 4)).toEqual(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+    expect(file!.mode & 0o111).not.toBe(0);
+    expect(file!.data.length).toBeLessThan(2_000_000);
+    const { stdout } = await run('file', ['-b', binary]).catch(() => ({ stdout: '' }));
+    if (stdout) expect(stdout).toMatch(/statically linked/);
   });
 
-  it('written by our cpio writer next to the initramfs symlinks, runs chrooted as /usr/sbin/nbd-client and lists our exports', async () => {
-    const entries: CpioEntry[] = [
-      { type: 'symlink', path: 'sbin', target: 'bin' },
-      { type: 'symlink', path: 'usr/bin', target: '../bin' },
-      { type: 'symlink', path: 'usr/sbin', target: '../bin' },
-      ...files.map((f): CpioEntry => ({ type: 'file', path: f.path, data: f.data, mode: f.mode })),
-    ];
-    const archive = join(root, '..', `${root.split('/').pop()}.cpio`);
+  it('compiles once per source version (the fingerprint follows the source)', async () => {
+    expect(await compileNbdClient()).toBe(binary);
+    const copy = join(root, 'copy.c');
+    await writeFile(copy, `${await readFile(NBD_CLIENT_SOURCE, 'utf8')}\n/* changed */\n`);
+    expect(await nbdClientFingerprint(copy)).not.toBe(await nbdClientFingerprint());
+  });
+
+  it('negotiates each export with NBD_OPT_GO and reads its size and read-only flag', async () => {
+    const a = await check(binary, fx.port, 'image-a');
+    expect(a.code).toBe(0);
+    const m = /^image-a: (\d+) bytes, flags 0x([0-9a-f]{4})$/m.exec(a.stdout);
+    expect(Number(m?.[1])).toBe(8192);
+    expect(parseInt(m![2]!, 16) & 0x3).toBe(0x3); // HAS_FLAGS | READ_ONLY
+    expect((await check(binary, fx.port, 'image-b')).stdout).toMatch(/^image-b: 69632 bytes/m);
+  });
+
+  it('names the reason when an export is unknown, the server is absent or the address is not an IP', async () => {
+    const unknown = await check(binary, fx.port, 'no-such-image');
+    expect(unknown.code).toBe(1);
+    expect(unknown.stderr).toMatch(/export 'no-such-image' refused \(error \d+/);
+    const closed = await check(binary, 1, 'image-a');
+    expect(closed.code).toBe(1);
+    expect(closed.stderr).toMatch(/connect 127\.0\.0\.1:1: Connection refused/);
+    const name = await check(binary, fx.port, 'image-a', 'server.lab');
+    expect(name.stderr).toMatch(/'server\.lab' is not an IP address/);
+  });
+
+  it("negotiates with Debian's nbd-server too", async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'nbd-server-'));
+    let server: ChildProcess | undefined;
+    try {
+      const image = join(dir, 'disk.img');
+      await writeFile(image, Buffer.alloc(1 << 20, 7));
+      const port = 20000 + Math.floor(Math.random() * 20000);
+      const config = join(dir, 'config');
+      await writeFile(config, `[generic]\nport = ${port}\nlistenaddr = 127.0.0.1\n[disk]\nexportname = ${image}\nreadonly = true\n`);
+      server = spawn('nbd-server', ['-C', config, '-d'], { stdio: 'ignore' });
+      let result = await check(binary, port, 'disk');
+      for (let i = 0; i < 50 && result.code !== 0; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        result = await check(binary, port, 'disk');
+      }
+      expect(result.stdout).toMatch(/^disk: 1048576 bytes/m);
+    } finally {
+      server?.kill('SIGKILL');
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('runs from an otherwise empty root written by our cpio writer (no libraries needed)', async () => {
+    const entries: CpioEntry[] = [{ type: 'dir', path: 'bin' }, ...files.map((f): CpioEntry => ({ type: 'file', path: f.path, data: f.data, mode: f.mode }))];
+    const archive = `${root}.cpio`;
     await writeFile(archive, writeCpio(entries));
     try {
       await run('sh', ['-c', `cd "${root}" && cpio -idm --quiet < "${archive}"`]);
     } finally {
       await rm(archive, { force: true });
     }
-    const { stdout } = await run('chroot', [root, '/usr/sbin/nbd-client', '-l', '127.0.0.1', String(fx.port)], { timeout: 20_000 });
-    expect(stdout.split('\n')).toContain('image-a');
+    const { stdout } = await run('chroot', [root, '/bin/netboot-nbd', '--check', '127.0.0.1', String(fx.port), 'image-a'], { timeout: 20_000 });
+    expect(stdout).toMatch(/^image-a: 8192 bytes/m);
   });
 });
