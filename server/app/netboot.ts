@@ -59,6 +59,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
     for (const service of started.reverse()) await service.stop().catch((err) => log.warn({ err }, 'stopping a service failed'));
   };
 
+  let nbd: NbdServer | null = null;
   try {
     const http = await createHttpServer({
       getConfig: () => store.current,
@@ -69,6 +70,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       stateDir: config.server.stateDir,
       leaseLookup: (mac) => dhcp?.leases?.active(mac)?.ip,
       rebuild: (name) => builds.request(name, { pull: true }),
+      nbdClients: (id) => nbd?.connectedExports().get(id) ?? 0,
       ipxeDir: options.ipxeDir,
     });
     http.addHook('onResponse', async (request) => {
@@ -105,11 +107,11 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       started.push(dhcp);
     }
 
-    let nbd: NbdServer | null = null;
     if ([...config.images.values()].some((image) => image.root === 'nbd')) {
       nbd = new NbdServer({
         lookupExport: (id) => nbdExport(cache, id),
         maxConnections: config.server.nbd.maxConnections,
+        maxConcurrentReads: config.server.nbd.maxConcurrentReads,
         log: log.child({ service: 'nbd' }),
         onConnection: (event) => recordNbd(event, addressOwners, timeline),
         onRead: (event) => metrics.nbdRead(event.export, event.length, event.latencyMs),

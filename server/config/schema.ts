@@ -102,7 +102,14 @@ export const serverSchema = z.strictObject({
     })
     .prefault({}),
   dhcp: dhcpSchema.prefault({}),
-  nbd: z.strictObject({ port: port.default(10809), maxConnections: z.number().int().min(1).default(256) }).prefault({}),
+  nbd: z
+    .strictObject({
+      port: port.default(10809),
+      maxConnections: z.number().int().min(1).default(256),
+      /** Reads served at once across all clients; more wait in a queue that takes clients in turn. */
+      maxConcurrentReads: z.number().int().min(1).max(1024).default(16),
+    })
+    .prefault({}),
   stateDir: z.string().default('/var/lib/netboot'),
   cacheDir: z.string().default('/var/cache/netboot'),
   /** Bearer token for mutating API endpoints; absent = they are disabled. */

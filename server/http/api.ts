@@ -90,7 +90,17 @@ export function registerApiRoutes(app: FastifyInstance, ctx: HttpContext): void 
         };
       }),
     );
-    return { images, builds: builds.map((b) => ({ id: b.id, name: b.name ?? null, digest: b.digest ?? null, builtAt: b.builtAt ?? null, artifacts: b.artifacts })) };
+    return {
+      images,
+      builds: builds.map((b) => ({
+        id: b.id,
+        name: b.name ?? null,
+        digest: b.digest ?? null,
+        builtAt: b.builtAt ?? null,
+        artifacts: b.artifacts,
+        nbdClients: ctx.nbdClients?.(b.id) ?? 0,
+      })),
+    };
   });
 
   app.post<{ Params: { name: string } }>('/api/images/:name/rebuild', async (request, reply) => {

@@ -18,6 +18,8 @@ export interface HttpDeps {
   leaseLookup?: (mac: string) => string | undefined;
   /** Starts a rebuild of the named image (POST /api/images/<name>/rebuild). */
   rebuild?: (imageName: string) => unknown;
+  /** NBD clients connected to an image id's export right now (GET /api/images; `netboot gc` keeps those ids). */
+  nbdClients?: (id: string) => number;
   /** Lifetime of the signed layer URL written into the kernel command line. Default 900 s. */
   layerTtlSeconds?: number;
   templatesDir?: string;

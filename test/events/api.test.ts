@@ -80,6 +80,14 @@ describe('images API and rebuild', () => {
     ]);
     expect(body.images[0].artifacts.vmlinuz.size).toBe(image.files.vmlinuz!.length);
     expect(body.builds.map((b: { id: string }) => b.id)).toEqual([image.id]);
+    expect(body.builds[0].nbdClients).toBe(0);
+  });
+
+  it('counts the NBD clients reading each built id (netboot gc keeps those)', async () => {
+    h = await harness(baseYaml(), {}, { nbdClients: (id: string) => (id.length > 0 ? 2 : 0) });
+    const image = addImage(h.store, 'demo');
+    const body = (await h.app.inject('/api/images')).json();
+    expect(body.builds).toEqual([expect.objectContaining({ id: image.id, nbdClients: 2 })]);
   });
 
   it('rebuild: 404 when no token is configured', async () => {
