@@ -360,7 +360,9 @@ int main(int argc, char **argv) {
 	msg_init(&m, &nl, nl.family, NBD_CMD_CONNECT, NBD_GENL_VERSION);
 	attr_u32(&m, NBD_ATTR_INDEX, dev_index);
 	attr_u64(&m, NBD_ATTR_SIZE_BYTES, info.size);
-	attr_u64(&m, NBD_ATTR_BLOCK_SIZE_BYTES, 4096);
+	/* 4 KiB blocks only when the export is a whole number of them: the kernel cannot read a
+	 * partial last block, and squashfs images need not be padded. */
+	attr_u64(&m, NBD_ATTR_BLOCK_SIZE_BYTES, info.size % 4096 == 0 ? 4096 : 512);
 	attr_u64(&m, NBD_ATTR_SERVER_FLAGS, info.flags | NBD_FLAG_READ_ONLY);
 	attr_u64(&m, NBD_ATTR_TIMEOUT, request_timeout);
 	attr_u64(&m, NBD_ATTR_DEAD_CONN_TIMEOUT, dead_conn_timeout);

@@ -29,8 +29,19 @@ export const fileAttrsSchema = z.strictObject({
   owner: z.string().regex(/^[^:\s]+(:[^:\s]+)?$/, 'expected "user" or "user:group"').optional(),
 });
 
+/**
+ * Kernel arguments, written into an iPXE `kernel` line: one line, no `||`/`&&` (iPXE would
+ * read them as its own operators). `${setting}` is left to iPXE, which expands it (e.g.
+ * `${net0/ip}`); iPXE has no way to pass a literal `${...}` through.
+ */
+export const kernelCmdline = z
+  .string()
+  .refine((s) => !/[\u0000-\u001f\u007f]/.test(s), 'must be one line without control characters (tabs, newlines): put all arguments on one line separated by spaces')
+  .refine((s) => !/(^|\s)(\|\||&&)(\s|$)/.test(s), "must not contain '||' or '&&' on its own: iPXE reads them as its operators in the kernel line")
+  .default('');
+
 const machineCommon = {
-  cmdline: z.string().default(''),
+  cmdline: kernelCmdline,
   vars: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
   users: z.array(userSchema).default([]),
   sshAuthorizedKeys: z.array(z.string()).default([]),
@@ -52,7 +63,7 @@ export const imageSchema = z.strictObject({
   source: z
     .string()
     .regex(/^(docker|oci-archive):.+/, 'expected "docker:REF" or "oci-archive:PATH"'),
-  cmdline: z.string().default(''),
+  cmdline: kernelCmdline,
   root: z.enum(['ram', 'nbd']).default('ram'),
   /** netboot = our initramfs (default); image = the image's own initramfs, served as is. */
   initramfs: z.enum(['netboot', 'image']).default('netboot'),

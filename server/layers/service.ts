@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import type { AccountFiles } from './accounts.ts';
 import { readSquashfsFile } from '../images/squashfs-reader.ts';
 import { loadInstallKey } from './machine-state.ts';
@@ -19,7 +20,7 @@ export class LayerService {
 
   static async open(stateDir: string, now: () => number = Date.now): Promise<LayerService> {
     const key = await loadInstallKey(stateDir);
-    return new LayerService(key, new LayerSigner(key, now), stateDir);
+    return new LayerService(key, new LayerSigner(key, now, join(stateDir, 'used-layer-urls.jsonl')), stateDir);
   }
 
   imageAccounts(squashfsPath: string): Promise<AccountFiles> {

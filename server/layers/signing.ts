@@ -1,12 +1,13 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { appendFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 
 /**
  * Signed, expiring, one-shot URLs for the full layer (the one with secrets and host keys).
  * The signature binds MAC, boot id, image id and expiry; the boot id is used up by the
  * first fetch that completes. While a fetch is in flight, others are refused; a fetch that
- * breaks off (network hiccup) releases it, so /init can retry. Used ids live in memory
- * until they expire: a server restart forgets them, so a URL still within its lifetime
- * could be fetched once more after one.
+ * breaks off (network hiccup) releases it, so /init can retry. Used ids are kept until
+ * they expire, in memory and (given a ledger path in the state dir) in an append-only file
+ * read back at start-up, so a server restart does not make a used URL good again.
  */
 
 export interface LayerGrant {
@@ -32,9 +33,35 @@ export class LayerSigner {
   readonly #consumed = new Map<string, number>();
   readonly #inFlight = new Set<string>();
 
-  constructor(key: Buffer, now: () => number = Date.now) {
+  readonly #ledger: string | undefined;
+
+  constructor(key: Buffer, now: () => number = Date.now, ledgerPath?: string) {
     this.#key = createHmac('sha256', key).update('layer-url').digest();
     this.#now = now;
+    this.#ledger = ledgerPath;
+    if (ledgerPath) this.#loadLedger(ledgerPath);
+  }
+
+  /** Reads the used ids that have not expired and rewrites the file with only those. */
+  #loadLedger(path: string): void {
+    let text = '';
+    try {
+      text = readFileSync(path, 'utf8');
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    }
+    const nowSeconds = Math.floor(this.#now() / 1000);
+    for (const line of text.split('\n')) {
+      try {
+        const entry = JSON.parse(line) as { id?: unknown; exp?: unknown };
+        if (typeof entry.id === 'string' && typeof entry.exp === 'number' && entry.exp >= nowSeconds) this.#consumed.set(entry.id, entry.exp);
+      } catch {
+        /* an empty or torn last line */
+      }
+    }
+    const kept = [...this.#consumed].map(([id, exp]) => `${JSON.stringify({ id, exp })}\n`).join('');
+    writeFileSync(`${path}.tmp`, kept, { mode: 0o600 });
+    renameSync(`${path}.tmp`, path);
   }
 
   sign(mac: string, boot: string, image: string, ttlSeconds: number): LayerGrant {
@@ -67,6 +94,7 @@ export class LayerSigner {
         settled = true;
         this.#inFlight.delete(id);
         this.#consumed.set(id, Number(exp));
+        if (this.#ledger) appendFileSync(this.#ledger, `${JSON.stringify({ id, exp: Number(exp) })}\n`, { mode: 0o600 });
       },
       release: () => {
         if (settled) return;

@@ -87,6 +87,17 @@ defaults:
     expect(issuesOf(`server:\n  dhcp: { mode: full }\n`)[0]).toMatch(/server\.dhcp\.pool: dhcp\.mode full needs a pool/);
   });
 
+  it('refuses kernel arguments that would break the iPXE kernel line, and leaves ${settings} to iPXE', () => {
+    expect(issuesOf(`images:\n  lab:\n    source: docker:lab:1\n    cmdline: "quiet\\ninit=/bin/sh"\n`)).toEqual([
+      'F:4:14 images.lab.cmdline: must be one line without control characters (tabs, newlines): put all arguments on one line separated by spaces',
+    ]);
+    expect(issuesOf(`${images}machines:\n  52:54:00:00:00:01: { image: lab, cmdline: "quiet || reboot" }\n`)[0]).toMatch(
+      /^F:7:\d+ machines\.52:54:00:00:00:01\.cmdline: must not contain '\|\|' or '&&' on its own/,
+    );
+    const file = tempConfig(`images:\n  lab:\n    source: docker:lab:1\n    cmdline: ip=\${net0/ip} a||b\n`);
+    expect(loadConfig(file).images.get('lab')!.cmdline).toBe('ip=${net0/ip} a||b');
+  });
+
   it('requires an image for every machine when none is the default', () => {
     expect(issuesOf(`${images}machines:\n  52:54:00:00:00:01: {}\n`)).toEqual([
       'F:7:3 machines.52:54:00:00:00:01: no image: set machines.52:54:00:00:00:01.image or defaults.image (known: lab, ci)',
