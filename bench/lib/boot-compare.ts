@@ -225,6 +225,7 @@ function median(xs: readonly number[]): number {
 
 const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(1);
 const sec = (s: number | null) => (s === null ? '-' : s.toFixed(1));
+const between = (from: number | null, to: number | null) => (from === null || to === null ? null : to - from);
 const totalBytes = (r: BootResult) => r.kernelBytes + r.initrdBytes + r.layerBytes + r.rootBytes;
 
 function table(header: string[], rows: string[][]): string {
@@ -279,6 +280,8 @@ function printReport(results: BootResult[], options: BootCompareOptions, facts: 
           metric('kernel runs /init (s)', (r) => r.kernelRunsInit, (x) => x.toFixed(1)),
           metric('switch_root into the image (s)', (r) => r.switchRoot, (x) => x.toFixed(1)),
           metric('userspace marker (s)', (r) => r.up, (x) => x.toFixed(1), '<= 0.90x'),
+          metric('  /init until switch_root (s)', (r) => between(r.kernelRunsInit, r.switchRoot), (x) => x.toFixed(1)),
+          metric('  switch_root until marker (s)', (r) => between(r.switchRoot, r.up), (x) => x.toFixed(1)),
           metric('kernel + initrd (MiB)', (r) => r.kernelBytes + r.initrdBytes, mib),
           metric('root (MiB)', (r) => r.rootBytes, mib),
           metric('root (% of the image)', (r) => (100 * r.rootBytes) / squashfs, (x) => x.toFixed(1), 'nbd <= 10%'),
