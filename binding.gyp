@@ -1,0 +1,12 @@
+{
+  "targets": [
+    {
+      "target_name": "netboot_sendfile",
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
+      "conditions": [
+        ["OS=='linux'", { "sources": ["native/sendfile/sendfile.cc"] }]
+      ]
+    }
+  ]
+}
