@@ -7,6 +7,7 @@
  *   node --import tsx bench/http.ts [--size-mb 200] [--seconds 10] [--connections 50] [--rounds 3]
  *
  * nginx runs with one worker (our server is one Node process), sendfile on, on 127.0.0.1.
+ * With the sendfile addon built (npm ci), our bodies go out by sendfile(2) on its native thread; NETBOOT_SENDFILE=copy in the environment measures the userspace copy loop instead.
  */
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';

@@ -89,6 +89,7 @@ async function sendNative(res: ServerResponse, file: FileHandle, start: number, 
   if (!(await headersOnTheWire(res))) {
     sendFilePaths.native++;
     done({ bytes: 0, complete: false });
+    res.destroy();
     return true;
   }
   // Writing the headers decided the framing (chunked if no Content-Length was set): look again.
