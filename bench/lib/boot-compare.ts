@@ -95,6 +95,7 @@ export async function runBootComparison(options: BootCompareOptions): Promise<vo
     await rm(workDir, { recursive: true, force: true });
   };
   const unregister = cleanupOnInterrupt(cleanup);
+  const loadAtStart = readLoadAverage();
   try {
     process.stderr.write(`bench/nbd boot: VM consoles and server log in ${logDir}\n`);
     dockerd = await startDockerd();
@@ -155,7 +156,7 @@ export async function runBootComparison(options: BootCompareOptions): Promise<vo
     }
     await lab.close();
     lab = null;
-    printReport(results, options, facts);
+    printReport(results, options, facts, loadAtStart);
     process.stdout.write(`VM consoles and the server log: ${logDir}\n`);
   } finally {
     await cleanup();
@@ -234,7 +235,7 @@ function table(header: string[], rows: string[][]): string {
   return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
 }
 
-function printReport(results: BootResult[], options: BootCompareOptions, facts: Record<string, ImageFacts>): void {
+function printReport(results: BootResult[], options: BootCompareOptions, facts: Record<string, ImageFacts>, loadAtStart: string): void {
   const out: string[] = [];
   out.push(`\nbench/nbd boot: ram vs nbd root, ${options.rounds} alternating round(s) per image, QEMU TCG, 1024 MiB RAM, virtio-net, BIOS iPXE, proxyDHCP lab`);
   out.push('times are seconds from QEMU start: kernel runs /init, /init switch_roots into the image, image marker (systemd: multi-user reached)\n');
@@ -291,7 +292,7 @@ function printReport(results: BootResult[], options: BootCompareOptions, facts: 
     );
   }
   out.push(`\nroot bytes: ram = the rootfs downloads in the boot timeline (the aborted size probe included); nbd = netboot_nbd_bytes_total for the export, from VM start to the marker`);
-  out.push(`load average at the end: ${readLoadAverage()} (2 cores shared with other engineers; times are noisy under load, bytes are not)`);
+  out.push(`load average at the start: ${loadAtStart}, at the end: ${readLoadAverage()} (2 cores shared with other engineers; times are noisy under load, bytes are not)`);
   process.stdout.write(`${out.join('\n')}\n`);
 }
 
