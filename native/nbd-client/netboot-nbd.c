@@ -49,17 +49,21 @@
 static int kmsg = -1;
 static int daemonized = 0;
 
+/* One message: on stderr before the daemon starts, then as one record in the kernel log
+ * (which reaches the console), or on the console itself when /dev/kmsg cannot be opened. */
 static void say(int level, const char *fmt, ...) {
-	char line[512];
+	char msg[400], record[512];
 	va_list ap;
 	va_start(ap, fmt);
-	int n = vsnprintf(line, sizeof line, fmt, ap);
+	vsnprintf(msg, sizeof msg, fmt, ap);
 	va_end(ap);
-	if (n < 0) return;
-	if (daemonized && kmsg >= 0) {
-		dprintf(kmsg, "<%d>netboot-nbd: %s\n", level, line);
-	} else {
-		fprintf(stderr, "netboot-nbd: %s\n", line);
+	if (!daemonized || kmsg < 0) {
+		fprintf(stderr, "netboot-nbd: %s\n", msg);
+		return;
+	}
+	int n = snprintf(record, sizeof record, "<%d>netboot-nbd: %s\n", level, msg);
+	if (n > 0 && write(kmsg, record, (size_t)n < sizeof record ? (size_t)n : sizeof record - 1) < 0) {
+		/* nowhere left to report to */
 	}
 }
 
@@ -308,7 +312,7 @@ static int reconnect_forever(struct nl *nl) {
 			int rc = nl_call(nl, &m, NULL, NULL);
 			close(sock); /* the kernel holds its own reference */
 			if (rc == 0) {
-				say(5, "nbd%u: reconnected to %s:%s export %s (attempt %u)", dev_index, host, port, export_name, attempt);
+				say(4, "nbd%u: reconnected to %s:%s export %s (attempt %u)", dev_index, host, port, export_name, attempt);
 				return 0;
 			}
 			/* ENOSPC: no dead socket to replace, the link already came back (or was never dead). */
@@ -392,17 +396,22 @@ int main(int argc, char **argv) {
 	argv[0][0] = '@'; /* systemd: do not kill at shutdown (the root depends on this process) */
 	if (chdir("/") < 0) { /* nothing to do: / always exists */ }
 	int devnull = open("/dev/null", O_RDWR);
-	if (devnull >= 0) { dup2(devnull, 0); dup2(devnull, 1); dup2(devnull, 2); if (devnull > 2) close(devnull); }
+	int console = kmsg < 0 ? open("/dev/console", O_WRONLY | O_NOCTTY) : -1;
+	if (devnull >= 0) { dup2(devnull, 0); dup2(devnull, 1); dup2(console >= 0 ? console : devnull, 2); }
+	if (devnull > 2) close(devnull);
+	if (console > 2) close(console);
 
+	/* Not reply_buf: reconnecting calls nl_call, which reuses that while we walk this one. */
+	static uint8_t event_buf[16384];
 	for (;;) {
-		ssize_t n = recv(nl.fd, reply_buf, sizeof reply_buf, 0);
+		ssize_t n = recv(nl.fd, event_buf, sizeof event_buf, 0);
 		if (n < 0) {
 			if (errno == EINTR) continue;
 			if (errno == ENOBUFS) continue; /* events were dropped; the next dead link still arrives */
 			say(3, "netlink receive failed: %s; no more reconnects", strerror(errno));
 			return 1;
 		}
-		for (struct nlmsghdr *h = (struct nlmsghdr *)reply_buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
+		for (struct nlmsghdr *h = (struct nlmsghdr *)event_buf; NLMSG_OK(h, (size_t)n); h = NLMSG_NEXT(h, n)) {
 			if (h->nlmsg_type != nl.family) continue;
 			struct genlmsghdr *g = NLMSG_DATA(h);
 			if (g->cmd != NBD_CMD_LINK_DEAD) continue;
@@ -412,7 +421,7 @@ int main(int argc, char **argv) {
 				if (a->nla_type == NBD_ATTR_INDEX) memcpy(&index, ATTR_DATA(a), 4);
 			}
 			if (index != dev_index) continue;
-			say(4, "nbd%u: connection to %s:%s lost; reconnecting (I/O waits meanwhile)", dev_index, host, port);
+			say(3, "nbd%u: connection to %s:%s lost; reconnecting (I/O waits meanwhile)", dev_index, host, port);
 			reconnect_forever(&nl);
 		}
 	}
