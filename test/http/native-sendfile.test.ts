@@ -3,6 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, openSync, readdirSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ECANCELED, nativeSendfileCounters, nativeSendfileStatus, startNativeSend } from '../../server/http/native-sendfile.ts';
 import { tempDir } from './fixtures.ts';
@@ -210,6 +211,31 @@ describe.skipIf(!native)('netboot_sendfile addon', () => {
     expect(result.signal).toBeNull(); // not killed by the timeout
     expect(result.code).toBe(0);
     expect(result.stdout).toBe(`done ${content.length} 0\nclient got ${content.length}\n`);
+  });
+
+  it('a worker thread torn down with a job in flight stops its engine and closes every fd', async () => {
+    // The worker sends to our listener, whose accepted sockets nobody reads: the job stalls and
+    // outlives the worker's own socket handle, so only the engine's teardown can close its fds.
+    const port = (listener.address() as { port: number }).port;
+    const script = `
+      const net = require('node:net'); const fs = require('node:fs'); const { parentPort } = require('node:worker_threads');
+      const addon = require(${JSON.stringify(addon)});
+      const file = fs.openSync(${JSON.stringify(path)}, 'r');
+      const c = net.connect(${port}, '127.0.0.1', () => {
+        addon.start(c._handle.fd, file, 0, ${content.length}, () => parentPort.postMessage('done early'));
+        const poll = setInterval(() => {
+          if (addon.stats().bytesSent > 0 && addon.activeJobs() === 1) { clearInterval(poll); parentPort.postMessage('stuck'); }
+        }, 20);
+      });`;
+    const fdsBefore = openFds();
+    const acceptedBefore = accepted.length;
+    for (let round = 0; round < 3; round++) {
+      const worker = new Worker(script, { eval: true });
+      expect(await new Promise((done) => worker.once('message', done))).toBe('stuck');
+      await worker.terminate();
+    }
+    for (const socket of accepted.slice(acceptedBefore)) socket.destroy();
+    await expect.poll(openFds).toBe(fdsBefore);
   });
 
   it('process.exit with a job in flight exits cleanly', async () => {
