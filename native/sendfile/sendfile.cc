@@ -77,6 +77,8 @@ struct Engine {
   int evfd = -1;
 
   // JS thread only.
+  bool instanceAlive = true;
+  bool tsfnAlive = false;
   uint64_t nextId = 1;
   double started = 0;
   std::unordered_map<uint64_t, napi_ref> callbacks;
@@ -226,16 +228,22 @@ void Stop(Engine* e) {
 
 void OnEnvCleanup(void* data) { Stop(static_cast<Engine*>(data)); }
 
+// The engine is freed by whichever of these two finalizers runs last (both on the JS thread).
 void OnInstanceFinalize(napi_env, void* data, void*) {
   auto* e = static_cast<Engine*>(data);
   Stop(e);
-  delete e;
+  e->instanceAlive = false;
+  if (!e->tsfnAlive) delete e;
 }
 
 void OnTsfnFinalize(napi_env, void* data, void*) {
   auto* e = static_cast<Engine*>(data);
-  std::lock_guard<std::mutex> lock(e->mu);
-  e->tsfn = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(e->mu);
+    e->tsfn = nullptr;
+  }
+  e->tsfnAlive = false;
+  if (!e->instanceAlive) delete e;
 }
 
 // JS thread: delivers one completion to its job's callback.
@@ -310,6 +318,7 @@ bool EnsureWorker(napi_env env, Engine* e) {
       napi_throw_error(env, nullptr, "netboot_sendfile: napi_create_threadsafe_function failed");
       return false;
     }
+    e->tsfnAlive = true;
     napi_unref_threadsafe_function(env, e->tsfn);
     e->tsfnReferenced = false;
   }
