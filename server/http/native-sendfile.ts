@@ -55,7 +55,7 @@ export function logSendfilePath(log: Logger): void {
   logged = true;
   const status = nativeSendfileStatus();
   if (status.available) log.debug({ sendfile: 'native' }, 'artifact bodies go out with sendfile(2) on a native thread');
-  else log.debug({ sendfile: 'copy', reason: status.reason }, 'sendfile addon not loaded: artifact bodies are copied through userspace');
+  else log.warn({ sendfile: 'copy', reason: status.reason }, 'sendfile addon not loaded: artifact bodies are copied through userspace (about half the throughput); fix: npm ci with g++ and make installed');
 }
 
 /**

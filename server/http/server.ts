@@ -1,3 +1,4 @@
+import { logSendfilePath } from './native-sendfile.ts';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { LayerService } from '../layers/service.ts';
 import { registerApiRoutes } from './api.ts';
@@ -18,6 +19,7 @@ export type { ArtifactStore, ArtifactName, ImageManifestView } from './artifact-
  */
 export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance> {
   const now = deps.now ?? Date.now;
+  logSendfilePath(deps.log);
   const ctx: HttpContext = {
     ...deps,
     now,
