@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Dockerode from 'dockerode';
 import type { Image } from '../config/types.ts';
@@ -8,6 +8,7 @@ import type { Logger } from '../log.ts';
 import { defaultDocker, exportDockerImage, resolveDockerImage } from './docker-source.ts';
 import { ImageError } from './errors.ts';
 import { acquireLockFile, isAlive } from '../lock-file.ts';
+import { fsyncTree, renameDurable, writeFileAtomic } from '../fs/atomic-write.ts';
 import { flattenLayers } from './flatten.ts';
 import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
@@ -209,10 +210,7 @@ export class ImageCache {
   }
 
   private async setCurrent(name: string, id: string, digest: string): Promise<void> {
-    const path = this.pointerPath(name);
-    const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-    await writeFile(tmp, JSON.stringify({ id, digest, at: new Date().toISOString() }) + '\n');
-    await rename(tmp, path);
+    await writeFileAtomic(this.pointerPath(name), JSON.stringify({ id, digest, at: new Date().toISOString() }) + '\n');
   }
 
   private computeId(image: Image, source: ResolvedSource, options: BuildOptions): string {
@@ -283,7 +281,9 @@ export class ImageCache {
       try {
         const manifest = await this.produce(image, id, source, options, tmp, log, started);
         await writeFile(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
-        await rename(tmp, finalDir);
+        // Every artifact on disk before the name appears: a crash must not publish an id with torn files.
+        await fsyncTree(tmp);
+        await renameDurable(tmp, finalDir);
         log.info({ phase: 'done', kernel: manifest.kernelVersion, seconds: manifest.buildSeconds }, 'image built');
         options.onProgress?.({ image: image.name, phase: 'done', bytes: manifest.artifacts['rootfs.squashfs']?.size ?? 0 });
         return { id, dir: finalDir, manifest, cached: false };

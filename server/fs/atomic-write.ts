@@ -1,0 +1,128 @@
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+/*
+ * Durable writes. A rename is atomic but not durable: after a power cut the directory may still point at the old
+ * file, or at a new file whose blocks never reached the disk (a zero-length or torn file). So: write a temp file in
+ * the same directory, fsync it, rename it over the target, then fsync the directory that holds the new name.
+ */
+
+function tempPathFor(path: string): string {
+  return join(dirname(path), `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+/** fsync a directory so a rename or create inside it survives a crash. */
+export async function fsyncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+export function fsyncDirSync(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Replaces `path` with `data` so that a crash leaves either the old or the new content, never a mix or nothing. */
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
+  const temp = tempPathFor(path);
+  const handle = await open(temp, 'wx', mode);
+  try {
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    await rename(temp, path);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw err;
+  }
+  await fsyncDir(dirname(path));
+}
+
+export function writeFileAtomicSync(path: string, data: string | Uint8Array, mode = 0o644): void {
+  const temp = tempPathFor(path);
+  const fd = openSync(temp, 'wx', mode);
+  try {
+    try {
+      const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+      for (let off = 0; off < bytes.length; ) off += writeSync(fd, bytes, off, bytes.length - off);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(temp, path);
+  } catch (err) {
+    rmSync(temp, { force: true });
+    throw err;
+  }
+  fsyncDirSync(dirname(path));
+}
+
+/**
+ * Appends one line and fsyncs it before resolving. A newly created file also gets its directory fsynced.
+ * A crash can leave a torn last line: readers must skip a line that does not parse.
+ */
+export async function appendDurable(path: string, line: string, mode = 0o644): Promise<void> {
+  const text = line.endsWith('\n') ? line : `${line}\n`;
+  const existed = await stat(path).then(() => true, () => false);
+  const handle = await open(path, 'a', mode);
+  try {
+    await handle.appendFile(text);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  if (!existed) await fsyncDir(dirname(path));
+}
+
+export function appendDurableSync(path: string, line: string, mode = 0o644): void {
+  const text = Buffer.from(line.endsWith('\n') ? line : `${line}\n`);
+  const created = !existsSync(path);
+  const fd = openSync(path, 'a', mode);
+  try {
+    for (let off = 0; off < text.length; ) off += writeSync(fd, text, off, text.length - off);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  if (created) fsyncDirSync(dirname(path));
+}
+
+/**
+ * Makes a finished directory tree durable before it is published with a rename: fsyncs every regular file and
+ * directory in it (depth-first), so the rename can never expose a name whose data is still only in the page cache.
+ */
+export async function fsyncTree(dir: string): Promise<void> {
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) await fsyncTree(path);
+    else if (entry.isFile()) {
+      const handle = await open(path, 'r');
+      try {
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+    }
+  }
+  await fsyncDir(dir);
+}
+
+/** rename(2) then fsync the parent directory of the destination (and of the source when it differs). */
+export async function renameDurable(from: string, to: string): Promise<void> {
+  await rename(from, to);
+  await fsyncDir(dirname(to));
+  if (dirname(from) !== dirname(to)) await fsyncDir(dirname(from));
+}
