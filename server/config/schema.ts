@@ -90,6 +90,10 @@ export const dhcpSchema = z
         dns: z.array(ipv4).default([]),
         domain: z.string().optional(),
         leaseSeconds: z.number().int().min(60).default(3600),
+        /** Addresses MACs not in `machines` may hold at once (offered, bound or declined); default half the pool, at most 256. */
+        maxUnknownLeases: z.number().int().min(0).optional(),
+        /** Lease time for MACs not in `machines` (never longer than leaseSeconds). */
+        unknownLeaseSeconds: z.number().int().min(60).default(300),
       })
       .optional(),
   })
