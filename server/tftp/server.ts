@@ -33,6 +33,11 @@ export interface TftpServerOptions {
   source: TftpFileSource;
   /** Concurrent transfers; requests over it get an ERROR naming the limit. */
   maxTransfers?: number;
+  /**
+   * Concurrent transfers from one IP address (any source port). Without it one host sending RRQs it never
+   * acknowledges from many ports holds every slot for the whole retry period and locks every other machine out.
+   */
+  maxTransfersPerAddress?: number;
   limits?: Partial<SessionLimits>;
   log?: Logger;
   onTransfer?: (event: TransferEvent) => void;
@@ -329,18 +334,33 @@ export class TftpServer {
   /** Requests accepted but still opening their file count against the limit too. */
   private pending = 0;
   private readonly clientsInTransfer = new Set<string>();
+  /** Transfers (open or opening) per client IP address. */
+  private readonly perAddress = new Map<string, number>();
   private readonly limits: SessionLimits;
   private readonly maxTransfers: number;
+  private readonly maxTransfersPerAddress: number;
   private readonly log: Logger;
 
   constructor(private readonly options: TftpServerOptions) {
     this.limits = { ...defaultSessionLimits, ...options.limits };
     this.maxTransfers = options.maxTransfers ?? 64;
+    this.maxTransfersPerAddress = options.maxTransfersPerAddress ?? 4;
     this.log = (options.log ?? silentLogger).child({ phase: 'tftp' });
   }
 
   get activeTransfers(): number {
     return this.transfers.size + this.pending;
+  }
+
+  /** Transfers (open or opening) from one client address. */
+  transfersFrom(address: string): number {
+    return this.perAddress.get(address) ?? 0;
+  }
+
+  private countAddress(address: string, delta: 1 | -1): void {
+    const n = (this.perAddress.get(address) ?? 0) + delta;
+    if (n > 0) this.perAddress.set(address, n);
+    else this.perAddress.delete(address);
   }
 
   /** Binds the request socket; resolves with the bound address (port 0 -> the chosen one). */
@@ -406,9 +426,18 @@ export class TftpServer {
     if (this.activeTransfers >= this.maxTransfers) {
       return this.refuse(rinfo, path, ErrorCode.NotDefined, `Server busy: ${this.maxTransfers} transfers in progress (the limit), retry later`);
     }
+    if (this.transfersFrom(rinfo.address) >= this.maxTransfersPerAddress) {
+      return this.refuse(
+        rinfo,
+        path,
+        ErrorCode.NotDefined,
+        `Too many transfers from ${rinfo.address}: ${this.maxTransfersPerAddress} in progress (the per-address limit), retry later`,
+      );
+    }
 
     this.pending++;
     this.clientsInTransfer.add(key);
+    this.countAddress(rinfo.address, 1);
     let file: TftpFile | null = null;
     let sockets: { peer: Socket; strangers: Socket } | undefined;
     try {
@@ -432,7 +461,10 @@ export class TftpServer {
       return this.refuse(rinfo, path, ErrorCode.NotDefined, 'Internal error');
     } finally {
       this.pending--;
-      if (file === null || sockets === undefined) this.clientsInTransfer.delete(key);
+      if (file === null || sockets === undefined) {
+        this.clientsInTransfer.delete(key);
+        this.countAddress(rinfo.address, -1);
+      }
     }
 
     const session = new ReadSession(request, file.size, this.limits);
@@ -441,6 +473,7 @@ export class TftpServer {
     const transfer: Transfer = new Transfer(sockets.peer, sockets.strangers, client, path, file, session, log, (event) => {
       this.transfers.delete(transfer);
       this.clientsInTransfer.delete(key);
+      this.countAddress(rinfo.address, -1);
       try {
         this.options.onTransfer?.(event);
       } catch (err) {

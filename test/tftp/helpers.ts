@@ -39,9 +39,10 @@ export class RawPeer {
   /** Packets from the server that did not parse (should stay empty). */
   readonly malformed: Buffer[] = [];
 
-  static async open(): Promise<RawPeer> {
+  /** `address`: the loopback address to send from (127.0.0.2 acts as a second host). */
+  static async open(address = '127.0.0.1'): Promise<RawPeer> {
     const peer = new RawPeer();
-    await new Promise<void>((resolve) => peer.socket.bind(0, '127.0.0.1', resolve));
+    await new Promise<void>((resolve) => peer.socket.bind(0, address, resolve));
     peer.socket.on('message', (msg, from) => {
       const parsed = parsePacket(msg);
       if (!parsed.ok) {
