@@ -63,6 +63,27 @@ const HEADER_LENGTH = 236;
 /** BOOTP's minimum message size; some PXE ROMs drop shorter replies. */
 const MIN_REPLY_LENGTH = 300;
 
+/**
+ * Bounds on the work one datagram can cost. A client sends at most what fits an Ethernet frame (RFC 2131 asks
+ * clients to take 576 bytes; larger ones are negotiated with option 57 and still fit 1500), and a real request
+ * carries a few dozen options. A 64 KiB datagram of 32,000 empty options would otherwise cost ~150x a normal
+ * packet (one Buffer per option, then every accessor scanning all of them).
+ */
+export const DECODE_LIMITS = {
+  /** Longer datagrams are refused before any parsing ('too-long'). */
+  maxMessageBytes: 1500,
+  /** Option instances in the whole message, overloaded fields included ('too-many-options'). */
+  maxOptions: 255,
+} as const;
+
+/** Filled by decodeMessage when given: the work it did (for tests and metrics). */
+export interface DecodeStats {
+  /** Option instances read (PAD not counted). */
+  optionsRead: number;
+  /** Option areas walked: 1, plus file and/or sname when option 52 overloads them. */
+  areasRead: number;
+}
+
 export interface DhcpOption {
   code: number;
   data: Buffer;
@@ -95,7 +116,9 @@ export type DecodeErrorReason =
   | 'bad-magic'
   | 'bad-op'
   | 'option-overrun'
-  | 'bad-overload';
+  | 'bad-overload'
+  | 'too-long'
+  | 'too-many-options';
 
 export interface DecodeError {
   reason: DecodeErrorReason;
@@ -118,11 +141,14 @@ function cString(buf: Buffer): string {
   return buf.subarray(0, end === -1 ? buf.length : end).toString('latin1');
 }
 
-type OptionsResult = { ok: true; options: DhcpOption[] } | { ok: false; detail: string };
+type OptionsResult = { ok: true } | { ok: false; reason: 'option-overrun' | 'too-many-options'; detail: string };
 
-/** Reads options up to END (or the end of the area). PAD is skipped, unknown codes kept. */
-function readOptions(area: Buffer, where: string): OptionsResult {
-  const options: DhcpOption[] = [];
+/**
+ * Reads options up to END (or the end of the area) into `options`. PAD is skipped, unknown codes kept.
+ * Stops with an error once `options` would exceed DECODE_LIMITS.maxOptions.
+ */
+function readOptions(area: Buffer, where: string, options: DhcpOption[], stats: DecodeStats): OptionsResult {
+  stats.areasRead++;
   let i = 0;
   while (i < area.length) {
     const code = area[i]!;
@@ -131,46 +157,53 @@ function readOptions(area: Buffer, where: string): OptionsResult {
       i++;
       continue;
     }
-    if (i + 1 >= area.length) return { ok: false, detail: `option ${code} in ${where} has no length byte` };
+    if (i + 1 >= area.length) return { ok: false, reason: 'option-overrun', detail: `option ${code} in ${where} has no length byte` };
     const length = area[i + 1]!;
     if (i + 2 + length > area.length) {
-      return { ok: false, detail: `option ${code} in ${where} claims ${length} bytes, only ${area.length - i - 2} left` };
+      return { ok: false, reason: 'option-overrun', detail: `option ${code} in ${where} claims ${length} bytes, only ${area.length - i - 2} left` };
     }
+    if (options.length >= DECODE_LIMITS.maxOptions) {
+      return { ok: false, reason: 'too-many-options', detail: `more than ${DECODE_LIMITS.maxOptions} options (the limit), at ${where} offset ${i}` };
+    }
+    stats.optionsRead++;
     options.push({ code, data: Buffer.from(area.subarray(i + 2, i + 2 + length)) });
     i += 2 + length;
   }
-  return { ok: true, options };
+  return { ok: true };
 }
 
-export function decodeMessage(packet: Buffer): DecodeResult {
+export function decodeMessage(packet: Buffer, stats: DecodeStats = { optionsRead: 0, areasRead: 0 }): DecodeResult {
   if (packet.length < HEADER_LENGTH + 4) return fail('too-short', `${packet.length} bytes, a DHCP message has at least ${HEADER_LENGTH + 4}`);
+  if (packet.length > DECODE_LIMITS.maxMessageBytes) {
+    return fail('too-long', `${packet.length} bytes, more than the ${DECODE_LIMITS.maxMessageBytes} a DHCP message fits in one Ethernet frame`);
+  }
   if (packet.readUInt32BE(HEADER_LENGTH) !== MAGIC) return fail('bad-magic', 'no DHCP magic cookie (plain BOOTP is not served)');
   const op = packet[0]!;
   if (op !== BOOTREQUEST && op !== BOOTREPLY) return fail('bad-op', `op ${op} is neither BOOTREQUEST nor BOOTREPLY`);
 
-  const main = readOptions(packet.subarray(HEADER_LENGTH + 4), 'options');
-  if (!main.ok) return fail('option-overrun', main.detail);
-  const options = main.options;
+  const options: DhcpOption[] = [];
+  const main = readOptions(packet.subarray(HEADER_LENGTH + 4), 'options', options, stats);
+  if (!main.ok) return fail(main.reason, main.detail);
   const snameField = packet.subarray(44, 108);
   const fileField = packet.subarray(108, 236);
   let sname = cString(snameField);
   let file = cString(fileField);
 
+  // Only option 52 of the options field counts, and it is acted on once: a 52 inside file or sname is kept as
+  // data, never followed (RFC 2131 4.1 puts it in the options field).
   const overload = options.find((o) => o.code === Opt.OVERLOAD);
   if (overload) {
     const value = overload.data.length === 1 ? overload.data[0]! : -1;
     if (value < 1 || value > 3) return fail('bad-overload', `option 52 must be one byte 1, 2 or 3 (got ${overload.data.toString('hex') || 'nothing'})`);
     // RFC 2131 4.1: the options field first, then `file`, then `sname`.
     if (value & 1) {
-      const fromFile = readOptions(fileField, 'file (overload)');
-      if (!fromFile.ok) return fail('option-overrun', fromFile.detail);
-      options.push(...fromFile.options);
+      const fromFile = readOptions(fileField, 'file (overload)', options, stats);
+      if (!fromFile.ok) return fail(fromFile.reason, fromFile.detail);
       file = '';
     }
     if (value & 2) {
-      const fromSname = readOptions(snameField, 'sname (overload)');
-      if (!fromSname.ok) return fail('option-overrun', fromSname.detail);
-      options.push(...fromSname.options);
+      const fromSname = readOptions(snameField, 'sname (overload)', options, stats);
+      if (!fromSname.ok) return fail(fromSname.reason, fromSname.detail);
       sname = '';
     }
   }

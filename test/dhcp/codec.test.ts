@@ -29,6 +29,8 @@ import {
   u8Option,
   ipOption,
   u32Option,
+  DECODE_LIMITS,
+  type DecodeStats,
 } from '../../server/dhcp/codec.ts';
 import { decodeFixture, fixture, request } from './helpers.ts';
 
@@ -227,5 +229,65 @@ describe('bad input comes back as a typed error', () => {
     expect(clientArch(m)).toEqual([]);
     expect(clientUuid(m)).toBeUndefined();
     expect(pxeDiscoveryControl(m)).toBeUndefined();
+  });
+});
+
+describe('the work one datagram can cost is bounded', () => {
+  const header = encodeMessage(request(1, '02:00:00:00:00:07')).subarray(0, 240);
+  const stats = (): DecodeStats => ({ optionsRead: 0, areasRead: 0 });
+  /** `count` empty instances of an unknown option (2 bytes each), then END. */
+  const emptyOptions = (count: number) => Buffer.concat([Buffer.from([53, 1, 1]), Buffer.alloc(count * 2).fill(Buffer.from([250, 0])), Buffer.from([255])]);
+
+  it('a 64 KiB datagram of 32,000 options is refused before any option is parsed', () => {
+    const huge = Buffer.concat([header, emptyOptions(32_000)]);
+    expect(huge.length).toBeGreaterThan(64_000);
+    const s = stats();
+    const r = decodeMessage(huge, s);
+    expect(r).toMatchObject({ ok: false, error: { reason: 'too-long', detail: expect.stringMatching(/1500/) } });
+    expect(s).toEqual({ optionsRead: 0, areasRead: 0 });
+  });
+
+  it('a datagram at the size limit still decodes; one byte more does not', () => {
+    const pad = DECODE_LIMITS.maxMessageBytes - 240 - 4;
+    const atLimit = Buffer.concat([header, Buffer.from([53, 1, 1]), Buffer.alloc(pad, 0), Buffer.from([255])]);
+    expect(atLimit.length).toBe(DECODE_LIMITS.maxMessageBytes);
+    expect(decodeMessage(atLimit).ok).toBe(true);
+    expect(decodeMessage(Buffer.concat([atLimit, Buffer.from([0])]))).toMatchObject({ ok: false, error: { reason: 'too-long' } });
+  });
+
+  it('options beyond the count limit stop the parse at the limit', () => {
+    // 600 options fit in 1500 bytes; only maxOptions are ever read.
+    const many = Buffer.concat([header, emptyOptions(600)]);
+    expect(many.length).toBeLessThanOrEqual(DECODE_LIMITS.maxMessageBytes);
+    const s = stats();
+    const r = decodeMessage(many, s);
+    expect(r).toMatchObject({ ok: false, error: { reason: 'too-many-options', detail: expect.stringMatching(/255/) } });
+    expect(s.optionsRead).toBe(DECODE_LIMITS.maxOptions);
+
+    const justUnder = Buffer.concat([header, emptyOptions(DECODE_LIMITS.maxOptions - 1)]);
+    const ok = decodeMessage(justUnder);
+    expect(ok.ok && ok.message.options.length).toBe(DECODE_LIMITS.maxOptions);
+  });
+
+  it('the count limit includes options in overloaded file and sname fields', () => {
+    // 250 in the options field, then file (128 bytes) holds 63 more.
+    const raw = Buffer.concat([header, Buffer.from([52, 1, 3]), emptyOptions(249)]);
+    raw.fill(Buffer.from([250, 0]), 108, 236);
+    const s = stats();
+    expect(decodeMessage(raw, s)).toMatchObject({ ok: false, error: { reason: 'too-many-options', detail: expect.stringMatching(/file/) } });
+    expect(s.optionsRead).toBe(DECODE_LIMITS.maxOptions);
+    expect(s.areasRead).toBe(2);
+  });
+
+  it('option 52 is acted on once: a 52 inside file or sname is data, not followed again', () => {
+    const raw = Buffer.concat([header, Buffer.from([53, 1, 1, 52, 1, 3, 255])]);
+    Buffer.from([52, 1, 3, 60, 3, 0x61, 0x62, 0x63, 255]).copy(raw, 108); // file: another overload, then option 60
+    Buffer.from([52, 1, 1, 255]).copy(raw, 44); // sname: yet another
+    const s = stats();
+    const r = decodeMessage(raw, s);
+    if (!r.ok) throw new Error(r.error.detail);
+    expect(r.message.options.map((o) => o.code)).toEqual([53, 52, 52, 60, 52]);
+    expect(s.areasRead).toBe(3);
+    expect(vendorClass(r.message)).toBe('abc');
   });
 });

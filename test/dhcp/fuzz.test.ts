@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { decodeMessage, encodeMessage, MessageType, Opt, ipOption, textOption } from '../../server/dhcp/codec.ts';
+import { DECODE_LIMITS, decodeMessage, encodeMessage, MessageType, Opt, ipOption, textOption, type DecodeStats } from '../../server/dhcp/codec.ts';
 import { LeaseStore } from '../../server/dhcp/leases.ts';
 import { respond } from '../../server/dhcp/responder.ts';
 import { fixture, fuzzPackets, makeConfig, request } from './helpers.ts';
@@ -55,5 +55,22 @@ describe('fuzz: codec and responder', () => {
       }
     }
     expect(replies).toBeGreaterThan(100);
+  });
+
+  it('hostile sizes: no packet reads more than the option limit, however it is built', () => {
+    // Option-packed packets of every length up to 64 KiB, with and without overload.
+    let worst = 0;
+    for (let length = 240; length <= 65_507; length += 977) {
+      for (const overload of [0, 3]) {
+        const p = Buffer.alloc(length).fill(Buffer.from([250, 0]));
+        seeds[0]!.copy(p, 0, 0, 240);
+        if (length >= 243 && overload) Buffer.from([52, 1, overload]).copy(p, 240);
+        const stats: DecodeStats = { optionsRead: 0, areasRead: 0 };
+        const r = decodeMessage(p, stats);
+        if (length > DECODE_LIMITS.maxMessageBytes) expect(r).toMatchObject({ ok: false, error: { reason: 'too-long' } });
+        worst = Math.max(worst, stats.optionsRead);
+      }
+    }
+    expect(worst).toBe(DECODE_LIMITS.maxOptions);
   });
 });
