@@ -1,4 +1,5 @@
 import type { Config } from '../config/types.ts';
+import { localReadToken } from '../http/api.ts';
 import { serverUrl } from '../http/context.ts';
 
 /**
@@ -9,7 +10,9 @@ import { serverUrl } from '../http/context.ts';
 export async function idsStreamedByServer(config: Config, timeoutMs = 2000): Promise<Set<string> | null> {
   let body: unknown;
   try {
-    const res = await fetch(`${serverUrl(config)}/api/images`, { signal: AbortSignal.timeout(timeoutMs) });
+    const token = localReadToken(config);
+    const headers: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
+    const res = await fetch(`${serverUrl(config)}/api/images`, { headers, signal: AbortSignal.timeout(timeoutMs) });
     if (!res.ok) return null;
     body = await res.json();
   } catch {

@@ -127,8 +127,19 @@ export const serverSchema = z.strictObject({
     .prefault({}),
   stateDir: z.string().default('/var/lib/netboot'),
   cacheDir: z.string().default('/var/cache/netboot'),
-  /** Bearer token for mutating API endpoints; absent = they are disabled. */
+  /** Older name of api.adminToken, still accepted as an admin token. */
   apiToken: z.string().min(16, 'apiToken must be at least 16 characters').optional(),
+  /** Who may use /api/* (bearer tokens). /metrics and /healthz are always open. */
+  api: z
+    .strictObject({
+      /** Reads (GET /api/*). */
+      readToken: z.string().min(16, 'readToken must be at least 16 characters').optional(),
+      /** Reads and mutations (e.g. POST /api/images/<name>/rebuild); absent = mutations disabled. */
+      adminToken: z.string().min(16, 'adminToken must be at least 16 characters').optional(),
+      /** Reads without a token, for labs that want an open dashboard. */
+      public: z.boolean().default(false),
+    })
+    .prefault({}),
   /** Seconds a machine in a failed boot waits before it reboots and retries. */
   rebootDelay: z.number().int().min(0).default(30),
   /** How often a running server checks whether an image's source moved (docker tag, archive file). */

@@ -60,6 +60,18 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly securityEvents = new Counter({
+    name: 'netboot_security_events_total',
+    help: 'Requests refused for the identity they claimed (wrong peer for a MAC, bad event token), by kind',
+    labelNames: ['kind'] as const,
+    registers: [this.registry],
+  });
+
+  /** One request refused for the identity it claimed (see Timeline.security). */
+  securityEvent(kind: string): void {
+    this.securityEvents.inc({ kind });
+  }
+
   /** DHCP: one packet received (`in`) or sent (`out`), e.g. dhcpPacket('DISCOVER', 'in'). */
   dhcpPacket(type: string, direction: 'in' | 'out'): void {
     this.dhcpPackets.inc({ type, direction });

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { z } from 'zod';
+import { redactSignatures } from '../layers/signing.ts';
 import type { Metrics } from './metrics.ts';
 
 export const SERVER_PHASES = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'layer', 'rootfs'] as const;
@@ -39,6 +40,8 @@ export interface Boot {
   state: Exclude<BootState, 'never'>;
   imageId?: string;
   phases: PhaseRecord[];
+  /** Records not kept because the boot already had `maxPhases` of them. */
+  droppedPhases?: number;
 }
 
 export interface RecordOptions {
@@ -48,6 +51,21 @@ export interface RecordOptions {
   durationMs?: number;
   t?: number;
   imageId?: string;
+  /**
+   * Join this boot of the MAC (an authenticated /init event names its boot) instead of the
+   * current one; never starts a new boot. When the MAC has no boots (the server restarted),
+   * a boot with this id is opened.
+   */
+  boot?: string;
+}
+
+/** Something refused for the identity it claimed, shown on the claimed MAC's timeline. */
+export interface SecurityEvent {
+  kind: string;
+  detail: string;
+  peer?: string;
+  /** Server time, ISO 8601. */
+  at: string;
 }
 
 export interface TimelineOptions {
@@ -55,8 +73,21 @@ export interface TimelineOptions {
   now?: () => number;
   /** Boots kept per MAC (the newest). */
   keepBoots?: number;
-  /** MACs remembered at most (the least recently seen are forgotten first). */
-  maxMachines?: number;
+  /** Whether a MAC is in the config: those are always kept; the others share a bounded LRU. */
+  isConfigured?: (mac: string) => boolean;
+  /** MACs not in the config remembered at most (the least recently seen are forgotten first). */
+  maxUnknownMachines?: number;
+  /** Phase records kept per boot (the first ones; the rest are counted in `droppedPhases`). */
+  maxPhases?: number;
+  /** Characters kept of a detail. */
+  maxDetail?: number;
+  /** Security events kept per MAC (the newest). */
+  maxSecurityEvents?: number;
+}
+
+interface MachineEntry {
+  boots: Boot[];
+  security: SecurityEvent[];
 }
 
 /** Phases that belong to the stage before iPXE runs our script: a boot there has not really started. */
@@ -67,39 +98,50 @@ const PRE_SCRIPT = new Set<Phase>(['dhcp', 'tftp']);
  * and every event /init posts. A new boot starts at `dhcp` or `script` unless the current
  * boot is still in the stage before it (iPXE does DHCP twice; a "not built yet" script is
  * fetched again and again); any other phase joins the current boot, or opens one.
+ *
+ * Everything here can be fed by anyone on the segment (a DHCP packet, a GET naming a MAC),
+ * so all of it is bounded: configured MACs are always kept, other MACs share an LRU (so a
+ * flood of made-up MACs never pushes out a real machine), and every boot's phase list,
+ * every detail and every MAC's security events have a cap.
  */
 export class Timeline {
-  readonly #boots = new Map<string, Boot[]>();
+  readonly #configured = new Map<string, MachineEntry>();
+  /** Map order = least recently seen first. */
+  readonly #unknown = new Map<string, MachineEntry>();
   readonly #metrics?: Metrics;
   readonly #now: () => number;
   readonly #keepBoots: number;
-  readonly #maxMachines: number;
+  readonly #isConfigured: (mac: string) => boolean;
+  readonly #maxUnknown: number;
+  readonly #maxPhases: number;
+  readonly #maxDetail: number;
+  readonly #maxSecurity: number;
 
   constructor(options: TimelineOptions = {}) {
     this.#metrics = options.metrics;
     this.#now = options.now ?? Date.now;
     this.#keepBoots = options.keepBoots ?? 5;
-    this.#maxMachines = options.maxMachines ?? 10_000;
+    this.#isConfigured = options.isConfigured ?? (() => false);
+    this.#maxUnknown = options.maxUnknownMachines ?? 1024;
+    this.#maxPhases = options.maxPhases ?? 256;
+    this.#maxDetail = options.maxDetail ?? 512;
+    this.#maxSecurity = options.maxSecurityEvents ?? 32;
   }
 
   /** Records a phase for a MAC (canonical colon form) and returns the boot it joined. */
   record(mac: string, phase: Phase, options: RecordOptions): Boot {
-    const boots = this.#boots.get(mac) ?? [];
-    let boot = boots.at(-1);
-    if (!boot || this.#startsNewBoot(boot, phase)) {
-      boot = { id: randomBytes(8).toString('hex'), startedAt: new Date(this.#now()).toISOString(), state: 'booting', phases: [] };
+    const { boots } = this.#touch(mac);
+    let boot = options.boot !== undefined ? boots.find((b) => b.id === options.boot) : boots.at(-1);
+    if (!boot || (options.boot === undefined && this.#startsNewBoot(boot, phase))) {
+      boot = { id: options.boot ?? randomBytes(8).toString('hex'), startedAt: new Date(this.#now()).toISOString(), state: 'booting', phases: [] };
       boots.push(boot);
       if (boots.length > this.#keepBoots) boots.splice(0, boots.length - this.#keepBoots);
       this.#metrics?.boots.inc({ outcome: 'started' });
     }
-    // Re-insert so that the map's order is least-recently-seen first.
-    this.#boots.delete(mac);
-    this.#boots.set(mac, boots);
-    if (this.#boots.size > this.#maxMachines) this.#boots.delete(this.#boots.keys().next().value!);
 
     const record: PhaseRecord = { phase, source: options.source, at: new Date(this.#now()).toISOString() };
     if (options.t !== undefined) record.t = options.t;
-    if (options.detail !== undefined) record.detail = options.detail;
+    if (options.detail !== undefined) record.detail = this.#clip(options.detail);
     if (options.bytes !== undefined) record.bytes = options.bytes;
     let durationMs = options.durationMs;
     if (durationMs === undefined && options.source === 'init' && options.t !== undefined) {
@@ -108,7 +150,8 @@ export class Timeline {
     }
     if (durationMs !== undefined) record.durationMs = durationMs;
     if (options.imageId) boot.imageId = options.imageId;
-    boot.phases.push(record);
+    if (boot.phases.length < this.#maxPhases) boot.phases.push(record);
+    else boot.droppedPhases = (boot.droppedPhases ?? 0) + 1;
 
     if (phase === 'up' && boot.state !== 'up') {
       boot.state = 'up';
@@ -122,27 +165,73 @@ export class Timeline {
     return boot;
   }
 
+  /**
+   * A request refused for the MAC it claimed (wrong peer, bad token): kept on that MAC's
+   * timeline without opening a boot, and counted in `netboot_security_events_total{kind}`.
+   */
+  security(mac: string, event: { kind: string; detail: string; peer?: string }): void {
+    const { security } = this.#touch(mac);
+    const entry: SecurityEvent = { kind: event.kind, detail: this.#clip(event.detail), at: new Date(this.#now()).toISOString() };
+    if (event.peer !== undefined) entry.peer = event.peer;
+    security.push(entry);
+    if (security.length > this.#maxSecurity) security.splice(0, security.length - this.#maxSecurity);
+    this.#metrics?.securityEvent(event.kind);
+  }
+
+  /** The entry of a MAC, created if needed, moved to the most-recently-seen end. */
+  #touch(mac: string): MachineEntry {
+    const entry = this.#configured.get(mac) ?? this.#unknown.get(mac) ?? { boots: [], security: [] };
+    this.#configured.delete(mac);
+    this.#unknown.delete(mac);
+    if (this.#isConfigured(mac)) {
+      this.#configured.set(mac, entry);
+    } else {
+      this.#unknown.set(mac, entry);
+      if (this.#unknown.size > this.#maxUnknown) this.#unknown.delete(this.#unknown.keys().next().value!);
+    }
+    return entry;
+  }
+
+  #clip(text: string): string {
+    const clean = redactSignatures(text);
+    return clean.length > this.#maxDetail ? `${clean.slice(0, this.#maxDetail)}… (${clean.length - this.#maxDetail} more characters)` : clean;
+  }
+
   #startsNewBoot(current: Boot, phase: Phase): boolean {
     if (phase === 'dhcp') return current.phases.some((p) => !PRE_SCRIPT.has(p.phase));
     if (phase === 'script') return current.phases.some((p) => !PRE_SCRIPT.has(p.phase) && p.phase !== 'script');
     return false;
   }
 
+  #entry(mac: string): MachineEntry | undefined {
+    return this.#configured.get(mac) ?? this.#unknown.get(mac);
+  }
+
   /** The boot in progress or last finished for a MAC. */
   current(mac: string): Boot | undefined {
-    return this.#boots.get(mac)?.at(-1);
+    return this.#entry(mac)?.boots.at(-1);
   }
 
   boots(mac: string): readonly Boot[] {
-    return this.#boots.get(mac) ?? [];
+    return this.#entry(mac)?.boots ?? [];
+  }
+
+  /** Security events for a MAC, oldest first. */
+  securityEvents(mac: string): readonly SecurityEvent[] {
+    return this.#entry(mac)?.security ?? [];
+  }
+
+  /** Whether anything (a boot or a security event) is remembered for a MAC. */
+  has(mac: string): boolean {
+    return this.#entry(mac) !== undefined;
   }
 
   state(mac: string): BootState {
     return this.current(mac)?.state ?? 'never';
   }
 
-  /** Every MAC seen, least recently seen first. */
+  /** Every MAC remembered: configured ones first, then the others least recently seen first. */
   macs(): string[] {
-    return [...this.#boots.keys()];
+    return [...this.#configured.keys(), ...this.#unknown.keys()];
   }
 }

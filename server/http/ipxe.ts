@@ -35,6 +35,8 @@ export interface BootScriptParams {
   imageId: string;
   /** Signed layer URL for this boot (netboot initramfs only). */
   layerUrl: string;
+  /** This boot's event token (signing.ts eventToken): /init sends it with each event. */
+  eventToken: string;
   rebootDelay: number;
   /** host:port of the NBD server, for images whose root is streamed over NBD. */
   nbd: string;
@@ -50,6 +52,7 @@ export function kernelArgs(p: BootScriptParams): string {
       `netboot.image=${p.imageId}`,
       `netboot.root=${p.image.root}`,
       `netboot.layer=${p.layerUrl}`,
+      `netboot.token=${p.eventToken}`,
       `netboot.init=${p.image.init}`,
     );
     if (p.image.root === 'nbd') args.push(`netboot.nbd=${p.nbd}`);

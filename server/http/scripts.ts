@@ -3,6 +3,7 @@ import { lookupMachine, type Machine } from '../config/types.ts';
 import { macToHyphens, normalizeMac } from '../config/mac.ts';
 import { serverUrl, type HttpContext } from './context.ts';
 import { renderBoot, renderDeny, renderGeneric, renderLocal, renderMenu, renderNotBuilt } from './ipxe.ts';
+import { eventToken } from '../layers/signing.ts';
 
 const IPXE_TYPE = 'text/plain; charset=utf-8';
 
@@ -63,6 +64,7 @@ export function registerScriptRoutes(app: FastifyInstance, ctx: HttpContext): vo
       image,
       imageId,
       layerUrl,
+      eventToken: eventToken(ctx.layers.installKey, mac, boot.id),
       rebootDelay: config.server.rebootDelay,
       nbd: `${config.server.address}:${config.server.nbd.port}`,
     });

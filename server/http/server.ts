@@ -1,6 +1,7 @@
 import { logSendfilePath } from './native-sendfile.ts';
 import Fastify, { type FastifyInstance } from 'fastify';
 import { LayerService } from '../layers/service.ts';
+import { redactSignatures } from '../layers/signing.ts';
 import { registerApiRoutes } from './api.ts';
 import { registerArtifactRoutes } from './artifacts.ts';
 import { registerIpxeBinaryRoutes } from './ipxe-binaries.ts';
@@ -39,7 +40,7 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
       ...(mac ? { mac } : {}),
       ...(phase ? { phase } : {}),
       method: request.method,
-      url: request.url.replace(/([?&]sig=)[0-9a-f]+/i, '$1…'),
+      url: redactSignatures(request.url),
       status: reply.statusCode,
       ms: Math.round(reply.elapsedTime),
       remote: request.ip,

@@ -3,6 +3,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createWriteStream } from 'node:fs';
 import { loadConfig } from '../config/load.ts';
+import { localReadToken } from '../http/api.ts';
 import { REPO_ROOT } from '../cli/common.ts';
 import { createSegment, stopChild, type Segment } from './netns.ts';
 import { startLabDhcp, startRouterAdvertisements } from './services.ts';
@@ -96,9 +97,14 @@ export class Lab {
     throw new Error(`netboot serve did not answer ${this.baseUrl}/healthz within ${timeoutMs / 1000} s; see ${this.serverLog}`);
   }
 
-  /** GET a server API path from inside the segment, parsed as JSON. */
+  /**
+   * GET a server API path from inside the segment, parsed as JSON. Authenticated with the
+   * config's read token, else the host token from the server's state dir (no config needed).
+   */
   async api<T = unknown>(path: string): Promise<T> {
-    const { stdout } = await this.segment.exec('curl', ['-sf', '-m', '10', `${this.baseUrl}${path}`]);
+    const token = localReadToken(loadConfig(this.options.configFile));
+    const auth = token ? ['-H', `Authorization: Bearer ${token}`] : [];
+    const { stdout } = await this.segment.exec('curl', ['-sf', '-m', '10', ...auth, `${this.baseUrl}${path}`]);
     return JSON.parse(stdout) as T;
   }
 

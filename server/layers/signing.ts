@@ -112,3 +112,51 @@ export class LayerSigner {
     for (const [id, exp] of this.#consumed) if (exp < nowSeconds) this.#consumed.delete(id);
   }
 }
+
+/**
+ * Per-boot event token, `<bootId>.<hmac hex>`, handed to /init as `netboot.token=` next to the
+ * signed layer URL: /init sends it with each event (`Authorization: Bearer`). Self-contained,
+ * so the server checks it without state; the HMAC key is derived from the install key with its
+ * own label, so a token can never pass for a layer signature or the other way round.
+ */
+export function eventToken(installKey: Buffer, mac: string, bootId: string): string {
+  return `${bootId}.${eventMac(installKey, mac, bootId)}`;
+}
+
+/** The boot id an event token was issued for, or null when it is not a token for this MAC. */
+export function verifyEventToken(installKey: Buffer, mac: string, token: string): string | null {
+  const match = /^([0-9a-f]{1,64})\.([0-9a-f]{64})$/.exec(token);
+  if (!match) return null;
+  const expected = Buffer.from(eventMac(installKey, mac, match[1]!), 'hex');
+  return timingSafeEqual(Buffer.from(match[2]!, 'hex'), expected) ? match[1]! : null;
+}
+
+function eventMac(installKey: Buffer, mac: string, bootId: string): string {
+  const key = createHmac('sha256', installKey).update('boot-event-token').digest();
+  return createHmac('sha256', key).update(`${mac}\0${bootId}`).digest('hex');
+}
+
+/**
+ * A read-only API token for tools on the server's own host (`netboot gc`, the lab): derived from
+ * the install key, so whoever can read the state dir has it and no one else does, and no config
+ * is needed for them. Whoever reads the install key could sign layer URLs anyway.
+ */
+export function hostApiToken(installKey: Buffer): string {
+  return createHmac('sha256', installKey).update('api-host-read-token').digest('hex');
+}
+
+/** The host token of the install whose state dir this is; null before a server created the key. */
+export function readHostApiToken(stateDir: string): string | null {
+  try {
+    // The install key file of server/layers/machine-state.ts (loadInstallKey).
+    const key = readFileSync(`${stateDir}/netboot.key`);
+    return key.length >= 32 ? hostApiToken(key) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Replaces the value of every `sig=` query parameter (a signed layer URL's signature) in a text. */
+export function redactSignatures(text: string): string {
+  return text.replace(/([?&;]sig=)[^&\s"'#]+/gi, '$1…');
+}

@@ -7,45 +7,54 @@ let h: Harness;
 afterEach(async () => h?.close());
 
 const TOKEN = 'a-very-secret-token-123';
+const READ = 'a-read-only-token-456';
+const withReadToken = (extra: { server?: string; machines?: string; images?: string } = {}) =>
+  baseYaml({ ...extra, server: `  api:\n    readToken: ${READ}\n${extra.server ?? ''}` });
 const post = (url: string, payload: unknown, headers: Record<string, string> = {}) =>
   h.app.inject({ method: 'POST', url, payload: payload as string, headers: { 'content-type': 'application/json', ...headers } });
+const get = (url: string) => h.app.inject({ url, headers: { authorization: `Bearer ${READ}` } });
+/** The event token the per-machine script hands /init (netboot.token=). */
+const tokenFrom = (script: string) => ({ authorization: `Bearer ${/netboot\.token=(\S+)/.exec(script)![1]}` });
 
 describe('boot events API', () => {
   it('a sequence of events from /init builds the expected timeline and state', async () => {
-    h = await harness();
+    h = await harness(withReadToken());
     const image = addImage(h.store, 'demo');
-    await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`);
+    const auth = tokenFrom((await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`)).body);
     await h.app.inject(`/images/${image.id}/vmlinuz?mac=${MAC_HYP}`);
     await h.app.inject(`/images/${image.id}/initrd.img?mac=${MAC_HYP}`);
     for (const [phase, t] of [['init', 3], ['net', 3.5], ['layer', 4], ['rootfs', 6], ['switch_root', 6.2]] as const) {
-      const res = await post(`/api/machines/${MAC_HYP}/events`, { phase, t });
+      const res = await post(`/api/machines/${MAC_HYP}/events`, { phase, t }, auth);
       expect(res.statusCode).toBe(202);
     }
-    expect((await h.app.inject(`/api/machines/${MAC_HYP}`)).json().state).toBe('booting');
-    expect((await post(`/api/machines/${MAC}/events`, { phase: 'up', t: 9, detail: 'multi-user.target' })).statusCode).toBe(202);
+    expect((await get(`/api/machines/${MAC_HYP}`)).json().state).toBe('booting');
+    expect((await post(`/api/machines/${MAC}/events`, { phase: 'up', t: 9, detail: 'multi-user.target' }, auth)).statusCode).toBe(202);
 
-    const one = (await h.app.inject(`/api/machines/${MAC_HYP}`)).json();
+    const one = (await get(`/api/machines/${MAC_HYP}`)).json();
     expect(one).toMatchObject({ mac: MAC, hostname: 'demo1', known: true, image: 'demo', imageId: image.id, state: 'up' });
     expect(one.lastBoot.phases.map((p: { phase: string; source: string }) => `${p.source}:${p.phase}`)).toEqual([
       'http:script', 'http:kernel', 'http:initrd', 'init:init', 'init:net', 'init:layer', 'init:rootfs', 'init:switch_root', 'init:up',
     ]);
     expect(one.lastBoot.phases[1].bytes).toBe(image.files.vmlinuz!.length);
     expect(one.boots).toHaveLength(1);
+    expect(one.security).toEqual([]);
 
-    const all = (await h.app.inject('/api/machines')).json().machines;
+    const all = (await get('/api/machines')).json().machines;
     expect(all.map((m: { mac: string; state: string }) => [m.mac, m.state])).toEqual([[MAC, 'up']]);
   });
 
   it('unseen machines are "never"; unknown-and-unseen MACs are 404', async () => {
-    h = await harness(baseYaml({ machines: '  52:54:00:00:00:02:\n    hostname: idle' }));
-    const all = (await h.app.inject('/api/machines')).json().machines;
+    h = await harness(withReadToken({ machines: '  52:54:00:00:00:02:\n    hostname: idle' }));
+    const all = (await get('/api/machines')).json().machines;
     expect(all.map((m: { hostname: string; state: string }) => [m.hostname, m.state])).toEqual([['idle', 'never'], ['demo1', 'never']]);
-    expect((await h.app.inject('/api/machines/52-54-00-99-99-99')).statusCode).toBe(404);
-    expect((await h.app.inject('/api/machines/bogus')).statusCode).toBe(400);
+    expect((await get('/api/machines/52-54-00-99-99-99')).statusCode).toBe(404);
+    expect((await get('/api/machines/bogus')).statusCode).toBe(400);
   });
 
-  it('malformed events get 400 and change nothing', async () => {
+  it('malformed events (with a valid token) get 400 and change nothing', async () => {
     h = await harness();
+    addImage(h.store, 'demo');
+    const auth = tokenFrom((await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`)).body);
     const bad: [unknown, string?][] = [
       [{ phase: 'bogus', t: 1 }],
       [{ phase: 'up' }],
@@ -58,22 +67,23 @@ describe('boot events API', () => {
       ['null'],
     ];
     for (const [body] of bad) {
-      const res = await post(`/api/machines/${MAC_HYP}/events`, body);
+      const res = await post(`/api/machines/${MAC_HYP}/events`, body, auth);
       expect(res.statusCode, JSON.stringify(body)).toBe(400);
     }
-    expect((await h.app.inject({ method: 'POST', url: `/api/machines/${MAC_HYP}/events`, payload: 'phase=up', headers: { 'content-type': 'text/plain' } })).statusCode).toBe(400);
-    expect((await post('/api/machines/zz/events', { phase: 'up', t: 1 })).statusCode).toBe(400);
-    expect((await post(`/api/machines/${MAC_HYP}/events`, { phase: 'up', t: 1, detail: 'y'.repeat(20_000) })).statusCode).toBe(413);
-    expect(h.timeline.state(MAC)).toBe('never');
+    expect((await h.app.inject({ method: 'POST', url: `/api/machines/${MAC_HYP}/events`, payload: 'phase=up', headers: { 'content-type': 'text/plain', ...auth } })).statusCode).toBe(400);
+    expect((await post('/api/machines/zz/events', { phase: 'up', t: 1 }, auth)).statusCode).toBe(400);
+    expect((await post(`/api/machines/${MAC_HYP}/events`, { phase: 'up', t: 1, detail: 'y'.repeat(20_000) }, auth)).statusCode).toBe(413);
+    expect(h.timeline.state(MAC)).toBe('booting');
+    expect(h.timeline.current(MAC)!.phases.map((p) => p.phase)).toEqual(['script']);
     expect((await h.app.inject('/healthz')).json()).toEqual({ ok: true });
   });
 });
 
 describe('images API and rebuild', () => {
   it('lists configured images with current id, digest, sizes, state', async () => {
-    h = await harness(baseYaml({ images: '  other:\n    source: docker:other:1' }));
+    h = await harness(withReadToken({ images: '  other:\n    source: docker:other:1' }));
     const image = addImage(h.store, 'demo');
-    const body = (await h.app.inject('/api/images')).json();
+    const body = (await get('/api/images')).json();
     expect(body.images).toEqual([
       expect.objectContaining({ name: 'demo', currentId: image.id, state: 'ready', digest: `sha256:${'ab'.repeat(32)}` }),
       expect.objectContaining({ name: 'other', currentId: null, state: 'not-built' }),
@@ -84,9 +94,9 @@ describe('images API and rebuild', () => {
   });
 
   it('counts the NBD clients reading each built id (netboot gc keeps those)', async () => {
-    h = await harness(baseYaml(), {}, { nbdClients: (id: string) => (id.length > 0 ? 2 : 0) });
+    h = await harness(withReadToken(), {}, { nbdClients: (id: string) => (id.length > 0 ? 2 : 0) });
     const image = addImage(h.store, 'demo');
-    const body = (await h.app.inject('/api/images')).json();
+    const body = (await get('/api/images')).json();
     expect(body.builds).toEqual([expect.objectContaining({ id: image.id, nbdClients: 2 })]);
   });
 
@@ -115,10 +125,10 @@ describe('/metrics', () => {
   it('parses strictly and carries boots, phases, durations, bytes, DHCP/TFTP and build metrics', async () => {
     h = await harness();
     const image = addImage(h.store, 'demo');
-    await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`);
+    const auth = tokenFrom((await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`)).body);
     await h.app.inject(`/images/${image.id}/vmlinuz?mac=${MAC_HYP}`);
-    await post(`/api/machines/${MAC_HYP}/events`, { phase: 'init', t: 2 });
-    await post(`/api/machines/${MAC_HYP}/events`, { phase: 'failed', t: 4, detail: 'no "rootfs"\nline two' });
+    await post(`/api/machines/${MAC_HYP}/events`, { phase: 'init', t: 2 }, auth);
+    await post(`/api/machines/${MAC_HYP}/events`, { phase: 'failed', t: 4, detail: 'no "rootfs"\nline two' }, auth);
     h.metrics.dhcpPacket('DISCOVER', 'in');
     h.metrics.dhcpPacket('OFFER', 'out');
     h.metrics.tftpTransfer('complete', 174_000);

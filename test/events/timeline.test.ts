@@ -71,7 +71,7 @@ describe('Timeline', () => {
   });
 
   it('remembers a bounded number of MACs', () => {
-    const timeline = new Timeline({ maxMachines: 3 });
+    const timeline = new Timeline({ maxUnknownMachines: 3 });
     for (let i = 0; i < 5; i++) timeline.record(`52:54:00:00:00:0${i}`, 'dhcp', { source: 'dhcp' });
     expect(timeline.macs()).toEqual(['52:54:00:00:00:02', '52:54:00:00:00:03', '52:54:00:00:00:04']);
   });

@@ -33,11 +33,15 @@ describe('iPXE scripts', () => {
       expect(kernelLines).toHaveLength(3); // first try + two retries
       const kernel = kernelLines[0]!;
       const layer = /netboot\.layer=(\S+)/.exec(kernel)![1]!;
+      const token = /netboot\.token=(\S+)/.exec(kernel)![1]!;
       expect(kernel).toBe(
         `kernel --name vmlinuz ${S}/images/${image.id}/vmlinuz?mac=${MAC_HYP} initrd=initrd.img netboot.server=${S} netboot.mac=${MAC} ` +
-          `netboot.image=${image.id} netboot.root=ram netboot.layer=${layer} netboot.init=/sbin/init netboot.reboot=30 console=ttyS0 quiet || goto kernel_retry1`,
+          `netboot.image=${image.id} netboot.root=ram netboot.layer=${layer} netboot.token=${token} netboot.init=/sbin/init netboot.reboot=30 console=ttyS0 quiet || goto kernel_retry1`,
       );
       expect(layer).toMatch(new RegExp(`^${S}/machines/${MAC_HYP}/layer\\?boot=[0-9a-f]{16}&image=${image.id}&exp=\\d+&sig=[0-9a-f]{64}$`));
+      // the event token is for the same boot as the layer URL
+      expect(token).toBe(`${/boot=([0-9a-f]{16})/.exec(layer)![1]}.${token.split('.')[1]}`);
+      expect(token).toMatch(/^[0-9a-f]{16}\.[0-9a-f]{64}$/);
       expect(script).toContain(`initrd --name initrd.img ${S}/images/${image.id}/initrd.img?mac=${MAC_HYP} || goto initrd_retry1`);
       expect(script).toMatch(/^boot \|\| goto failed$/m);
       expect(script).toMatch(/^sleep 5$/m);

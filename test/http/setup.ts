@@ -61,7 +61,7 @@ export async function harness(
   let config = writeConfig(tmp.path, yaml, folders);
   const store = new DirArtifactStore(cacheRoot);
   const metrics = new Metrics();
-  const timeline = new Timeline({ metrics });
+  const timeline = new Timeline({ metrics, isConfigured: (mac) => config.machines.has(mac) });
   const deps: HttpDeps = {
     getConfig: () => config,
     artifacts: store,

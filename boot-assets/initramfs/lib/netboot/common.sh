@@ -7,6 +7,7 @@ NETBOOT_IMAGE=/netboot/image      # tmpfs sized to the squashfs (ram mode)
 NETBOOT_LOWER=/netboot/lower      # the squashfs, mounted read-only
 EVENTS_URL=
 EVENTS_PID=
+EVENT_TOKEN=                      # netboot.token: this boot's event token, sent as a bearer token
 EVENT_SEQ=0
 DOWNLOAD_ERROR=
 CHECK_ERROR=
@@ -44,6 +45,19 @@ file_size() {
 	stat -c %s "$1" 2>/dev/null || echo 0
 }
 
+# A signed URL (the layer's) is a secret of this boot: printed and reported without its query.
+mask_url() {
+	case "$1" in
+		*[?\&]sig=*) echo "${1%%\?*}?(signature hidden)" ;;
+		*) echo "$1" ;;
+	esac
+}
+
+# Any sig=VALUE in a text (an error message quoting a URL) loses its value.
+redact_sig() {
+	printf '%s' "$1" | sed 's/\([?&]sig=\)[^&[:space:]"]*/\1(hidden)/g'
+}
+
 json_string() {
 	# Escape backslash and quote, drop control characters.
 	printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g'
@@ -54,7 +68,7 @@ event() {
 	local phase=$1 detail=$2
 	[ -d "$EVENTS_DIR" ] || return 0
 	EVENT_SEQ=$((EVENT_SEQ + 1))
-	printf '{"phase":"%s","t":%s,"detail":"%s"}' "$phase" "$(uptime_s)" "$(json_string "$detail")" \
+	printf '{"phase":"%s","t":%s,"detail":"%s"}' "$phase" "$(uptime_s)" "$(json_string "$(redact_sig "$detail")")" \
 		>"$EVENTS_DIR/.tmp"
 	mv "$EVENTS_DIR/.tmp" "$EVENTS_DIR/$(printf '%04d' "$EVENT_SEQ").json"
 }
@@ -67,6 +81,7 @@ events_pump() {
 		for f in "$EVENTS_DIR"/*.json; do
 			[ -e "$f" ] || break
 			timeout 3 wget -q -Y off -O /dev/null --header 'Content-Type: application/json' \
+				${EVENT_TOKEN:+--header "Authorization: Bearer $EVENT_TOKEN"} \
 				--post-file "$f" "$EVENTS_URL" >/dev/null 2>&1
 			rm -f "$f"
 		done
@@ -103,7 +118,9 @@ events_stop() {
 
 # The one failure path: a single clear line, `failed` to the server, then a shell or a reboot.
 fail() {
-	local step=$1 what=$2 why=$3
+	local step=$1 what why
+	what=$(redact_sig "$2")
+	why=$(redact_sig "$3")
 	echo "netboot: FAILED at $step: $what: $why"
 	event failed "$step: $what: $why"
 	if [ -n "$EVENTS_PID" ]; then
@@ -135,7 +152,7 @@ remote_size() {
 		DOWNLOAD_ERROR=$(echo "$out" | grep -v '^ \|^Connecting' | tail -n 1)
 		[ -n "$DOWNLOAD_ERROR" ] || DOWNLOAD_ERROR="no Content-Length in the response"
 		case "$DOWNLOAD_ERROR" in *" 4"[0-9][0-9]*) return 1 ;; esac  # a 4xx will not change on retry
-		log "HEAD $url: $DOWNLOAD_ERROR (attempt $attempt/3)"
+		log "HEAD $(mask_url "$url"): $DOWNLOAD_ERROR (attempt $attempt/3)"
 		sleep "$attempt"
 	done
 	return 1
@@ -164,7 +181,7 @@ download() {
 			[ -n "$DOWNLOAD_ERROR" ] || DOWNLOAD_ERROR="download failed"
 			case "$DOWNLOAD_ERROR" in *" 4"[0-9][0-9]*) return 1 ;; esac
 		fi
-		log "download $url: $DOWNLOAD_ERROR (attempt $attempt/5, have $(file_size "$file") bytes; resuming)"
+		log "download $(mask_url "$url"): $DOWNLOAD_ERROR (attempt $attempt/5, have $(file_size "$file") bytes; resuming)"
 		sleep "$attempt"
 	done
 	return 1
