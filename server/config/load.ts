@@ -30,6 +30,11 @@ export class ConfigError extends Error {
 
 /** Reads, validates and normalises a config file. Throws ConfigError listing every problem found. */
 export function loadConfig(file: string): Config {
+  return loadConfigWithText(file).config;
+}
+
+/** loadConfig, also returning the exact text the config came from (one read: the two always match). */
+export function loadConfigWithText(file: string): { config: Config; text: string } {
   const absolute = resolve(file);
   let text: string;
   try {
@@ -38,7 +43,21 @@ export function loadConfig(file: string): Config {
     const reason = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'file not found' : (err as Error).message;
     throw new ConfigError([{ file: absolute, line: 1, col: 1, path: '', message: `cannot read config: ${reason}` }]);
   }
-  return parseConfig(text, absolute);
+  return { config: parseConfig(text, absolute), text };
+}
+
+/** Whether YAML text holds nothing at all (empty, blank or only comments), as a file caught mid-save does. */
+export function isEmptyConfigText(text: string): boolean {
+  return parseDocument(text).contents === null;
+}
+
+/** Whether YAML text sets `server.address` itself (rather than leaving it to the 127.0.0.1 default). */
+export function setsServerAddress(text: string): boolean {
+  try {
+    return parseDocument(text).getIn(['server', 'address']) !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 /** Validates YAML text as if it were the file `file` (used for error messages and for machine folders). */

@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, watch, type FSWatcher } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import { join } from 'node:path';
 import type { Logger } from '../log.ts';
-import { ConfigError, loadConfig } from './load.ts';
+import { ConfigError, isEmptyConfigText, loadConfigWithText, setsServerAddress } from './load.ts';
 import type { Config } from './types.ts';
 
 export interface ConfigStoreEvents {
@@ -11,13 +11,57 @@ export interface ConfigStoreEvents {
   rejected: [error: ConfigError | Error];
 }
 
+/** A config and the exact file text it was parsed from. */
+export interface LoadedConfig {
+  config: Config;
+  text: string;
+}
+
+/**
+ * Why a new version of the file must not replace the one in force although it validates: it looks like a file
+ * caught mid-save (an editor's non-atomic write, a `>` redirect) or an edit that lost its substance. Every field
+ * has a default, so an empty or truncated file is a *valid* config that serves nothing on 127.0.0.1.
+ * A config that really means this can still be applied by restarting the server.
+ */
+export function reloadProblems(previous: LoadedConfig, next: LoadedConfig): string[] {
+  const problems: string[] = [];
+  if (isEmptyConfigText(next.text)) {
+    problems.push('the file is empty (caught mid-save?): keeping the config in force until a complete version is written');
+    return problems;
+  }
+  if (setsServerAddress(previous.text) && !setsServerAddress(next.text)) {
+    problems.push(`server.address was removed: it would fall back to 127.0.0.1 (was ${previous.config.server.address})`);
+  }
+  const { machines: before, images: imagesBefore } = previous.config;
+  const { machines: after, images: imagesAfter } = next.config;
+  if (before.size > 0 && after.size === 0) problems.push(`all ${before.size} machines vanished at once (a truncated file?)`);
+  if (imagesBefore.size > 0 && imagesAfter.size === 0) problems.push(`all ${imagesBefore.size} images vanished at once (a truncated file?)`);
+  return problems;
+}
+
+/** A reload that validates but looks like a half-written file (see reloadProblems). */
+export class SuspiciousReloadError extends Error {
+  constructor(
+    readonly file: string,
+    readonly problems: string[],
+  ) {
+    super(`${file}: ${problems.join('; ')} — restart the server to apply such a config on purpose`);
+    this.name = 'SuspiciousReloadError';
+  }
+}
+
 /**
  * Holds the config in force. A running server reads `store.current` on every request, so a
  * reload is one reference swap: nothing is ever half-applied. The file's folder (which holds
- * machines/) is watched; an edit that fails validation is logged and the old config stays.
+ * machines/) is watched; an edit that fails validation, or looks like a file caught mid-save
+ * (reloadProblems), is logged and the old config stays. The file is read once per reload and
+ * the text read is what gets parsed and remembered, so the last event of a save always leads to
+ * a read of the final content.
  */
 export class ConfigStore extends EventEmitter<ConfigStoreEvents> {
   #current: Config;
+  /** The text `#current` was parsed from; null until known (read lazily when constructed from a Config). */
+  #currentText: string | null = null;
   #watchers = new Map<string, FSWatcher>();
   #debounceMs = 150;
   #timer: NodeJS.Timeout | null = null;
@@ -27,13 +71,16 @@ export class ConfigStore extends EventEmitter<ConfigStoreEvents> {
   constructor(
     initial: Config,
     private readonly log: Logger,
+    initialText?: string,
   ) {
     super();
     this.#current = initial;
+    this.#currentText = initialText ?? null;
   }
 
   static open(file: string, log: Logger): ConfigStore {
-    return new ConfigStore(loadConfig(file), log);
+    const { config, text } = loadConfigWithText(file);
+    return new ConfigStore(config, log, text);
   }
 
   get current(): Config {
@@ -48,7 +95,8 @@ export class ConfigStore extends EventEmitter<ConfigStoreEvents> {
   watch(debounceMs = 150): void {
     if (this.#watchers.size) return;
     this.#debounceMs = debounceMs;
-    this.#lastFingerprint = this.#fingerprint();
+    if (this.#currentText === null) this.#currentText = this.#readText();
+    this.#lastFingerprint = this.#fingerprint(this.#currentText ?? '');
     this.#watchDir(this.#current.baseDir);
     this.#watchDir(join(this.#current.baseDir, 'machines'));
   }
@@ -87,21 +135,32 @@ export class ConfigStore extends EventEmitter<ConfigStoreEvents> {
   }
 
   async #reloadNow(): Promise<void> {
-    const fingerprint = this.#fingerprint();
+    const file = this.#current.file;
+    let loaded: LoadedConfig | null = null;
+    let error: Error | null = null;
+    try {
+      loaded = loadConfigWithText(file);
+    } catch (err) {
+      error = err as Error;
+    }
+    // The fingerprint is of the text actually parsed (a failed read counts as empty).
+    const fingerprint = this.#fingerprint(loaded?.text ?? this.#readText() ?? '');
     if (fingerprint === this.#lastFingerprint) return;
     this.#lastFingerprint = fingerprint;
-    const file = this.#current.file;
-    let next: Config;
-    try {
-      next = loadConfig(file);
-    } catch (err) {
-      const error = err as Error;
-      this.log.error({ phase: 'config', file, errors: error.message.split('\n') }, 'config rejected, previous config stays in force');
-      this.emit('rejected', error);
+    if (loaded && this.#currentText !== null) {
+      const problems = reloadProblems({ config: this.#current, text: this.#currentText }, loaded);
+      if (problems.length > 0) error = new SuspiciousReloadError(file, problems);
+    }
+    if (error || !loaded) {
+      const rejected = error ?? new Error(`${file}: unreadable`);
+      this.log.error({ phase: 'config', file, errors: rejected.message.split('\n') }, 'config rejected, previous config stays in force');
+      this.emit('rejected', rejected);
       return;
     }
+    const next = loaded.config;
     const previous = this.#current;
     this.#current = next;
+    this.#currentText = loaded.text;
     this.log.info(
       { phase: 'config', file, machines: next.machines.size, images: next.images.size, added: added(previous, next) },
       'config reloaded',
@@ -109,18 +168,22 @@ export class ConfigStore extends EventEmitter<ConfigStoreEvents> {
     this.emit('change', next, previous);
   }
 
+  #readText(): string | null {
+    try {
+      return readFileSync(this.#current.file, 'utf8');
+    } catch {
+      return null;
+    }
+  }
+
   /** The file's text plus the machines/ folder names: changes to either may change the config. */
-  #fingerprint(): string {
-    const { file, baseDir } = this.#current;
-    const read = <T>(fn: () => T, fallback: T): T => {
-      try {
-        return fn();
-      } catch {
-        return fallback;
-      }
-    };
-    const text = read(() => readFileSync(file), Buffer.alloc(0));
-    const folders = read(() => readdirSync(`${baseDir}/machines`), [] as string[]);
+  #fingerprint(text: string): string {
+    let folders: string[] = [];
+    try {
+      folders = readdirSync(`${this.#current.baseDir}/machines`);
+    } catch {
+      /* no machines/ folder */
+    }
     return createHash('sha256').update(text).update(JSON.stringify(folders.sort())).digest('hex');
   }
 }
