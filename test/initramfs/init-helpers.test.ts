@@ -20,7 +20,7 @@ describe('initramfs shell helpers under busybox sh', () => {
   let bin: string;
   let server: Server;
   let base: string;
-  const requests: { url: string; range?: string; body?: string }[] = [];
+  const requests: { url: string; range?: string; body?: string; authorization?: string }[] = [];
   const payload = Buffer.alloc(300_000);
   for (let i = 0; i < payload.length; i++) payload[i] = (i * 7) & 0xff;
 
@@ -35,7 +35,12 @@ describe('initramfs shell helpers under busybox sh', () => {
       const chunks: Buffer[] = [];
       req.on('data', (c: Buffer) => chunks.push(c));
       req.on('end', () => {
-        requests.push({ url: req.url ?? '', range: req.headers.range, body: chunks.length ? Buffer.concat(chunks).toString() : undefined });
+        requests.push({
+          url: req.url ?? '',
+          range: req.headers.range,
+          body: chunks.length ? Buffer.concat(chunks).toString() : undefined,
+          authorization: req.headers.authorization,
+        });
         if (req.method === 'POST') return void res.writeHead(204).end();
         if (req.url === '/flaky') {
           const start = Number(/^bytes=(\d+)-$/.exec(req.headers.range ?? '')?.[1] ?? 0);
@@ -123,5 +128,36 @@ describe('initramfs shell helpers under busybox sh', () => {
       ['layer', '3 entries'],
     ]);
     expect(bodies.every((b) => typeof b.t === 'number' && b.t > 0)).toBe(true);
+  });
+
+  it('sends the event token as a bearer token with every event; a signed URL is masked in events and log lines', async () => {
+    requests.length = 0;
+    const sig = 'ab'.repeat(32);
+    const signed = `${base}/machines/52-54-00-aa-bb-cc/layer?boot=b1&image=i1&exp=99&sig=${sig}`;
+    const token = `b1.${'cd'.repeat(32)}`;
+    const out = await sh(
+      `SERVER=${base}; MAC=52:54:00:aa:bb:cc; EVENT_TOKEN=${token}; events_start; ` +
+        `echo "shown: $(mask_url '${signed}')"; echo "plain: $(mask_url '${base}/images/x/rootfs.squashfs?mac=52-54-00-aa-bb-cc')"; ` +
+        // what fail() reports for a layer that could not be fetched, and a detail that quotes the raw URL anyway
+        `event failed "layer: $(mask_url '${signed}'): wget: server returned error: HTTP/1.1 403 Forbidden"; ` +
+        `event failed 'raw: ${signed}'; events_stop 10`,
+    );
+    expect(out).toContain(`shown: ${base}/machines/52-54-00-aa-bb-cc/layer?(signature hidden)\n`);
+    expect(out).toContain(`plain: ${base}/images/x/rootfs.squashfs?mac=52-54-00-aa-bb-cc\n`);
+    expect(out).not.toContain(sig);
+    const posts = requests.filter((r) => r.body !== undefined);
+    expect(posts).toHaveLength(2);
+    expect(posts.map((r) => r.authorization)).toEqual([`Bearer ${token}`, `Bearer ${token}`]);
+    const details = posts.map((r) => (JSON.parse(r.body!) as { detail: string }).detail);
+    expect(details[0]).toBe(`layer: ${base}/machines/52-54-00-aa-bb-cc/layer?(signature hidden): wget: server returned error: HTTP/1.1 403 Forbidden`);
+    expect(details[1]).toBe(`raw: ${base}/machines/52-54-00-aa-bb-cc/layer?boot=b1&image=i1&exp=99&sig=(hidden)`);
+  });
+
+  it('without a token (an old kernel command line) events go out without an Authorization header', async () => {
+    requests.length = 0;
+    await sh(`SERVER=${base}; MAC=52:54:00:aa:bb:cc; events_start; event init x; events_stop 10`);
+    const posts = requests.filter((r) => r.body !== undefined);
+    expect(posts).toHaveLength(1);
+    expect(posts[0]!.authorization).toBeUndefined();
   });
 });

@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { LayerSigner } from '../../server/layers/signing.ts';
+import { eventToken, hostApiToken, LayerSigner, redactSignatures, verifyEventToken } from '../../server/layers/signing.ts';
 
 const key = Buffer.alloc(32, 1);
 const MAC = '52:54:00:12:34:56';
@@ -60,5 +60,30 @@ describe('LayerSigner', () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('event tokens', () => {
+  it('name their boot, verify for their MAC and key only, and are not layer signatures', () => {
+    const token = eventToken(key, MAC, '0123456789abcdef');
+    expect(token).toMatch(/^0123456789abcdef\.[0-9a-f]{64}$/);
+    expect(verifyEventToken(key, MAC, token)).toBe('0123456789abcdef');
+    expect(verifyEventToken(key, '52:54:00:12:34:57', token)).toBeNull();
+    expect(verifyEventToken(Buffer.alloc(32, 2), MAC, token)).toBeNull();
+    const [, mac] = token.split('.');
+    expect(verifyEventToken(key, MAC, `0123456789abcdee.${mac}`)).toBeNull();
+    for (const bad of ['', '.', 'x.y', `${token}0`, `${token} `, `0123456789abcdef.${mac!.toUpperCase()}`, `../${token}`]) {
+      expect(verifyEventToken(key, MAC, bad), bad).toBeNull();
+    }
+    // Domain separation: the layer URL's signature for the same MAC and boot is no event token.
+    const grant = new LayerSigner(key, () => 1_000_000).sign(MAC, '0123456789abcdef', 'img', 60);
+    expect(verifyEventToken(key, MAC, `0123456789abcdef.${grant.sig}`)).toBeNull();
+    expect(hostApiToken(key)).toMatch(/^[0-9a-f]{64}$/);
+    expect(hostApiToken(key)).not.toBe(hostApiToken(Buffer.alloc(32, 2)));
+  });
+
+  it('redactSignatures hides every sig= value and nothing else', () => {
+    expect(redactSignatures('GET /machines/x/layer?boot=b&image=i&exp=1&sig=abcdef012 and ?sig=zz&a=1')).toBe('GET /machines/x/layer?boot=b&image=i&exp=1&sig=… and ?sig=…&a=1');
+    expect(redactSignatures('/images/x/rootfs.squashfs?mac=52-54-00-12-34-56')).toBe('/images/x/rootfs.squashfs?mac=52-54-00-12-34-56');
   });
 });
