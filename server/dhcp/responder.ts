@@ -27,7 +27,7 @@ import {
   type DhcpMessage,
   type DhcpOption,
 } from './codec.ts';
-import { sameSubnet, type LeaseStore, type PoolSpec } from './leases.ts';
+import { sameSubnet, unknownLeaseCap, type LeaseStore, type PoolSpec, type UnknownLimit } from './leases.ts';
 
 /**
  * The DHCP logic without sockets: one decoded request in, at most one reply (with where to
@@ -123,7 +123,10 @@ export function respond(request: DhcpMessage, ctx: RequestContext): Outcome {
     record.ignoredReason = decision.reason;
     record.detail = decision.detail;
   }
-  if (out.detail && replyType === 'NAK') record.detail = out.detail;
+  if (replyType === 'NAK') {
+    if (out.reason) record.ignoredReason = out.reason;
+    if (out.detail) record.detail = out.detail;
+  }
   return { reply, exchange: record };
 }
 
@@ -237,6 +240,17 @@ function poolSpec(config: Config, mac: string): { spec: PoolSpec; reserved: stri
   return { spec: { start: pool.start, end: pool.end, excluded }, reserved: config.machines.get(mac)?.ip };
 }
 
+/**
+ * Full DHCP, RFC 2131 4.3 with the client's state read from the REQUEST (4.3.2):
+ * - SELECTING (server id, option 50): only the address we OFFERed to that MAC in that
+ *   transaction (xid); anything else naming us is NAKed.
+ * - INIT-REBOOT (option 50, no server id, no ciaddr) and RENEWING/REBINDING (ciaddr, no server
+ *   id; unicast and broadcast look alike to us): only the address already bound to that MAC (or
+ *   its reservation); another address is NAKed; a MAC we have no record of gets silence.
+ * So a REQUEST never binds an address that was not offered to that MAC. Addresses go only to
+ * MACs the boot policy serves (unknown ones under boot-default/menu), unknown ones within
+ * server.dhcp.pool.maxUnknownLeases and for unknownLeaseSeconds.
+ */
 function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: BootDecision, ctx: RequestContext): Answer {
   const { config, leases } = ctx;
   const pool = config.server.dhcp.pool;
@@ -245,18 +259,24 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
   const me = config.server.address;
   const mac = facts.mac;
   const asked = serverId(request);
+  if (decision.kind === 'ignore' && decision.reason === 'unknown-mac-local') {
+    return { reply: null, reason: decision.reason, detail: `${decision.detail}; no address either` };
+  }
   // One pool, one subnet: a relay on another network would hand out addresses that do not work there.
   if (request.giaddr !== ZERO && !sameSubnet(request.giaddr, pool.start, pool.netmask)) {
     return { reply: null, reason: 'relay-other-subnet', detail: `relay ${request.giaddr} is not on the pool's network (${pool.start}/${pool.netmask})` };
   }
+  const known = config.machines.has(mac);
+  const limit: UnknownLimit = { isKnown: (m) => config.machines.has(m), max: unknownLeaseCap(pool) };
+  const leaseSeconds = known ? pool.leaseSeconds : Math.min(pool.unknownLeaseSeconds, pool.leaseSeconds);
 
   const reply = (replyType: number, yiaddr: string, to: Destination, withLease: boolean): Answer => {
     const message = baseReply(request, yiaddr, decision, me);
     const options: DhcpOption[] = [u8Option(Opt.MESSAGE_TYPE, replyType), ipOption(Opt.SERVER_ID, me)];
     if (withLease) {
-      options.push(u32Option(Opt.LEASE_TIME, pool.leaseSeconds));
-      options.push(u32Option(Opt.RENEWAL_TIME, Math.floor(pool.leaseSeconds / 2)));
-      options.push(u32Option(Opt.REBINDING_TIME, Math.floor((pool.leaseSeconds * 7) / 8)));
+      options.push(u32Option(Opt.LEASE_TIME, leaseSeconds));
+      options.push(u32Option(Opt.RENEWAL_TIME, Math.floor(leaseSeconds / 2)));
+      options.push(u32Option(Opt.REBINDING_TIME, Math.floor((leaseSeconds * 7) / 8)));
     }
     options.push(ipOption(Opt.SUBNET_MASK, pool.netmask));
     if (pool.router) options.push(ipOption(Opt.ROUTER, pool.router));
@@ -273,46 +293,80 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
     message.options = options;
     return { reply: { message, to } };
   };
-  const nak = (detail: string): Answer => {
+  const nak = (reason: string, detail: string): Answer => {
     const message = baseReply(request, ZERO, { kind: 'ignore', reason: 'not-a-boot-client', detail }, me);
     message.siaddr = ZERO;
     message.file = '';
     message.ciaddr = ZERO;
     message.options = [u8Option(Opt.MESSAGE_TYPE, MessageType.NAK), ipOption(Opt.SERVER_ID, me), textOption(Opt.MESSAGE, detail)];
     if (request.giaddr !== ZERO) message.flags |= BROADCAST_FLAG;
-    return { reply: { message, to: replyDestination(request, true) }, detail };
+    return { reply: { message, to: replyDestination(request, true) }, reason, detail };
+  };
+  const silent = (reason: string, detail: string): Answer => ({ reply: null, reason, detail });
+
+  /** ACK for an address the REQUEST has earned (offered, or already the client's): bind or extend it. */
+  const ack = (ip: string, state: string): Answer => {
+    if (!sameSubnet(ip, me, pool.netmask)) return nak('wrong-network', `${state}: ${ip} is not on this network`);
+    if (!leases.withinUnknownCap(mac, limit)) {
+      return nak('unknown-lease-cap', `${state}: unknown MACs already hold ${limit.max} addresses (server.dhcp.pool.maxUnknownLeases)`);
+    }
+    if (!leases.bind(mac, ip, leaseSeconds, spec.spec, spec.reserved)) return nak('unavailable', `${state}: ${ip} is not available to ${mac}`);
+    return reply(MessageType.ACK, ip, replyDestination(request, false), true);
+  };
+  /** INIT-REBOOT / RENEWING / REBINDING: only the address already the client's. */
+  const confirm = (ip: string, state: string): Answer => {
+    const record = leases.record(mac);
+    const mine = spec.reserved ?? record?.ip;
+    if (mine === undefined) return silent('no-record', `${state} for ${ip}: no lease on record for ${mac} (RFC 2131 4.3.2: stay silent)`);
+    if (!sameSubnet(ip, me, pool.netmask)) return nak('wrong-network', `${state}: ${ip} is not on this network`);
+    if (ip !== mine) return nak('wrong-address', `${state}: ${ip} is not the address of ${mac} (${mine})`);
+    return ack(ip, state);
   };
 
   switch (type) {
     case MessageType.DISCOVER: {
-      const ip = leases.offer(mac, spec.spec, spec.reserved, requestedIp(request));
-      if (!ip) return { reply: null, reason: 'pool-exhausted', detail: `no free address in ${pool.start}-${pool.end}` };
-      return reply(MessageType.OFFER, ip, replyDestination(request, false), true);
+      const offered = leases.offer(mac, request.xid, spec.spec, spec.reserved, requestedIp(request), limit);
+      if (offered.ip === null) {
+        return offered.reason === 'unknown-lease-cap'
+          ? silent(offered.reason, `unknown MACs already hold ${limit.max} addresses (server.dhcp.pool.maxUnknownLeases)`)
+          : silent(offered.reason, `no free address in ${pool.start}-${pool.end}`);
+      }
+      return reply(MessageType.OFFER, offered.ip, replyDestination(request, false), true);
     }
     case MessageType.REQUEST: {
+      const requested = requestedIp(request);
+      const ciaddr = request.ciaddr !== ZERO ? request.ciaddr : undefined;
       if (asked !== undefined && asked !== me) {
-        leases.withdrawOffer(mac);
-        return { reply: null, reason: 'other-server', detail: `REQUEST names server ${asked}` };
+        leases.withdrawOffer(mac, request.xid);
+        return silent('other-server', `REQUEST names server ${asked}`);
       }
-      // SELECTING / INIT-REBOOT name the address in option 50; RENEWING / REBINDING in ciaddr.
-      const ip = requestedIp(request) ?? (request.ciaddr !== ZERO ? request.ciaddr : undefined);
-      if (!ip) return nak('REQUEST without a requested address');
-      const ours = asked === me || leases.knows(mac) || spec.reserved !== undefined;
-      if (!ours) return { reply: null, reason: 'no-record', detail: `no lease on record for ${mac} (RFC 2131 4.3.2: stay silent)` };
-      if (!sameSubnet(ip, me, pool.netmask)) return nak(`${ip} is not on this network`);
-      if (!leases.bind(mac, ip, pool.leaseSeconds, spec.spec, spec.reserved)) return nak(`${ip} is not available to ${mac}`);
-      return reply(MessageType.ACK, ip, replyDestination(request, false), true);
+      if (asked === me && requested !== undefined) {
+        const match = leases.matchOffer(mac, requested, request.xid);
+        if (!match.ok) {
+          const why = {
+            'no-offer': `no offer to ${mac} is open`,
+            'other-address': `${mac} was offered ${match.offered}, not ${requested}`,
+            'other-xid': `xid 0x${request.xid.toString(16)} is not the transaction ${requested} was offered in`,
+          }[match.why];
+          return nak('no-matching-offer', `SELECTING: ${why}`);
+        }
+        return ack(requested, 'SELECTING');
+      }
+      // Renewing clients send ciaddr; some also name us (RFC 2131 says they must not): same rule.
+      if (ciaddr !== undefined) return confirm(ciaddr, 'RENEWING/REBINDING');
+      if (requested !== undefined) return confirm(requested, 'INIT-REBOOT');
+      return asked === me ? nak('no-address', 'REQUEST without a requested address') : silent('no-address', 'REQUEST without server id, requested address or ciaddr');
     }
     case MessageType.DECLINE: {
       const ip = requestedIp(request);
-      if (asked !== me || !ip) return { reply: null, reason: 'decline-not-ours' };
-      leases.decline(mac, ip, DECLINE_HOLD_SECONDS);
-      return { reply: null, reason: 'declined', detail: `${ip} declined; kept out of the pool for ${DECLINE_HOLD_SECONDS} s` };
+      if (asked !== me || !ip) return silent('decline-not-ours', 'DECLINE without our server id or a requested address');
+      if (!leases.decline(mac, ip, DECLINE_HOLD_SECONDS)) return silent('decline-unknown', `${ip} is not leased or offered to ${mac}`);
+      return silent('declined', `${ip} declined; kept out of the pool for ${DECLINE_HOLD_SECONDS} s`);
     }
     case MessageType.RELEASE: {
-      if (asked !== undefined && asked !== me) return { reply: null, reason: 'other-server' };
-      leases.release(mac, request.ciaddr);
-      return { reply: null, reason: 'released', detail: `${request.ciaddr} released` };
+      if (asked !== undefined && asked !== me) return silent('other-server', `RELEASE names server ${asked}`);
+      if (!leases.release(mac, request.ciaddr)) return silent('release-unknown', `${request.ciaddr} is not leased to ${mac}`);
+      return silent('released', `${request.ciaddr} released`);
     }
     case MessageType.INFORM: {
       // The client has its address already: configuration only, no yiaddr, no lease time.

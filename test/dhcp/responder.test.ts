@@ -117,7 +117,7 @@ describe('full mode', () => {
   const raw = {
     server: {
       ...server,
-      dhcp: { mode: 'full', pool: { start: '10.9.0.100', end: '10.9.0.102', router: '10.9.0.254', dns: ['10.9.0.53'], domain: 'lab.test', leaseSeconds: 600 } },
+      dhcp: { mode: 'full', pool: { start: '10.9.0.100', end: '10.9.0.102', router: '10.9.0.254', dns: ['10.9.0.53'], domain: 'lab.test', leaseSeconds: 600, maxUnknownLeases: 10 } },
     },
     machines: { [RESERVED_MAC]: { ip: '10.9.0.20', hostname: 'node1' }, [PXE_MAC]: {} },
   };
@@ -135,7 +135,8 @@ describe('full mode', () => {
     const offer = wire(handle(plain(MessageType.DISCOVER, '02:00:00:00:00:01')));
     expect(messageType(offer)).toBe(MessageType.OFFER);
     expect(offer.yiaddr).toBe('10.9.0.100');
-    expect(leaseTime(offer)).toBe(600);
+    // A MAC not in the config: the short unknownLeaseSeconds (default 300), not leaseSeconds.
+    expect(leaseTime(offer)).toBe(300);
     expect(getOption(offer, Opt.ROUTER)).toEqual(Buffer.from([10, 9, 0, 254]));
     expect(getOption(offer, Opt.DNS)).toEqual(Buffer.from([10, 9, 0, 53]));
     expect(getOption(offer, Opt.DOMAIN)?.toString()).toBe('lab.test');
