@@ -9,31 +9,11 @@ import { open, stat, type FileHandle } from 'node:fs/promises';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { silentLogger, type Logger } from '../log.ts';
-import {
-  BLOCK_SIZE,
-  ClientStreamParser,
-  Cmd,
-  decodeExportName,
-  decodeInfoRequest,
-  encodeExportNameReply,
-  encodeInfoSuccess,
-  encodeOptionError,
-  encodeOptionReply,
-  encodeServerEntry,
-  encodeServerGreeting,
-  encodeSimpleReply,
-  Errno,
-  EXPORT_TRANSMISSION_FLAGS,
-  FLAG_NO_ZEROES,
-  NbdProtocolError,
-  Opt,
-  Rep,
-  SIMPLE_REPLY_HEADER_LENGTH,
-  writeSimpleReplyHeader,
-  type ClientMessage,
-} from './codec.ts';
+import { Errno, SIMPLE_REPLY_HEADER_LENGTH, writeSimpleReplyHeader } from './codec.ts';
 import { BufferPool } from './buffer-pool.ts';
-import { FairQueue, type Task } from './fair-queue.ts';
+import { FairQueue } from './fair-queue.ts';
+import { AddressCounter } from './address-counter.ts';
+import { defaultSessionLimits, NbdSession, type ReadAction, type SessionAction } from './session.ts';
 
 export interface NbdExport {
   /** The file served (for us: `<cacheDir>/images/<id>/rootfs.squashfs`). */
@@ -49,7 +29,7 @@ export interface NbdClientAddress {
 
 export interface NbdConnectionEvent {
   /** open: an export was chosen and transmission began; close: the connection ended;
-   * refused: over `maxConnections`, closed right after accept. */
+   * refused: over `maxConnections` or `maxConnectionsPerAddress`, closed right after accept. */
   event: 'open' | 'close' | 'refused';
   client: NbdClientAddress;
   /** Null when the connection ended before choosing an export. */
@@ -77,6 +57,14 @@ export interface NbdReadEvent {
   queuedMs: number;
 }
 
+/** A client went over its limits (reply bytes held, requests waiting): its socket is not read for now. */
+export interface NbdThrottleEvent {
+  client: NbdClientAddress;
+  export: string | null;
+  heldBytes: number;
+  pendingReads: number;
+}
+
 export interface NbdServerOptions {
   /** Export name -> file, or null for an unknown export. Called at each INFO/GO/EXPORT_NAME. */
   lookupExport: (name: string) => NbdExport | null;
@@ -84,9 +72,18 @@ export interface NbdServerOptions {
   listExports?: () => string[];
   /** Connections over this are closed right after accept (config.server.nbd.maxConnections). */
   maxConnections?: number;
+  /** Connections from one IP address over this are closed right after accept (config.server.nbd.maxConnectionsPerAddress). */
+  maxConnectionsPerAddress?: number;
+  /**
+   * Reply bytes one connection may make the server hold (reads in progress + replies the client has not taken);
+   * one read may always run alone, so the default (32 MiB + a reply header) lets a maximum-size read through.
+   */
+  maxHeldBytesPerConnection?: number;
+  /** A connection with replies waiting and none of their bytes taken for this long is closed (the client stopped reading). */
+  stallTimeoutMs?: number;
   /** Reads running at once across all connections; the rest wait in a fair queue. */
   maxConcurrentReads?: number;
-  /** Requests a connection may have waiting before we stop reading its socket. */
+  /** Read requests a connection may have waiting (and running) before we stop reading its socket. */
   maxQueuedPerConnection?: number;
   /** A client that has not chosen an export by then is disconnected. */
   handshakeTimeoutMs?: number;
@@ -95,20 +92,21 @@ export interface NbdServerOptions {
   log?: Logger;
   onConnection?: (event: NbdConnectionEvent) => void;
   onRead?: (event: NbdReadEvent) => void;
+  onThrottle?: (event: NbdThrottleEvent) => void;
 }
 
 const DEFAULTS = {
   maxConnections: 256,
+  maxConnectionsPerAddress: 8,
   maxConcurrentReads: 16,
-  maxQueuedPerConnection: 64,
-  handshakeTimeoutMs: 10_000,
-  maxOptionsPerConnection: 256,
+  maxQueuedPerConnection: defaultSessionLimits.maxPendingReads,
+  maxHeldBytesPerConnection: defaultSessionLimits.maxHeldBytes,
+  handshakeTimeoutMs: defaultSessionLimits.handshakeTimeoutMs,
+  stallTimeoutMs: defaultSessionLimits.stallTimeoutMs,
+  maxOptionsPerConnection: defaultSessionLimits.maxOptions,
 };
 
 const KEEPALIVE_IDLE_MS = 30_000;
-
-/** Reply bytes buffered in user space for a slow reader before we stop reading for it. */
-const WRITE_HIGH_WATER = 8 * 1024 * 1024;
 
 interface OpenExport {
   name: string;
@@ -117,12 +115,14 @@ interface OpenExport {
 }
 
 export class NbdServer {
-  private readonly options: Required<Omit<NbdServerOptions, 'listExports' | 'onConnection' | 'onRead' | 'log'>> &
-    Pick<NbdServerOptions, 'listExports' | 'onConnection' | 'onRead'>;
+  private readonly options: Required<Omit<NbdServerOptions, 'listExports' | 'onConnection' | 'onRead' | 'onThrottle' | 'log'>> &
+    Pick<NbdServerOptions, 'listExports' | 'onConnection' | 'onRead' | 'onThrottle'>;
   private readonly log: Logger;
   private readonly readQueue: FairQueue<Connection>;
   private readonly pool = new BufferPool();
   private readonly connections = new Set<Connection>();
+  private readonly perAddress = new AddressCounter();
+  private peakHeld = 0;
   private server: Server | null = null;
   private stopping = false;
 
@@ -182,17 +182,41 @@ export class NbdServer {
     return { active: this.readQueue.active, queued: this.readQueue.queued };
   }
 
+  /**
+   * Reply bytes the server holds for its clients: now (all connections), and the most any one connection
+   * ever held (open or closed). Each connection's share is bounded by maxHeldBytesPerConnection.
+   */
+  get heldBytes(): { now: number; peakPerConnection: number } {
+    let now = 0;
+    for (const c of this.connections) {
+      now += c.heldBytes;
+      this.peakHeld = Math.max(this.peakHeld, c.peakHeldBytes);
+    }
+    return { now, peakPerConnection: this.peakHeld };
+  }
+
+  /** Open connections from one IP address. */
+  connectionsFrom(address: string): number {
+    return this.perAddress.count(address);
+  }
+
   private accept(socket: Socket): void {
     const client = { address: socket.remoteAddress ?? '?', port: socket.remotePort ?? 0 };
-    if (this.stopping || this.connections.size >= this.options.maxConnections) {
+    const refuse = (reason: string, limit: number, message: string) => {
       socket.on('error', () => undefined);
       socket.destroy();
-      this.log.warn({ client, limit: this.options.maxConnections }, 'nbd connection refused: too many connections');
-      this.emitConnection({ event: 'refused', client, export: null, bytes: 0, requests: 0, reason: 'max-connections' });
-      return;
+      this.log.warn({ client, limit }, message);
+      this.emitConnection({ event: 'refused', client, export: null, bytes: 0, requests: 0, reason });
+    };
+    if (this.stopping || this.connections.size >= this.options.maxConnections) {
+      return refuse('max-connections', this.options.maxConnections, 'nbd connection refused: too many connections');
+    }
+    if (this.perAddress.count(client.address) >= this.options.maxConnectionsPerAddress) {
+      return refuse('max-connections-per-address', this.options.maxConnectionsPerAddress, 'nbd connection refused: too many connections from this address');
     }
     const connection = new Connection(socket, client, this);
     this.connections.add(connection);
+    this.perAddress.add(client.address);
     connection.begin();
   }
 
@@ -220,7 +244,18 @@ export class NbdServer {
 
   /** @internal */
   forget(connection: Connection): void {
-    this.connections.delete(connection);
+    if (!this.connections.delete(connection)) return;
+    this.perAddress.remove(connection.client.address);
+    this.peakHeld = Math.max(this.peakHeld, connection.peakHeldBytes);
+  }
+
+  /** @internal */
+  emitThrottle(event: NbdThrottleEvent): void {
+    try {
+      this.options.onThrottle?.(event);
+    } catch (err) {
+      this.log.error({ err }, 'nbd onThrottle callback threw');
+    }
   }
 
   /** @internal */
@@ -270,37 +305,48 @@ export class NbdServer {
   }
 }
 
-type Request = Extract<ClientMessage, { kind: 'request' }>;
-
+/**
+ * Drives one NbdSession over a socket: feeds it what arrives, carries out its actions (writes,
+ * export lookups, reads through the shared fair queue) and reports back when they are done.
+ */
 class Connection {
-  private readonly parser = new ClientStreamParser();
+  private readonly session: NbdSession;
   private readonly log: Logger;
-  private clientFlags = 0;
   private exp: OpenExport | null = null;
-  private busy = false;
-  private closed = false;
-  private disconnectRequested = false;
-  private inFlight = 0;
-  private options = 0;
   private bytes = 0;
   private requests = 0;
-  private pausedForBackpressure = false;
-  private handshakeTimer: NodeJS.Timeout | null = null;
+  private paused = false;
+  private timer: NodeJS.Timeout | null = null;
+  private timerAt: number | null = null;
   private closeReason = 'client-closed';
   private closing: Promise<void> | null = null;
-  /** Reads put back while the client was not taking its replies; queued again on 'drain'. */
-  private deferred: Task[] = [];
 
   constructor(
     private readonly socket: Socket,
-    private readonly client: NbdClientAddress,
+    readonly client: NbdClientAddress,
     private readonly server: NbdServer,
   ) {
     this.log = server.logger.child({ client: `${client.address}:${client.port}` });
+    const c = server.config;
+    this.session = new NbdSession({
+      maxHeldBytes: c.maxHeldBytesPerConnection,
+      maxPendingReads: c.maxQueuedPerConnection,
+      handshakeTimeoutMs: c.handshakeTimeoutMs,
+      stallTimeoutMs: c.stallTimeoutMs,
+      maxOptions: c.maxOptionsPerConnection,
+    });
   }
 
   get exportName(): string | null {
     return this.exp?.name ?? null;
+  }
+
+  get heldBytes(): number {
+    return this.session.heldBytes;
+  }
+
+  get peakHeldBytes(): number {
+    return this.session.peakHeldBytes;
   }
 
   begin(): void {
@@ -309,36 +355,25 @@ class Connection {
     // Diskless machines get powered off without NBD_CMD_DISC: keepalive lets their connections
     // (and the slots and file descriptors they hold) go away instead of lingering forever.
     socket.setKeepAlive(true, KEEPALIVE_IDLE_MS);
-    socket.on('data', (chunk: Buffer) => {
-      this.parser.push(chunk);
-      this.pump();
-    });
+    socket.on('data', (chunk: Buffer) => this.apply(this.session.receive(chunk)));
     socket.on('error', (err) => {
       this.log.debug({ err }, 'nbd socket error');
       this.closeReason = 'socket-error';
     });
     socket.on('close', () => void this.close(this.closeReason));
-    socket.on('drain', () => {
-      for (const task of this.deferred.splice(0)) this.server.reads.enqueue(this, task);
-      this.updateBackpressure();
-    });
-    this.handshakeTimer = setTimeout(() => {
-      this.log.warn('nbd handshake timeout');
-      void this.close('handshake-timeout');
-    }, this.server.config.handshakeTimeoutMs);
-    this.handshakeTimer.unref();
-    socket.write(encodeServerGreeting());
+    this.apply(this.session.start());
   }
 
   /** Ends the connection (idempotent): drops its queued reads, closes the socket and the file. */
   close(reason: string): Promise<void> {
     if (this.closing) return this.closing;
-    this.closed = true;
-    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.session.close(reason);
+    if (this.timer) clearTimeout(this.timer);
     this.server.reads.drop(this);
     this.socket.destroy();
     this.server.forget(this);
-    this.log.debug({ reason, export: this.exp?.name, bytes: this.bytes, requests: this.requests }, 'nbd connection closed');
+    const level = reason === 'handshake-timeout' || reason === 'write-stalled' || reason.startsWith('protocol-error') ? 'warn' : 'debug';
+    this.log[level]({ reason, export: this.exp?.name, bytes: this.bytes, requests: this.requests }, 'nbd connection closed');
     this.server.emitConnection({
       event: 'close',
       client: this.client,
@@ -352,250 +387,151 @@ class Connection {
     return this.closing;
   }
 
-  private send(bytes: Buffer): void {
-    if (this.closed) return;
-    this.socket.write(bytes);
-    this.updateBackpressure();
+  private apply(actions: SessionAction[]): void {
+    for (const action of actions) {
+      switch (action.kind) {
+        case 'send':
+          this.write(action.bytes);
+          break;
+        case 'lookup':
+          void this.lookup(action.name, action.open);
+          break;
+        case 'list': {
+          let names: string[] = [];
+          try {
+            names = this.server.config.listExports?.() ?? [];
+          } catch (err) {
+            this.log.error({ err }, 'nbd listExports threw');
+          }
+          this.apply(this.session.listResult(names));
+          break;
+        }
+        case 'transmission':
+          this.log.info({ export: action.name, size: action.size }, 'nbd client connected to export');
+          this.server.emitConnection({ event: 'open', client: this.client, export: action.name, bytes: 0, requests: 0 });
+          break;
+        case 'read':
+          this.server.reads.enqueue(this, () => this.read(action));
+          break;
+        case 'throttled':
+          this.log.debug({ heldBytes: action.heldBytes, pendingReads: action.pendingReads }, 'nbd client over its limits: not reading its requests for now');
+          this.server.emitThrottle({ client: this.client, export: this.exp?.name ?? null, heldBytes: action.heldBytes, pendingReads: action.pendingReads });
+          break;
+        case 'end':
+          this.closeReason = action.reason;
+          this.socket.end(() => void this.close(action.reason));
+          break;
+        case 'close':
+          if (action.reason === 'handshake-timeout') this.log.warn('nbd handshake timeout');
+          else if (action.reason === 'write-stalled') this.log.warn({ heldBytes: this.session.heldBytes }, 'nbd client stopped reading its replies, disconnecting');
+          else if (action.reason.startsWith('protocol-error')) this.log.warn({ reason: action.reason }, 'nbd protocol error, disconnecting');
+          else if (action.reason === 'too-many-options') this.log.warn('nbd too many options, disconnecting');
+          else if (action.reason === 'unknown-export') this.log.warn('nbd unknown export (EXPORT_NAME), disconnecting');
+          void this.close(action.reason);
+          break;
+      }
+    }
+    this.updateFlow();
   }
 
-  /** Stops reading the socket while this client has too much waiting, or too much unread reply data. */
-  private updateBackpressure(): void {
-    if (this.closed || this.disconnectRequested) return;
-    const tooMuch =
-      this.server.reads.queuedFor(this) >= this.server.config.maxQueuedPerConnection || this.socket.writableLength >= WRITE_HIGH_WATER;
-    if (tooMuch && !this.pausedForBackpressure) {
-      this.pausedForBackpressure = true;
+  /** Pauses or resumes the socket as the session wants, and arms its timer. */
+  private updateFlow(): void {
+    if (this.closing) return;
+    const want = this.session.wantsInput;
+    if (!want && !this.paused) {
+      this.paused = true;
       this.socket.pause();
-    } else if (!tooMuch && this.pausedForBackpressure) {
-      this.pausedForBackpressure = false;
+    } else if (want && this.paused) {
+      this.paused = false;
       this.socket.resume();
-      this.pump();
     }
+    const deadline = this.session.deadline;
+    if (deadline === this.timerAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.timerAt = deadline;
+    if (deadline === null) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      this.timerAt = null;
+      this.apply(this.session.timer());
+    }, Math.max(0, deadline - performance.now()));
+    this.timer.unref();
   }
 
-  private pump(): void {
-    while (!this.busy && !this.closed && !this.disconnectRequested && !this.pausedForBackpressure) {
-      let message: ClientMessage | null;
-      try {
-        message = this.parser.next();
-      } catch (err) {
-        if (!(err instanceof NbdProtocolError)) throw err;
-        this.log.warn({ code: err.code, err: err.message }, 'nbd protocol error, disconnecting');
-        void this.close(`protocol-error:${err.code}`);
-        return;
-      }
-      if (message === null) return;
-      switch (message.kind) {
-        case 'clientFlags':
-          this.clientFlags = message.flags;
-          break;
-        case 'option':
-          this.busy = true;
-          this.handleOption(message.option, message.data)
-            .catch((err: unknown) => {
-              this.log.error({ err }, 'nbd option handling failed');
-              void this.close('server-error');
-            })
-            .finally(() => {
-              this.busy = false;
-              this.pump();
-            });
-          return;
-        case 'request':
-          this.handleRequest(message);
-          break;
-      }
-    }
+  /** Writes session bytes; the session learns when the kernel took them. */
+  private write(bytes: Buffer): void {
+    if (this.closing) return;
+    this.socket.write(bytes, () => {
+      if (!this.closing) this.apply(this.session.flushed(bytes.length));
+    });
   }
 
-  private async handleOption(option: number, data: Buffer): Promise<void> {
-    if (++this.options > this.server.config.maxOptionsPerConnection) {
-      this.log.warn({ options: this.options }, 'nbd too many options, disconnecting');
-      await this.close('too-many-options');
+  private async lookup(name: string, open: boolean): Promise<void> {
+    let opened: { size: number; file: FileHandle | null } | null = null;
+    try {
+      opened = await this.server.openExport(name, open);
+    } catch (err) {
+      this.log.error({ err, export: name }, 'nbd export lookup failed');
+    }
+    if (!opened) this.log.info({ export: name }, 'nbd unknown export');
+    if (this.closing) {
+      await opened?.file?.close().catch(() => undefined);
       return;
     }
-    switch (option) {
-      case Opt.EXPORT_NAME: {
-        // No way to report an error here: the spec says terminate the session.
-        const name = decodeExportName(data);
-        const opened = name === null ? null : await this.server.openExport(name, true);
-        if (name === null || !opened || !opened.file) {
-          this.log.warn({ export: name }, 'nbd unknown export (EXPORT_NAME), disconnecting');
-          await this.close('unknown-export');
-          return;
-        }
-        if (!this.adopt(name, opened.file, opened.size)) return;
-        this.send(encodeExportNameReply(opened.size, EXPORT_TRANSMISSION_FLAGS, (this.clientFlags & FLAG_NO_ZEROES) !== 0));
-        this.enterTransmission();
-        return;
-      }
-      case Opt.ABORT:
-        this.send(encodeOptionReply(option, Rep.ACK));
-        this.closeReason = 'abort';
-        this.socket.end();
-        this.disconnectRequested = true;
-        return;
-      case Opt.LIST: {
-        if (data.length !== 0) {
-          this.send(encodeOptionError(option, Rep.ERR_INVALID, 'NBD_OPT_LIST takes no data'));
-          return;
-        }
-        let names: string[] = [];
-        try {
-          names = this.server.config.listExports?.() ?? [];
-        } catch (err) {
-          this.log.error({ err }, 'nbd listExports threw');
-        }
-        this.send(Buffer.concat([...names.map((n) => encodeServerEntry(n)), encodeOptionReply(option, Rep.ACK)]));
-        return;
-      }
-      case Opt.INFO:
-      case Opt.GO: {
-        const request = decodeInfoRequest(data);
-        if (!request) {
-          this.send(encodeOptionError(option, Rep.ERR_INVALID, 'malformed info request'));
-          return;
-        }
-        const go = option === Opt.GO;
-        const opened = await this.server.openExport(request.name, go);
-        if (this.closed) {
-          await opened?.file?.close();
-          return;
-        }
-        if (!opened) {
-          this.log.info({ export: request.name }, 'nbd unknown export');
-          this.send(encodeOptionError(option, Rep.ERR_UNKNOWN, `unknown export: ${request.name}`));
-          return;
-        }
-        const reply = encodeInfoSuccess(option, { name: request.name, size: opened.size, transmissionFlags: EXPORT_TRANSMISSION_FLAGS }, request.infos);
-        if (!go) {
-          this.send(reply);
-          return;
-        }
-        if (!this.adopt(request.name, opened.file!, opened.size)) return;
-        this.send(reply);
-        this.enterTransmission();
-        return;
-      }
-      default:
-        // Includes STARTTLS (we run NOTLS) and STRUCTURED_REPLY (simple replies only).
-        this.send(encodeOptionError(option, Rep.ERR_UNSUP));
-        return;
+    const actions = this.session.exportResult(opened);
+    if (opened?.file) {
+      if (actions.some((a) => a.kind === 'transmission')) this.exp = { name, file: opened.file, size: opened.size };
+      else void opened.file.close().catch(() => undefined);
     }
+    this.apply(actions);
   }
 
-  /** Takes ownership of the opened file; false (and the file closed) if the connection already went away. */
-  private adopt(name: string, file: FileHandle, size: number): boolean {
-    if (this.closed) {
-      void file.close().catch(() => undefined);
-      return false;
-    }
-    this.exp = { name, file, size };
-    return true;
-  }
-
-  private enterTransmission(): void {
-    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
-    this.handshakeTimer = null;
-    this.parser.enterTransmission();
-    this.log.info({ export: this.exp?.name, size: this.exp?.size }, 'nbd client connected to export');
-    this.server.emitConnection({ event: 'open', client: this.client, export: this.exp!.name, bytes: 0, requests: 0 });
-  }
-
-  private handleRequest(request: Request): void {
-    this.log.trace({ type: request.type, flags: request.flags, offset: request.offset.toString(), length: request.length }, 'nbd request');
-    switch (request.type) {
-      case Cmd.READ:
-        this.handleRead(request);
-        return;
-      case Cmd.DISC:
-        this.disconnectRequested = true;
-        this.closeReason = 'client-disc';
-        this.finishIfDisconnecting();
-        return;
-      case Cmd.WRITE:
-      case Cmd.TRIM:
-      case Cmd.WRITE_ZEROES:
-        this.send(encodeSimpleReply(Errno.EPERM, request.handle));
-        return;
-      case Cmd.FLUSH:
-        // Nothing is ever written, so everything is always flushed.
-        this.send(encodeSimpleReply(0, request.handle));
-        return;
-      default:
-        this.send(encodeSimpleReply(Errno.EINVAL, request.handle));
-        return;
-    }
-  }
-
-  private handleRead(request: Request): void {
-    const exp = this.exp!;
-    const { handle, length } = request;
-    if (length > BLOCK_SIZE.maximum || request.offset + BigInt(length) > BigInt(exp.size)) {
-      this.send(encodeSimpleReply(Errno.EINVAL, handle));
-      return;
-    }
-    const offset = Number(request.offset);
-    const parsedAt = performance.now();
-    this.inFlight++;
-    const task = async (): Promise<void> => {
-      if (this.closed) return this.readDone();
-      if (this.socket.writableLength >= WRITE_HIGH_WATER) {
-        // The client is not taking its replies: give the slot back and queue again once it does,
-        // so unread replies cannot pile up in memory and a stalled client cannot hold slots.
-        this.deferred.push(task);
-        return;
-      }
+  private async read(action: ReadAction): Promise<void> {
+    const exp = this.exp;
+    let sent = 0;
+    try {
+      if (this.closing || !exp) return;
+      const { handle, length, offset } = action;
       const startedAt = performance.now();
+      const buffer = this.server.buffers.acquire(SIMPLE_REPLY_HEADER_LENGTH + length);
+      const reply = buffer.subarray(0, SIMPLE_REPLY_HEADER_LENGTH + length);
+      let error = 0;
       try {
-        const buffer = this.server.buffers.acquire(SIMPLE_REPLY_HEADER_LENGTH + length);
-        const reply = buffer.subarray(0, SIMPLE_REPLY_HEADER_LENGTH + length);
-        let error = 0;
-        try {
-          await readFully(exp.file, reply, SIMPLE_REPLY_HEADER_LENGTH, length, offset);
-        } catch (err) {
-          if (!this.closed) this.log.error({ err, offset, length }, 'nbd read failed');
-          error = Errno.EIO;
-        }
-        if (this.closed) {
-          this.server.buffers.release(buffer);
-          return;
-        }
-        writeSimpleReplyHeader(reply, 0, error, handle);
-        // The buffer goes back to the pool once the socket has handed it to the kernel.
-        this.socket.write(error === 0 ? reply : reply.subarray(0, SIMPLE_REPLY_HEADER_LENGTH), () => this.server.buffers.release(buffer));
-        if (error !== 0) return;
-        this.bytes += length;
-        this.requests++;
-        const now = performance.now();
-        this.server.emitRead({
-          client: this.client,
-          export: exp.name,
-          offset,
-          length,
-          bytes: this.bytes,
-          requests: this.requests,
-          latencyMs: now - parsedAt,
-          queuedMs: startedAt - parsedAt,
-        });
-      } finally {
-        this.readDone();
+        await readFully(exp.file, reply, SIMPLE_REPLY_HEADER_LENGTH, length, offset);
+      } catch (err) {
+        if (!this.closing) this.log.error({ err, offset, length }, 'nbd read failed');
+        error = Errno.EIO;
       }
-    };
-    this.server.reads.enqueue(this, task);
-    this.updateBackpressure();
-  }
-
-  private readDone(): void {
-    this.inFlight--;
-    this.updateBackpressure();
-    this.finishIfDisconnecting();
-  }
-
-  /** After NBD_CMD_DISC: answer what is in flight, then close. */
-  private finishIfDisconnecting(): void {
-    if (!this.disconnectRequested || this.inFlight > 0 || this.closed) return;
-    this.socket.end(() => void this.close('client-disc'));
+      if (this.closing) {
+        this.server.buffers.release(buffer);
+        return;
+      }
+      writeSimpleReplyHeader(reply, 0, error, handle);
+      const out = error === 0 ? reply : reply.subarray(0, SIMPLE_REPLY_HEADER_LENGTH);
+      sent = out.length;
+      // The buffer goes back to the pool once the socket has handed it to the kernel.
+      this.socket.write(out, () => {
+        this.server.buffers.release(buffer);
+        if (!this.closing) this.apply(this.session.flushed(out.length));
+      });
+      if (error !== 0) return;
+      this.bytes += length;
+      this.requests++;
+      const now = performance.now();
+      this.server.emitRead({
+        client: this.client,
+        export: exp.name,
+        offset,
+        length,
+        bytes: this.bytes,
+        requests: this.requests,
+        latencyMs: now - action.parsedAt,
+        queuedMs: startedAt - action.parsedAt,
+      });
+    } finally {
+      this.apply(this.session.readDone(action, sent));
+    }
   }
 }
 

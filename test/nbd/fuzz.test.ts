@@ -109,6 +109,8 @@ beforeAll(async () => {
     { img: 65536 },
     {
       maxConnections: 1000,
+      // Every session comes from 127.0.0.1, many at once.
+      maxConnectionsPerAddress: 1000,
       onConnection: (e) => {
         if (e.event === 'open') seen.opened++;
         if (e.event === 'close') seen.closeReasons.set(e.reason ?? '', (seen.closeReasons.get(e.reason ?? '') ?? 0) + 1);
