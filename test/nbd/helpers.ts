@@ -32,9 +32,10 @@ export class RawClient {
     );
   }
 
-  static connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
+  /** `localAddress`: the loopback address to connect from (127.0.0.2 acts as another machine). */
+  static connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const socket = connect({ port, host }, () => resolve(new RawClient(socket)));
+      const socket = connect({ port, host, ...(localAddress ? { localAddress } : {}) }, () => resolve(new RawClient(socket)));
       socket.once('error', reject);
     });
   }
