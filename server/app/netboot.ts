@@ -5,11 +5,12 @@ import type { ConfigStore } from '../config/watch.ts';
 import { DhcpServer, type DhcpExchange } from '../dhcp/server.ts';
 import { Metrics } from '../events/metrics.ts';
 import { Timeline } from '../events/timeline.ts';
-import { createHttpServer, type ArtifactStore } from '../http/server.ts';
+import { createHttpServer } from '../http/server.ts';
 import type { ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
 import { NbdServer, type NbdConnectionEvent, type NbdExport } from '../nbd/server.ts';
 import { createTftpServer, dirSource, generatedSource, ipxeSource, mountSources, type TftpServer, type TransferEvent } from '../tftp/index.ts';
+import { cacheArtifactStore } from './cache-artifact-store.ts';
 import { ImageBuilds } from './image-builds.ts';
 import { openImageCache } from './images.ts';
 
@@ -46,7 +47,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   const { store, log } = options;
   const config = store.current;
   const metrics = new Metrics();
-  const timeline = new Timeline({ metrics });
+  const timeline = new Timeline({ metrics, isConfigured: (mac) => store.current.machines.has(mac) });
   const cache = openImageCache(config, log);
   const builds = new ImageBuilds(cache, () => store.current, log, metrics, options.docker);
   // Which MAC an address belongs to, learnt from DHCP offers and from HTTP requests that name a
@@ -63,7 +64,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   try {
     const http = await createHttpServer({
       getConfig: () => store.current,
-      artifacts: artifactStore(cache, builds),
+      artifacts: cacheArtifactStore(cache, builds),
       timeline,
       metrics,
       log: log.child({ service: 'http' }),
@@ -151,16 +152,6 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
     await stop();
     throw err;
   }
-}
-
-function artifactStore(cache: ImageCache, builds: ImageBuilds): ArtifactStore {
-  return {
-    currentId: (name) => cache.currentId(name),
-    artifactPath: (id, name) => cache.artifactPath(id, name),
-    manifest: (id) => cache.manifest(id),
-    list: async () => (await cache.list()).map((built) => built.manifest),
-    buildState: (name) => builds.state(name),
-  };
 }
 
 /**

@@ -25,8 +25,11 @@ export type MaybePromise<T> = T | Promise<T>;
 export interface ArtifactStore {
   /** Id of the image's current build, or null when it has never been built. */
   currentId(imageName: string): MaybePromise<string | null>;
-  /** Absolute path of an artifact of a build (it may not exist). */
-  artifactPath(id: string, name: ArtifactName): string;
+  /**
+   * Absolute path of an artifact of a build (it may not exist), or null for an id this store can
+   * never hold (malformed): callers answer that as "not found". Never throws.
+   */
+  artifactPath(id: string, name: ArtifactName): string | null;
   /** The build's manifest, or null when there is no such build. */
   manifest(id: string): MaybePromise<ImageManifestView | null>;
   /** Every build in the cache. */
@@ -36,6 +39,4 @@ export interface ArtifactStore {
 }
 
 /** Ids are content hashes; anything else in that URL segment is refused before touching the disk. */
-export function isValidImageId(id: string): boolean {
-  return /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/.test(id) && !id.includes('..');
-}
+export { isImageId as isValidImageId } from '../images/image-id.ts';

@@ -47,8 +47,8 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       if (!isValidImageId(id) || !(ARTIFACT_NAMES as readonly string[]).includes(name)) return notFound(reply);
       const artifact = name as ArtifactName;
       const path = ctx.artifacts.artifactPath(id, artifact);
-      const info = await stat(path).catch(() => null);
-      if (!info?.isFile()) return notFound(reply);
+      const info = path === null ? null : await stat(path).catch(() => null);
+      if (path === null || !info?.isFile()) return notFound(reply);
 
       const digest = artifact === 'manifest.json' ? undefined : (await manifestOf(id))?.artifacts[artifact];
       const etag = digest && digest.size === info.size

@@ -55,12 +55,14 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
       // Until the response is complete the boot id stays redeemable (after a failure or a cut download /init retries).
       const grant = redemption;
       if (grant) reply.raw.once('close', () => grant.release());
-      if (imageId === null || !isValidImageId(imageId)) {
+      if (imageId !== null && !isValidImageId(imageId)) return reply.code(404).send({ error: `no built image with id ${imageId}` });
+      if (imageId === null) {
         return reply.code(503).header('Retry-After', '10').send({ error: `image ${machine.image} is not built yet` });
       }
 
       const began = ctx.now();
       const squashfs = ctx.artifacts.artifactPath(imageId, 'rootfs.squashfs');
+      if (squashfs === null || !(await ctx.artifacts.manifest(imageId))) return reply.code(404).send({ error: `no built image with id ${imageId}` });
       const imageAccounts = await ctx.layers.imageAccounts(squashfs).catch((err: Error) => {
         request.note.error = err.message;
         return null;

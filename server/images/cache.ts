@@ -13,6 +13,7 @@ import { flattenLayers } from './flatten.ts';
 import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
 import { writeSquashfs } from './squashfs-writer.ts';
+import { IMAGE_ID_PATTERN } from './image-id.ts';
 import { TruncatedTarError, type TarEntry } from './tar-reader.ts';
 
 /** Bump when the artifacts a build makes change, so every id changes with it. */
@@ -105,7 +106,7 @@ interface ResolvedSource {
   entries: (onBytes: (n: number) => void) => AsyncIterable<TarEntry>;
 }
 
-const ID_PATTERN = /^[0-9a-f]{16}$/;
+const ID_PATTERN = IMAGE_ID_PATTERN;
 
 export class ImageCache {
   readonly imagesDir: string;

@@ -108,9 +108,9 @@ describe('artifacts over a real socket with curl', () => {
   it('a client that goes away mid-download is recorded as an aborted download, and the server goes on serving', async () => {
     // Bigger than any loopback socket buffering (a few MiB), so the cut is seen by the server.
     const big = randomBytes(64 << 20);
-    mkdirSync(join(h.store.root, 'bigimage'), { recursive: true });
-    writeFileSync(h.store.artifactPath('bigimage', 'rootfs.squashfs'), big);
-    const url = `${base}/images/bigimage/rootfs.squashfs?mac=${MAC_HYP}`;
+    mkdirSync(join(h.store.root, 'b16b16b16b16b16b'), { recursive: true });
+    writeFileSync(h.store.artifactPath('b16b16b16b16b16b', 'rootfs.squashfs')!, big);
+    const url = `${base}/images/b16b16b16b16b16b/rootfs.squashfs?mac=${MAC_HYP}`;
     await expect(curl(['--limit-rate', '50k', '--max-time', '1', '-o', '/dev/null', url])).rejects.toThrow(/timed out/i);
     for (let i = 0; i < 100 && !h.timeline.current(MAC)?.phases.some((p) => p.phase === 'rootfs'); i++) await new Promise((r) => setTimeout(r, 100));
     const rootfs = h.timeline.current(MAC)!.phases.find((p) => p.phase === 'rootfs')!;

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseConfig } from '../../server/config/load.ts';
 import type { Config } from '../../server/config/types.ts';
-import type { ArtifactName, ArtifactStore, ImageManifestView } from '../../server/http/artifact-store.ts';
+import { isValidImageId, type ArtifactName, type ArtifactStore, type ImageManifestView } from '../../server/http/artifact-store.ts';
 import { writeTar } from '../../server/layers/tar.ts';
 
 /** A temp dir removed by `cleanup()`. */
@@ -37,10 +37,11 @@ export class DirArtifactStore implements ArtifactStore {
     const file = join(this.root, `${imageName}.current`);
     return existsSync(file) ? readFileSync(file, 'utf8').trim() : null;
   }
-  artifactPath(id: string, name: ArtifactName): string {
-    return join(this.root, id, name);
+  artifactPath(id: string, name: ArtifactName): string | null {
+    return isValidImageId(id) ? join(this.root, id, name) : null;
   }
   async manifest(id: string): Promise<ImageManifestView | null> {
+    if (!isValidImageId(id)) return null;
     const file = join(this.root, id, 'manifest.json');
     return existsSync(file) ? (JSON.parse(readFileSync(file, 'utf8')) as ImageManifestView) : null;
   }

@@ -22,9 +22,9 @@ beforeAll(async () => {
   h = await harness(baseYaml({ server: '' }).replace('address: 127.0.0.1\n  httpPort: 8080', 'address: 10.0.2.100\n  httpPort: 80'));
   const kernel = await debianKernelFixture();
   const image = addImage(h.store, 'demo');
-  copyFileSync(kernel.vmlinuz, h.store.artifactPath(image.id, 'vmlinuz'));
+  copyFileSync(kernel.vmlinuz, h.store.artifactPath(image.id, 'vmlinuz')!);
   // The manifest's digest no longer matches the replaced files: fine, the ETag falls back.
-  writeFileSync(h.store.artifactPath(image.id, 'initrd.img'), await markerInitrd(join(h.dir, 'initrd-root')));
+  writeFileSync(h.store.artifactPath(image.id, 'initrd.img')!, await markerInitrd(join(h.dir, 'initrd-root')));
   await h.app.listen({ host: '127.0.0.1', port: 0 });
 }, 600_000);
 afterAll(async () => h?.close());
@@ -81,6 +81,6 @@ describe('rendered scripts in a real iPXE', () => {
     expect(line).toContain('netboot.init=/sbin/init netboot.reboot=30 console=ttyS0 quiet');
     const phases = h.timeline.current(MAC)!.phases.map((p) => p.phase);
     expect(phases).toEqual(['script', 'kernel', 'initrd']);
-    expect(h.timeline.current(MAC)!.phases[1]!.bytes).toBe(readFileSync(h.store.artifactPath(image, 'vmlinuz')).length);
+    expect(h.timeline.current(MAC)!.phases[1]!.bytes).toBe(readFileSync(h.store.artifactPath(image, 'vmlinuz')!).length);
   }, 240_000);
 });

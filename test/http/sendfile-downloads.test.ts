@@ -31,8 +31,8 @@ beforeAll(async () => {
   h = await harness();
   image = addImage(h.store, 'demo', { rootfsPadding: 8 << 20 });
   rootfs = image.files['rootfs.squashfs']!;
-  mkdirSync(join(h.store.root, 'bigimage'), { recursive: true });
-  writeFileSync(h.store.artifactPath('bigimage', 'rootfs.squashfs'), big);
+  mkdirSync(join(h.store.root, 'b16b16b16b16b16b'), { recursive: true });
+  writeFileSync(h.store.artifactPath('b16b16b16b16b16b', 'rootfs.squashfs')!, big);
   await h.app.listen({ host: '127.0.0.1', port: 0 });
   base = `http://127.0.0.1:${(h.app.server.address() as AddressInfo).port}`;
 });
@@ -145,7 +145,7 @@ describe.each([
     const served = await bytesServed();
     const client = connect((h.app.server.address() as AddressInfo).port, '127.0.0.1');
     await new Promise<void>((done) => client.once('connect', done));
-    client.write(`GET /images/bigimage/rootfs.squashfs?mac=${MAC_HYP} HTTP/1.1\r\nHost: test\r\n\r\n`);
+    client.write(`GET /images/b16b16b16b16b16b/rootfs.squashfs?mac=${MAC_HYP} HTTP/1.1\r\nHost: test\r\n\r\n`);
     let got = 0;
     client.on('data', (chunk: Buffer) => {
       got += chunk.length;
