@@ -114,6 +114,8 @@ export const serverSchema = z.strictObject({
       port: port.default(69),
       maxBlksize: z.number().int().min(512).max(65464).default(1468),
       maxTransfers: z.number().int().min(1).default(64),
+      /** Transfers at once from one IP address (any source port): one host cannot take every slot. */
+      maxTransfersPerAddress: z.number().int().min(1).default(4),
     })
     .prefault({}),
   dhcp: dhcpSchema.prefault({}),
@@ -121,8 +123,12 @@ export const serverSchema = z.strictObject({
     .strictObject({
       port: port.default(10809),
       maxConnections: z.number().int().min(1).default(256),
+      /** Connections at once from one IP address. */
+      maxConnectionsPerAddress: z.number().int().min(1).default(8),
       /** Reads served at once across all clients; more wait in a queue that takes clients in turn. */
       maxConcurrentReads: z.number().int().min(1).max(1024).default(16),
+      /** A client with replies waiting that takes none of their bytes for this long is disconnected (idle clients never are). */
+      stallTimeoutSeconds: z.number().int().min(1).default(120),
     })
     .prefault({}),
   stateDir: z.string().default('/var/lib/netboot'),

@@ -144,3 +144,14 @@ describe('lookupMachine', () => {
     expect(lookupMachine(config, '52:54:00:00:00:99')).toMatchObject(expected);
   });
 });
+
+describe('per-address limits and the NBD stall timeout', () => {
+  it('have defaults and can be set', () => {
+    const defaults = parseConfig('', '/x/netboot.yaml').server;
+    expect(defaults.tftp.maxTransfersPerAddress).toBe(4);
+    expect(defaults.nbd).toMatchObject({ maxConnectionsPerAddress: 8, stallTimeoutSeconds: 120 });
+    const set = parseConfig('server:\n  tftp: { maxTransfersPerAddress: 2 }\n  nbd: { maxConnectionsPerAddress: 3, stallTimeoutSeconds: 30 }\n', '/x/netboot.yaml').server;
+    expect([set.tftp.maxTransfersPerAddress, set.nbd.maxConnectionsPerAddress, set.nbd.stallTimeoutSeconds]).toEqual([2, 3, 30]);
+    expect(() => parseConfig('server:\n  nbd: { maxConnectionsPerAddress: 0 }\n', '/x/netboot.yaml')).toThrow(/maxConnectionsPerAddress/);
+  });
+});
