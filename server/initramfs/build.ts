@@ -216,7 +216,7 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
     const raw = await sources.readImageFile(`${index.dir}/${ref.path}`).catch((err: Error) => {
       throw new Error(`module ${ref.name} listed in ${index.dir}/modules.dep but unreadable (${ref.path}): ${err.message}`);
     });
-    return decompressModule(raw, ref.compression);
+    return decompressModule(raw, ref.compression, `module ${ref.name} (${index.dir}/${ref.path})`);
   });
   refs.forEach((ref, i) => entries.push({ type: 'file', path: `${modulesDir}/${ref.shippedPath}`, data: moduleData[i]! }));
   entries.push(

@@ -1,5 +1,8 @@
-import { gunzipSync } from 'node:zlib';
 import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { gunzip } from 'node:zlib';
+
+const gunzipAsync = promisify(gunzip);
 
 /**
  * The kernel module index of one kernel (modules.dep, modules.alias, modules.builtin as
@@ -166,26 +169,47 @@ export class ModuleIndex {
   }
 }
 
-function runWithInput(cmd: string, args: string[], input: Buffer): Promise<Buffer> {
+/** No real module is near this (the largest, amdgpu, is ~20 MiB plain): more is a bomb or a wrong file. */
+export const MAX_MODULE_BYTES = 64 << 20;
+
+function tooLarge(what: string, limit: number): Error {
+  return new Error(`${what}: decompresses to more than ${limit} bytes (limit ${limit >> 20} MiB): not a kernel module, or a decompression bomb`);
+}
+
+/** Runs a decompressor as a child process (off the event loop), killing it past `limit` bytes of output. */
+function runWithInput(cmd: string, args: string[], input: Buffer, what: string, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`${cmd} ${args.join(' ')} failed: ${stderr.toString().trim() || err.message}`));
+    const child = execFile(cmd, args, { encoding: 'buffer', maxBuffer: limit }, (err, stdout, stderr) => {
+      if ((err as NodeJS.ErrnoException | null)?.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') reject(tooLarge(what, limit));
+      else if (err) reject(new Error(`${what}: ${cmd} ${args.join(' ')} failed: ${stderr.toString().trim() || err.message}`));
       else resolve(stdout);
+    });
+    child.stdin?.on('error', () => {
+      /* EPIPE when the child stopped reading (killed at the cap, or bad data): reported by the callback */
     });
     child.stdin?.end(input);
   });
 }
 
-/** The plain ELF object of a possibly compressed module file (busybox insmod loads only plain .ko). */
-export async function decompressModule(data: Buffer, compression: ModuleCompression): Promise<Buffer> {
+/**
+ * The plain ELF object of a possibly compressed module file (busybox insmod loads only plain .ko).
+ * Output is capped at `limit` bytes; gzip runs in zlib's thread pool, xz and zstd in child processes.
+ */
+export async function decompressModule(data: Buffer, compression: ModuleCompression, what = 'module', limit = MAX_MODULE_BYTES): Promise<Buffer> {
   switch (compression) {
     case 'none':
+      if (data.length > limit) throw tooLarge(what, limit);
       return data;
     case 'gzip':
-      return gunzipSync(data);
+      try {
+        return await gunzipAsync(data, { maxOutputLength: limit });
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) throw tooLarge(what, limit);
+        throw new Error(`${what}: gzip: ${(err as Error).message}`);
+      }
     case 'xz':
-      return runWithInput('xz', ['-d', '-c', '-q'], data);
+      return runWithInput('xz', ['-d', '-c', '-q'], data, what, limit);
     case 'zstd':
-      return runWithInput('zstd', ['-d', '-c', '-q'], data);
+      return runWithInput('zstd', ['-d', '-c', '-q'], data, what, limit);
   }
 }

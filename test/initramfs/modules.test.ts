@@ -156,3 +156,45 @@ describe('initrd builder fingerprint', () => {
     }
   });
 });
+
+describe('module decompression limits', () => {
+  // 65 MiB of zeros: one MiB over the cap, a few KiB compressed (a decompression bomb in miniature).
+  const bomb = Buffer.alloc(65 << 20);
+
+  it('refuses a module that decompresses past 64 MiB, naming it, in every format', async () => {
+    const packed = {
+      gzip: gzipSync(bomb),
+      xz: await pipe('xz', ['-c', '-1'], bomb),
+      zstd: await pipe('zstd', ['-c', '-1'], bomb),
+    };
+    for (const [format, data] of Object.entries(packed)) {
+      expect(data.length).toBeLessThan(1 << 20);
+      await expect(decompressModule(data, format as 'gzip' | 'xz' | 'zstd', `module bomb_${format}`)).rejects.toThrow(
+        new RegExp(`^module bomb_${format}: decompresses to more than ${64 << 20} bytes`),
+      );
+    }
+    await expect(decompressModule(bomb, 'none', 'module plain')).rejects.toThrow(/^module plain: decompresses to more than/);
+    // Just under the cap is fine.
+    const fits = Buffer.alloc(63 << 20, 1);
+    expect((await decompressModule(gzipSync(fits), 'gzip')).equals(fits)).toBe(true);
+  }, 60_000);
+
+  it('decompresses gzip off the event loop (timers run while it works)', async () => {
+    const data = gzipSync(Buffer.alloc(60 << 20));
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    try {
+      const out = await decompressModule(data, 'gzip');
+      expect(out.length).toBe(60 << 20);
+    } finally {
+      clearInterval(timer);
+    }
+    // gunzipSync would finish before any timer could run.
+    expect(ticks).toBeGreaterThan(0);
+  }, 60_000);
+
+  it('reports corrupt data as an error naming the module', async () => {
+    await expect(decompressModule(Buffer.from('not gzip at all'), 'gzip', 'module junk')).rejects.toThrow(/^module junk: gzip: /);
+    await expect(decompressModule(Buffer.from('not xz at all'), 'xz', 'module junk')).rejects.toThrow(/^module junk: xz -d -c -q failed/);
+  });
+});
