@@ -18,6 +18,9 @@
  *   its socket). The kernel client gives up on a request after its own timeout (10 s for ours)
  *   and reconnects, so a healthy client never comes near this; dead peers are reaped by TCP
  *   keepalive (idle) or TCP retransmission (data unacknowledged) in the server loop.
+ *   Progress is seen per completed socket write (one reply), so a reply must take the client
+ *   longer than stallTimeoutMs to count as stalled: with the kernel's requests of at most a few
+ *   MiB, that is a link slower than ~10-100 KiB/s.
  */
 import {
   BLOCK_SIZE,
