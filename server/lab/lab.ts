@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createWriteStream } from 'node:fs';
 import { loadConfig } from '../config/load.ts';
@@ -95,6 +95,27 @@ export class Lab {
       await new Promise((r) => setTimeout(r, 300));
     }
     throw new Error(`netboot serve did not answer ${this.baseUrl}/healthz within ${timeoutMs / 1000} s; see ${this.serverLog}`);
+  }
+
+  /**
+   * Writes a new config file and waits until the running server has reloaded it (its log says
+   * "config reloaded"); a rejected config fails here with the server's reason.
+   */
+  async writeConfig(text: string, timeoutMs = 30_000): Promise<void> {
+    const outcomes = async () => {
+      const log = await readFile(this.serverLog, 'utf8').catch(() => '');
+      return { reloaded: log.split('"msg":"config reloaded"').length, rejected: log.split('"msg":"config rejected').length };
+    };
+    const before = await outcomes();
+    await writeFile(this.options.configFile, text);
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const now = await outcomes();
+      if (now.reloaded > before.reloaded) return;
+      if (now.rejected > before.rejected) throw new Error(`the server rejected the new config; see ${this.serverLog}`);
+      if (Date.now() > deadline) throw new Error(`the server did not reload ${this.options.configFile} within ${timeoutMs / 1000} s; see ${this.serverLog}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
   }
 
   /**

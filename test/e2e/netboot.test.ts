@@ -190,7 +190,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
   }, 600_000);
 
   it('adds boot information beside the lab DHCP server (proxyDHCP) and picks up a machine added while running', async () => {
-    const { lab, configFile, config } = await startLab({
+    const { lab, config } = await startLab({
       name: 'proxy',
       subnet: 202,
       labDhcp: true,
@@ -204,8 +204,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
 
       // Adding a machine is one line in the config file; no restart.
       (config.machines as Record<string, unknown>)['52:54:00:e2:00:12'] = { hostname: 'newcomer' };
-      await writeFile(configFile, stringify(config));
-      await new Promise((r) => setTimeout(r, 1500));
+      await lab.writeConfig(stringify(config));
       const second = await bootAndWait(lab, 'newcomer', '52:54:00:e2:00:12');
       expect(second.marker.hostname).toBe('newcomer');
     } finally {
@@ -229,7 +228,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
   }, 600_000);
 
   it('applies the unknown-MAC policy: deny is printed on the console, menu times out to the default image', async () => {
-    const { lab, configFile, config } = await startLab({
+    const { lab, config } = await startLab({
       name: 'unknown',
       subnet: 204,
       labDhcp: { bootUrl: 'http://10.77.204.1:8080/boot.ipxe' },
@@ -243,8 +242,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
       expect(denied.console).not.toMatch(MARKER);
 
       (config.defaults as Record<string, unknown>) = { image: 'busybox', unknown: 'menu', menuTimeout: 2 };
-      await writeFile(configFile, stringify(config));
-      await new Promise((r) => setTimeout(r, 1500));
+      await lab.writeConfig(stringify(config));
       const { vm, marker } = await bootAndWait(lab, 'menu', '52:54:00:e2:00:32');
       expect(vm.console).toMatch(/busybox/);
       expect(marker.hostname).toMatch(/^netboot-525400e20032$/);
@@ -296,7 +294,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
     }
   }, 1_200_000);
 
-  it('netboot vm --lab exits 0 on the expected console text and 5 with the last console lines on timeout', async () => {
+  it('netboot vm --lab: exit 0 on the expected console text, 1 when the VM powers off before it, 5 on timeout', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'netboot-e2e-cli-'));
     const configFile = join(dir, 'netboot.yaml');
     await writeFile(
@@ -304,7 +302,11 @@ describe('netboot end to end (QEMU, TCG)', () => {
       stringify({
         server: { address: '10.77.207.1', stateDir: join(dir, 'state'), cacheDir: CACHE_DIR, rebootDelay: 0 },
         images: { busybox: { source: `docker:${busyboxRef}`, cmdline: 'console=ttyS0' } },
-        machines: { '52:54:00:e2:00:61': { hostname: 'cli' } },
+        machines: {
+          '52:54:00:e2:00:61': { hostname: 'cli' },
+          // A shell as init: the VM stays up and prints nothing more, so only the timeout can end the wait.
+          '52:54:00:e2:00:62': { hostname: 'stays-up', cmdline: 'netboot.init=/bin/sh' },
+        },
       }),
     );
     const netboot = (args: string[]) =>
@@ -316,7 +318,14 @@ describe('netboot end to end (QEMU, TCG)', () => {
     expect(ok.stdout).toMatch(/NETBOOT-E2E-UP hostname=cli image=\S+ root=overlay/);
     expect(ok.code).toBe(EXIT.ok);
 
-    const late = await netboot(['vm', '--lab', '--config', configFile, '--mac', '52:54:00:e2:00:61', '--expect', 'text this image never prints', '--timeout', '20']);
+    // The busybox image powers off after its marker: waiting for text it never prints ends when it exits.
+    const gone = await netboot(['vm', '--lab', '--config', configFile, '--mac', '52:54:00:e2:00:61', '--expect', 'text this image never prints', '--timeout', '300']);
+    expect(gone.code).toBe(EXIT.failure);
+    expect(gone.stderr).toMatch(/exited before printing/);
+    expect(gone.stderr).toMatch(/last console lines \(full log: \S+\.log\)/);
+
+    // A VM that stays up: the timeout is the only way out, however fast the machine boots.
+    const late = await netboot(['vm', '--lab', '--config', configFile, '--mac', '52:54:00:e2:00:62', '--expect', 'text this image never prints', '--timeout', '20']);
     expect(late.code).toBe(EXIT.timeout);
     expect(late.stderr).toMatch(/last console lines \(full log: \S+\.log\)/);
   }, 900_000);
@@ -378,7 +387,8 @@ describe('netboot end to end (QEMU, TCG)', () => {
       expect(vm.console).toMatch(/iPXE/);
       const summary = await machine(lab, '52:54:00:e2:00:51');
       const tftp = summary.lastBoot?.phases.find((p) => p.phase === 'tftp');
-      expect(tftp).toBeDefined();
+      expect(tftp).toMatchObject({ source: 'tftp', detail: 'ipxe.efi' });
+      expect(tftp!.bytes).toBeGreaterThan(100_000);
     } finally {
       await closeLab(lab);
     }
