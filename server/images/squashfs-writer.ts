@@ -1,14 +1,38 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
+import { chown, open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { ImageError } from './errors.ts';
-import { END_OF_ARCHIVE, type TarEntry } from './tar-reader.ts';
+import { encodeHeader, END_OF_ARCHIVE, type TarEntry, type TarHeader } from './tar-reader.ts';
 
 /**
- * Streams tar entries into `tar2sqfs`, byte for byte, while `observe` may take a copy of any
- * entry's data. tar2sqfs keeps owners, modes, times, xattrs (PAX SCHILY.xattr.*), hard links
- * and device nodes; `--no-skip` makes any record it cannot read a failure instead of a
- * silently missing file.
+ * Streams tar entries into `tar2sqfs` while `observe` may take a copy of any entry's data.
+ * Every header tar2sqfs sees is written here from the parsed, checked header (never the
+ * image's own header bytes), so tar2sqfs and our index agree on every name, size and link:
+ * only owners, mode, mtime, link target, device numbers and xattrs (PAX SCHILY.xattr.*) are
+ * passed on. tar2sqfs keeps those, hard links and device nodes; `--no-skip` makes any record
+ * it cannot read a failure instead of a silently missing file. It runs as an unprivileged
+ * user when we are root (it parses untrusted data), writing to a file we open for it.
  */
+
+/** The uid/gid image tools run as when the server runs as root (nobody/nogroup). */
+export const UNPRIVILEGED_ID = 65534;
+
+/** Spawn options that drop root for a child that handles untrusted data. */
+export function unprivileged(): { uid?: number; gid?: number } {
+  return process.getuid?.() === 0 ? { uid: UNPRIVILEGED_ID, gid: UNPRIVILEGED_ID } : {};
+}
+
+/** The header tar2sqfs gets: rebuilt from what we decided, or a clear refusal. */
+export function headerForSquashfs(header: TarHeader): Buffer {
+  if (header.type === 'other') {
+    throw new ImageError(`unsupported tar entry type ${JSON.stringify(header.typeflag)} (GNU sparse/multi-volume and the like are not image content)`);
+  }
+  if (Object.keys(header.pax).some((k) => k.startsWith('GNU.sparse.'))) throw new ImageError('PAX sparse files are not supported (repack the layer without --sparse)');
+  const pax: Record<string, string> = {};
+  for (const [key, value] of Object.entries(header.pax)) if (key.startsWith('SCHILY.xattr.')) pax[key] = value;
+  return encodeHeader({ ...header, size: header.type === 'file' ? header.size : 0, mtime: Math.max(0, header.mtime), pax });
+}
 export interface SquashfsWriteOptions {
   compressor: string;
   /** Sees every header; returns a sink for the entry's (unpadded) data to capture it. */
@@ -19,9 +43,19 @@ export interface SquashfsWriteOptions {
 
 export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: string, options: SquashfsWriteOptions): Promise<{ tarBytes: number }> {
   const jobs = Math.max(1, availableParallelism());
-  const child = spawn('tar2sqfs', ['--quiet', '--no-skip', '--force', '-c', options.compressor, '-j', String(jobs), output], {
-    stdio: ['pipe', 'ignore', 'pipe'],
-  });
+  const drop = unprivileged();
+  // tar2sqfs reopens /dev/fd/3 (a magic link: no directory search needed), so the file must be the child's.
+  const outFile = await open(output, 'w', 0o644);
+  let child: ChildProcessByStdio<Writable, null, Readable>;
+  try {
+    if (drop.uid !== undefined) await outFile.chown(drop.uid, drop.gid!);
+    child = spawn('tar2sqfs', ['--quiet', '--no-skip', '--force', '-c', options.compressor, '-j', String(jobs), '/dev/fd/3'], {
+      stdio: ['pipe', 'ignore', 'pipe', outFile.fd],
+      ...drop,
+    }) as unknown as ChildProcessByStdio<Writable, null, Readable>;
+  } finally {
+    await outFile.close();
+  }
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const exited = new Promise<number>((resolve, reject) => {
@@ -36,12 +70,19 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
   });
   let bytes = 0;
   let sinceYield = 0;
+  const early = async () => {
+    const code = await exited.catch(() => -1);
+    return new ImageError(`tar2sqfs exited early (exit ${code}): ${stderr.trim() || 'no message'}`);
+  };
   const write = async (buf: Buffer) => {
-    if (childGone) throw new ImageError(`tar2sqfs exited early: ${stderr.trim()}`);
+    if (childGone || stdin.destroyed || stdin.writableEnded) throw await early();
     bytes += buf.length;
     options.onBytes?.(bytes);
     if (!stdin.write(buf)) {
       sinceYield = 0;
+      // Wait for room, or for the child to go: 'drain' never comes to a closed pipe, and a pipe
+      // closed before we listened would leave this promise pending forever (the process then
+      // exits 13 with nothing said).
       await new Promise<void>((resolve) => {
         const done = () => {
           stdin.off('drain', done);
@@ -50,7 +91,10 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
         };
         stdin.on('drain', done);
         stdin.on('close', done);
+        if (stdin.destroyed) done();
+        void exited.then(done, done);
       });
+      if (stdin.destroyed || childGone) throw await early();
     } else if ((sinceYield += buf.length) > 8 << 20) {
       // Let other work (progress, signals) run on long uncontended stretches.
       sinceYield = 0;
@@ -58,12 +102,15 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
     }
   };
   const onAbort = () => child.kill('SIGKILL');
+  let current: string | undefined;
   options.signal?.addEventListener('abort', onAbort);
   try {
     for await (const entry of entries) {
       options.signal?.throwIfAborted();
+      current = entry.header.path;
+      const header = headerForSquashfs(entry.header);
       const sink = options.observe?.(entry) ?? null;
-      await write(entry.raw);
+      await write(header);
       let left = entry.header.type === 'file' ? entry.header.size : 0;
       for await (const chunk of entry.body()) {
         if (sink && left > 0) {
@@ -76,11 +123,16 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
     await write(END_OF_ARCHIVE);
     stdin.end();
     const code = await exited;
-    if (code !== 0) throw new ImageError(`tar2sqfs failed (exit ${code}): ${stderr.trim()}`);
+    if (code !== 0) throw new ImageError(`tar2sqfs failed (exit ${code}): ${stderr.trim() || 'no message'}`);
+    if (drop.uid !== undefined) await chown(output, process.getuid!(), process.getgid!());
     return { tarBytes: bytes };
   } catch (err) {
     child.kill('SIGKILL');
     await exited.catch(() => {});
+    // Name the entry being written: the admin needs to know where in the image it broke.
+    if (current !== undefined && err instanceof Error && !err.message.includes('tar entry')) {
+      throw new ImageError(`writing the squashfs at entry ${JSON.stringify(current)}: ${err.message}`, { cause: err });
+    }
     throw err;
   } finally {
     options.signal?.removeEventListener('abort', onAbort);

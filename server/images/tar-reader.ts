@@ -40,6 +40,14 @@ export class TruncatedTarError extends Error {
   }
 }
 
+/** A header the reader refuses (bad number, oversized extension, name leaving the root): names the entry and offset. */
+export class BadTarError extends Error {
+  override name = 'BadTarError';
+}
+
+/** Extended headers (PAX, GNU long name/link) larger than this are refused: no real name or xattr set comes close. */
+export const MAX_EXTENSION_BYTES = 1 << 20;
+
 /** Pulls exact byte counts out of an async iterable of chunks. */
 export class ByteReader {
   private iterator: AsyncIterator<Buffer>;
@@ -51,21 +59,36 @@ export class ByteReader {
     this.iterator = (source as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   }
 
-  private async fill(): Promise<boolean> {
+  private async next(): Promise<Buffer | null> {
     const next = await this.iterator.next();
-    if (next.done) return false;
-    const chunk = typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+    if (next.done) return null;
+    return typeof next.value === 'string' ? Buffer.from(next.value) : next.value;
+  }
+
+  private async fill(): Promise<boolean> {
+    const chunk = await this.next();
+    if (!chunk) return false;
     this.pending = this.pending.length ? Buffer.concat([this.pending, chunk]) : chunk;
     return true;
   }
 
   /** Exactly n bytes, or null at end of data when nothing was read; throws when cut short. */
   async read(n: number): Promise<Buffer | null> {
-    while (this.pending.length < n) {
-      if (!(await this.fill())) {
-        if (this.pending.length === 0) return null;
-        throw new TruncatedTarError(`(wanted ${n} bytes at offset ${this.position}, got ${this.pending.length})`);
+    if (this.pending.length < n) {
+      // Collect chunks in a list and join once: linear in n however small the chunks are.
+      const parts = [this.pending];
+      let have = this.pending.length;
+      while (have < n) {
+        const chunk = await this.next();
+        if (!chunk) {
+          this.pending = Buffer.concat(parts);
+          if (have === 0) return null;
+          throw new TruncatedTarError(`(wanted ${n} bytes at offset ${this.position}, got ${have})`);
+        }
+        parts.push(chunk);
+        have += chunk.length;
       }
+      this.pending = Buffer.concat(parts);
     }
     const out = this.pending.subarray(0, n);
     this.pending = this.pending.subarray(n);
@@ -138,7 +161,24 @@ function numeric(block: Buffer, start: number, length: number): number {
     return value;
   }
   const text = cstring(block, start, length).replace(/[ \0]+$/, '').trim();
+  if (!/^[0-7]*$/.test(text)) return NaN; // the caller names the field and entry
   return text ? parseInt(text, 8) : 0;
+}
+
+/** A PAX number (decimal; mtime may have a fraction); NaN when malformed. */
+function paxNumber(value: string, fraction = false): number {
+  if (!(fraction ? /^-?\d{1,20}(\.\d*)?$/ : /^\d{1,20}$/).test(value)) return NaN;
+  const n = Number(value);
+  return Number.isSafeInteger(Math.trunc(n)) ? n : NaN;
+}
+
+function describeEntry(path: string, offset: number): string {
+  return `tar entry ${JSON.stringify(path.length > 200 ? `${path.slice(0, 200)}...` : path)} at offset ${offset}`;
+}
+
+/** True when a stored name climbs with a `..` component (it could only mean leaving the root). */
+function climbs(path: string): boolean {
+  return path.split('/').includes('..');
 }
 
 function checksumOk(block: Buffer): boolean {
@@ -188,6 +228,7 @@ export async function* readTar(source: AsyncIterable<Buffer | string> | ByteRead
   let globalPax: Record<string, string> = {};
   let longName: string | undefined;
   let longLink: string | undefined;
+  let extensionBytes = 0;
   for (;;) {
     const block = await reader.read(512);
     if (block === null) {
@@ -199,15 +240,28 @@ export async function* readTar(source: AsyncIterable<Buffer | string> | ByteRead
       return;
     }
     if (!checksumOk(block)) throw new Error(`invalid tar header at offset ${reader.position - 512} (checksum mismatch)`);
+    const headerOffset = reader.position - 512;
     const typeflag = String.fromCharCode(block[156]!);
     const size = numeric(block, 124, 12);
+    if (!Number.isSafeInteger(size) || size < 0) {
+      throw new BadTarError(`${describeEntry(cstring(block, 0, 100), headerOffset)}: size field is not a number (${JSON.stringify(cstring(block, 124, 12))})`);
+    }
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
+      if (size > MAX_EXTENSION_BYTES || extensionBytes + size > MAX_EXTENSION_BYTES) {
+        throw new BadTarError(`${describeEntry(cstring(block, 0, 100), headerOffset)}: extended header of ${size} bytes (limit ${MAX_EXTENSION_BYTES})`);
+      }
+      extensionBytes += size;
       const data = await reader.read(padded(size));
       if (data === null) throw new TruncatedTarError('in an extended header');
       extension.push(block, data);
       const content = data.subarray(0, size);
       if (typeflag === 'x') pax = { ...pax, ...parsePax(content) };
-      else if (typeflag === 'g') globalPax = { ...globalPax, ...parsePax(content) };
+      else if (typeflag === 'g') {
+        globalPax = { ...globalPax, ...parsePax(content) };
+        if (Object.entries(globalPax).reduce((n, [k, v]) => n + k.length + v.length, 0) > MAX_EXTENSION_BYTES) {
+          throw new BadTarError(`${describeEntry(cstring(block, 0, 100), headerOffset)}: global PAX records exceed ${MAX_EXTENSION_BYTES} bytes`);
+        }
+      }
       else if (typeflag === 'L') longName = cstring(content, 0, content.length);
       else longLink = cstring(content, 0, content.length);
       continue;
@@ -219,24 +273,37 @@ export async function* readTar(source: AsyncIterable<Buffer | string> | ByteRead
     const rawPath = records.path ?? longName ?? (prefix ? `${prefix}/${name}` : name);
     const rawLink = records.linkpath ?? longLink ?? cstring(block, 157, 100);
     const type = TYPES[typeflag] ?? 'other';
+    const where = describeEntry(rawPath, headerOffset);
+    if (rawPath.includes('\0') || climbs(rawPath)) throw new BadTarError(`${where}: the name leaves the root ('..')`);
+    if (type === 'link' && (rawLink.startsWith('/') || climbs(rawLink) || normalisePath(rawLink) === '')) {
+      throw new BadTarError(`${where}: hard link target ${JSON.stringify(rawLink)} is outside the root (absolute, '..' or empty)`);
+    }
+    const field = (name: string, pax: string | undefined, fallback: number, fraction = false): number => {
+      const value = pax !== undefined ? paxNumber(pax, fraction) : fallback;
+      if (Number.isNaN(value)) {
+        throw new BadTarError(`${where}: ${name} is not a number ${pax === undefined ? 'in the header' : `in a PAX record (${JSON.stringify(pax.slice(0, 40))})`}`);
+      }
+      return value;
+    };
     const header: TarHeader = {
       path: normalisePath(rawPath),
       type,
       typeflag,
-      size: records.size !== undefined ? Number(records.size) : size,
-      mode: numeric(block, 100, 8) & 0o7777,
-      uid: records.uid !== undefined ? Number(records.uid) : numeric(block, 108, 8),
-      gid: records.gid !== undefined ? Number(records.gid) : numeric(block, 116, 8),
-      mtime: records.mtime !== undefined ? Math.floor(Number(records.mtime)) : numeric(block, 136, 12),
+      size: field('size', records.size, size),
+      mode: field('mode', undefined, numeric(block, 100, 8)) & 0o7777,
+      uid: field('uid', records.uid, numeric(block, 108, 8)),
+      gid: field('gid', records.gid, numeric(block, 116, 8)),
+      mtime: Math.floor(field('mtime', records.mtime, numeric(block, 136, 12), true)),
       linkname: type === 'link' ? normalisePath(rawLink) : rawLink,
-      devmajor: numeric(block, 329, 8),
-      devminor: numeric(block, 337, 8),
+      devmajor: type === 'char' || type === 'block' ? field('devmajor', undefined, numeric(block, 329, 8)) : 0,
+      devminor: type === 'char' || type === 'block' ? field('devminor', undefined, numeric(block, 337, 8)) : 0,
       pax: records,
     };
     // Hard links, dirs, devices carry no data whatever the size field says (except 'file').
     const dataSize = type === 'file' || type === 'other' ? header.size : 0;
     const raw = extension.length ? Buffer.concat([...extension, block]) : Buffer.from(block);
     extension.length = 0;
+    extensionBytes = 0;
     pax = {};
     longName = undefined;
     longLink = undefined;
