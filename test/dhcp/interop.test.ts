@@ -59,7 +59,7 @@ describe('full mode against busybox udhcpc', () => {
       server: {
         address: segment.serverIp,
         stateDir: join(dir, 'state'),
-        dhcp: { mode: 'full', pool: { start: `${s}.100`, end: `${s}.110`, router: segment.serverIp, dns: [segment.serverIp], domain: 'lab.test', leaseSeconds: 600 } },
+        dhcp: { mode: 'full', pool: { start: `${s}.100`, end: `${s}.110`, router: segment.serverIp, dns: [segment.serverIp], domain: 'lab.test', leaseSeconds: 600, maxUnknownLeases: 11 } },
       },
       images: { deb: { source: 'docker:debian:12' } },
       machines: { [RESERVED]: { ip: `${s}.20`, hostname: 'node1' } },
@@ -126,16 +126,21 @@ describe('full mode against busybox udhcpc', () => {
     const peer = await UdpPeer.start(c, 68);
     try {
       const mac = '02:00:00:00:0a:06';
-      await peer.send([encodeMessage({ ...request(MessageType.DISCOVER, mac), xid: 0x2001 })], '255.255.255.255', 67);
-      const offer = decoded((await peer.next((r) => r.bytes.readUInt32BE(4) === 0x2001))!);
-      const ask = (xid: number, server: string) =>
-        encodeMessage({ ...request(MessageType.REQUEST, mac, [ipOption(Opt.REQUESTED_IP, offer.yiaddr), ipOption(Opt.SERVER_ID, server)]), xid });
-      await peer.send([ask(0x2002, `${segment.subnet}.2`)], '255.255.255.255', 67);
+      // RFC 2131: the REQUEST carries the xid of the OFFER it answers.
+      const discover = async (xid: number) => {
+        await peer.send([encodeMessage({ ...request(MessageType.DISCOVER, mac), xid })], '255.255.255.255', 67);
+        return decoded((await peer.next((r) => r.bytes.readUInt32BE(4) === xid))!);
+      };
+      const ask = (xid: number, ip: string, server: string) =>
+        encodeMessage({ ...request(MessageType.REQUEST, mac, [ipOption(Opt.REQUESTED_IP, ip), ipOption(Opt.SERVER_ID, server)]), xid });
+      const first = await discover(0x2002);
+      await peer.send([ask(0x2002, first.yiaddr, `${segment.subnet}.2`)], '255.255.255.255', 67);
       await server.waitForExchange((e) => e.mac === mac && e.ignoredReason === 'other-server');
-      await peer.send([ask(0x2003, segment.serverIp)], '255.255.255.255', 67);
-      const ack = decoded((await peer.next((r) => r.bytes.readUInt32BE(4) === 0x2003))!);
+      const second = await discover(0x2003);
+      await peer.send([ask(0x2003, second.yiaddr, segment.serverIp)], '255.255.255.255', 67);
+      const ack = decoded((await peer.next((r) => r.bytes.readUInt32BE(4) === 0x2003 && messageType(decoded(r)) !== MessageType.OFFER))!);
       expect(messageType(ack)).toBe(MessageType.ACK);
-      expect(peer.inbox.filter((r) => r.bytes.readUInt32BE(4) === 0x2002)).toEqual([]);
+      expect(peer.inbox.filter((r) => r.bytes.readUInt32BE(4) === 0x2002).map((r) => messageType(decoded(r)))).toEqual([MessageType.OFFER]);
     } finally {
       await peer.stop();
     }
