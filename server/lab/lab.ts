@@ -3,6 +3,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createWriteStream } from 'node:fs';
 import { loadConfig } from '../config/load.ts';
+import type { Config } from '../config/types.ts';
 import { localReadToken } from '../http/api.ts';
 import { REPO_ROOT } from '../cli/common.ts';
 import { createSegment, stopChild, type Segment } from './netns.ts';
@@ -33,6 +34,7 @@ export interface LabOptions {
 export class Lab {
   readonly vms: Vm[] = [];
   #server: ChildProcess | null = null;
+  #config: Config | null = null;
 
   private constructor(
     readonly segment: Segment,
@@ -123,7 +125,13 @@ export class Lab {
    * config's read token, else the host token from the server's state dir (no config needed).
    */
   async api<T = unknown>(path: string): Promise<T> {
-    const token = localReadToken(loadConfig(this.options.configFile));
+    // A rejected config leaves the server on the last good one: so does this.
+    try {
+      this.#config = loadConfig(this.options.configFile);
+    } catch {
+      /* keep the last config that loaded */
+    }
+    const token = this.#config ? localReadToken(this.#config) : null;
     const auth = token ? ['-H', `Authorization: Bearer ${token}`] : [];
     const { stdout } = await this.segment.exec('curl', ['-sf', '-m', '10', ...auth, `${this.baseUrl}${path}`]);
     return JSON.parse(stdout) as T;
