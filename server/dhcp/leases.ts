@@ -1,6 +1,7 @@
-import { open, mkdir, readFile, rename, unlink } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { intToIp, ipToInt } from '../config/ipv4.ts';
+import { writeFileAtomic } from '../fs/atomic-write.ts';
 
 export { intToIp, ipToInt };
 
@@ -86,34 +87,6 @@ export function sameSubnet(a: string, b: string, netmask: string): boolean {
 export const OFFER_HOLD_MS = 60_000;
 /** DISCOVER retransmissions a client may make (with new xids) before its REQUEST still matches. */
 const XIDS_PER_OFFER = 4;
-
-/**
- * Writes a file so that a crash leaves either the old or the new content: temp file in the same
- * directory, fsync, rename over the target, fsync of the directory (the rename itself).
- * (Local to this module: there is no shared atomic-write helper in the tree yet.)
- */
-export async function writeFileDurably(file: string, text: string): Promise<void> {
-  const temp = `${file}.${process.pid}.tmp`;
-  try {
-    const handle = await open(temp, 'w', 0o644);
-    try {
-      await handle.writeFile(text);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temp, file);
-  } catch (err) {
-    await unlink(temp).catch(() => undefined);
-    throw err;
-  }
-  const dir = await open(dirname(file), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
-}
 
 export class LeaseStore {
   /** Bound lease records by MAC (expired ones included). */
@@ -395,7 +368,7 @@ export class LeaseStore {
         const text = JSON.stringify(this.#snapshot(), null, 2) + '\n';
         try {
           await mkdir(dirname(file), { recursive: true });
-          await writeFileDurably(file, text);
+          await writeFileAtomic(file, text);
           this.#saveError = null;
         } catch (err) {
           this.#saveError = err as Error;

@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -35,21 +35,22 @@ describe('lease store', () => {
     expect(second.offer('02:00:00:00:00:01', XID, pool, undefined, undefined)).toEqual({ ip: '10.1.0.10' });
   });
 
-  it('a failed write leaves the previous file whole and is reported by flush()', async () => {
-    const file = join(dir, 'leases.json');
+  it('a failed write is reported by flush(); the next change writes everything again', async () => {
+    const stateDir = join(dir, 'state');
+    const file = join(stateDir, 'leases.json');
     const store = await LeaseStore.open(file, { now });
     store.bind('02:00:00:00:00:01', '10.1.0.10', 60, pool, undefined);
     await store.flush();
-    const before = await readFile(file, 'utf8');
-    // The temp file's name is taken by a directory: the write fails before the rename.
-    await mkdir(`${file}.${process.pid}.tmp`);
+    // The state directory is replaced by a plain file: nothing can be written under it.
+    await rm(stateDir, { recursive: true });
+    await writeFile(stateDir, '');
     store.bind('02:00:00:00:00:02', '10.1.0.12', 60, pool, undefined);
     await expect(store.flush()).rejects.toThrow();
-    expect(await readFile(file, 'utf8')).toBe(before);
-    await rm(`${file}.${process.pid}.tmp`, { recursive: true });
+    await rm(stateDir);
     store.release('02:00:00:00:00:02', '10.1.0.12');
     await store.flush();
     expect(JSON.parse(await readFile(file, 'utf8')).leases).toHaveLength(2);
+    expect(await readdir(stateDir)).toEqual(['leases.json']);
   });
 
   it('many changes in a burst end up on disk as the last state (writes are coalesced)', async () => {
