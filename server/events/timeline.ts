@@ -53,8 +53,8 @@ export interface RecordOptions {
   imageId?: string;
   /**
    * Join this boot of the MAC (an authenticated /init event names its boot) instead of the
-   * current one; never starts a new boot. When the MAC has no boots (the server restarted),
-   * a boot with this id is opened.
+   * current one. When no kept boot has this id, a boot with it is opened (the API allows
+   * that only while the MAC has no boots at all: the server restarted).
    */
   boot?: string;
 }

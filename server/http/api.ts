@@ -92,9 +92,16 @@ function registerRoutes(app: FastifyInstance, ctx: HttpContext, eventBoot: (requ
     }
     const event = parsed.data;
     request.note.phase = event.phase;
+    const bootId = eventBoot(request);
+    const kept = ctx.timeline.boots(mac);
+    // Checked here, not with the token: newer boots may have replaced it while the body arrived.
+    if (kept.length > 0 && !kept.some((b) => b.id === bootId)) {
+      request.note.warning = `refused boot event for boot ${bootId}, no longer kept`;
+      return reply.code(410).send({ error: `boot ${bootId} of ${mac} is over (newer boots replaced it)` });
+    }
     const boot = ctx.timeline.record(mac, event.phase, {
       source: 'init',
-      boot: eventBoot(request),
+      boot: bootId,
       t: event.t,
       ...(event.detail !== undefined ? { detail: event.detail } : {}),
       ...(event.bytes !== undefined ? { bytes: event.bytes } : {}),
@@ -152,9 +159,8 @@ function registerRoutes(app: FastifyInstance, ctx: HttpContext, eventBoot: (requ
 }
 
 /**
- * The event token of /init: valid for this MAC, and for one of its boots the timeline keeps
- * (or any boot when it keeps none: the server restarted mid-boot). Returns the boot id, or
- * the reply sent. A refusal touches no boot; on a configured MAC it shows as a security event.
+ * The event token of /init, valid for this MAC: returns the boot id it names, or the reply
+ * sent. A refusal touches no boot; on a configured MAC it shows as a security event.
  */
 function checkEventToken(ctx: HttpContext, mac: string, request: FastifyRequest, reply: FastifyReply): string | FastifyReply {
   const token = bearer(request);
@@ -165,11 +171,6 @@ function checkEventToken(ctx: HttpContext, mac: string, request: FastifyRequest,
     if (ctx.getConfig().machines.has(mac)) ctx.timeline.security(mac, { kind: 'event-token', detail, peer: request.ip });
     else ctx.metrics.securityEvent('event-token');
     return reply.code(401).header('WWW-Authenticate', 'Bearer').send({ error: `${detail}: /init sends the netboot.token= of its kernel command line as a bearer token` });
-  }
-  const boots = ctx.timeline.boots(mac);
-  if (boots.length > 0 && !boots.some((b) => b.id === boot)) {
-    request.note.warning = `refused boot event for boot ${boot}, no longer kept`;
-    return reply.code(410).send({ error: `boot ${boot} of ${mac} is over (newer boots replaced it)` });
   }
   return boot;
 }
