@@ -139,7 +139,8 @@ export class NbdServer {
   async start(listen: { host: string; port: number }): Promise<{ address: string; port: number }> {
     if (this.server) throw new Error('NBD server already started');
     this.stopping = false;
-    const server = createServer({ noDelay: true }, (socket) => this.accept(socket));
+    // allowHalfOpen: a client that half-closes still gets the answers to what it sent (the session ends after them).
+    const server = createServer({ noDelay: true, allowHalfOpen: true }, (socket) => this.accept(socket));
     server.on('error', (err) => this.log.error({ err }, 'nbd listener error'));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -360,6 +361,7 @@ class Connection {
       this.log.debug({ err }, 'nbd socket error');
       this.closeReason = 'socket-error';
     });
+    socket.on('end', () => this.apply(this.session.endOfInput()));
     socket.on('close', () => void this.close(this.closeReason));
     this.apply(this.session.start());
   }

@@ -123,6 +123,10 @@ export class NbdSession {
   /** When the oldest unflushed bytes last saw progress; null when nothing is unflushed. */
   private stallSince: number | null = null;
   private throttled = false;
+  /** The client half-closed: nothing more will arrive. */
+  private inputEnded = false;
+  /** The last pump stopped for want of bytes (not because the session did not want input). */
+  private starved = false;
 
   constructor(
     limits: Partial<SessionLimits> = {},
@@ -188,6 +192,16 @@ export class NbdSession {
   receive(bytes: Buffer): SessionAction[] {
     if (this.phase === 'closed') return [];
     this.parser.push(bytes);
+    return this.pump();
+  }
+
+  /**
+   * The client closed its sending side (TCP half-close). What it sent is still answered, then the
+   * session ends ('client-eof'): like NBD_CMD_DISC, but without the client saying so.
+   */
+  endOfInput(): SessionAction[] {
+    if (this.phase === 'closed' || this.inputEnded) return [];
+    this.inputEnded = true;
     return this.pump();
   }
 
@@ -280,11 +294,20 @@ export class NbdSession {
       else if (message.kind === 'option') out.push(...this.option(message.option, message.data));
       else out.push(...this.request(message));
     }
+    this.starved = this.wantsInput;
     if (!this.wantsInput && this.phase === 'transmission' && !this.disconnecting && !this.throttled) {
       this.throttled = true;
       out.push({ kind: 'throttled', heldBytes: this.heldBytes, pendingReads: this.pending.length });
     } else if (this.wantsInput) this.throttled = false;
-    return out;
+    return [...out, ...this.finishIfInputEnded()];
+  }
+
+  /** After a half-close: once every complete message is answered, end. */
+  private finishIfInputEnded(): SessionAction[] {
+    if (!this.inputEnded || this.phase === 'closed' || !this.starved) return [];
+    if (this.awaiting !== null || this.readsRunning > 0 || this.pending.length > 0) return [];
+    this.phase = 'closed';
+    return [{ kind: 'end', reason: 'client-eof' }];
   }
 
   private option(option: number, data: Buffer): SessionAction[] {

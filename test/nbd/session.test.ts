@@ -107,6 +107,24 @@ describe('NbdSession: reply bytes held per connection', () => {
   });
 });
 
+describe('NbdSession: half-close', () => {
+  it('answers what came before the end of input, then ends', () => {
+    const { s } = transmitting();
+    const out = s.receive(readReq(1, 0, 4096));
+    expect(s.endOfInput()).toEqual([]); // a read is still running
+    expect(s.readDone(reads(out)[0]!, 4112)).toEqual([{ kind: 'end', reason: 'client-eof' }]);
+  });
+
+  it('mid-handshake with a lookup outstanding: ends after the answer', () => {
+    const s = new NbdSession();
+    s.start();
+    s.receive(Buffer.concat([clientFlags(3), option(GO, infoData('img')), Buffer.from('IHAVE')]));
+    expect(s.endOfInput()).toEqual([]);
+    const out = s.exportResult({ size: 4096 });
+    expect(out.at(-1)).toEqual({ kind: 'end', reason: 'client-eof' });
+  });
+});
+
 describe('NbdSession: timers', () => {
   it('a handshake not finished in time ends the session', () => {
     const clock = new Clock();
