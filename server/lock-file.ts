@@ -1,4 +1,4 @@
-import { open, readFile, rm } from 'node:fs/promises';
+import { link, open, readFile, rename, rm, stat } from 'node:fs/promises';
 
 export interface LockOptions {
   signal?: AbortSignal;
@@ -6,39 +6,100 @@ export interface LockOptions {
   timeoutMs?: number;
   /** What is locked, for the timeout error. */
   what?: string;
+  /** Told when a stale lock (dead holder, or empty/garbled file) is taken over, and why. */
+  onTakeover?: (reason: string) => void;
+  /** An empty or garbled lock older than this is a writer that died between create and write (default 10 s). */
+  staleEmptyMs?: number;
 }
 
 /**
- * Takes a lock file holding our pid, waiting while another live process holds it; a lock
- * whose holder died is taken over. Resolves with the release function.
+ * Takes a lock file holding our pid, waiting while another live process holds it. A lock
+ * whose holder died is taken over; so is an empty or garbled one that stayed so for
+ * `staleEmptyMs` (the holder died, or the disk filled, between creating it and writing the pid).
+ * Resolves with the release function.
  */
 export async function acquireLockFile(path: string, options: LockOptions = {}): Promise<() => Promise<void>> {
   const deadline = options.timeoutMs === undefined ? Infinity : Date.now() + options.timeoutMs;
+  const staleEmptyMs = options.staleEmptyMs ?? 10_000;
   for (let attempt = 0; ; attempt++) {
     options.signal?.throwIfAborted();
-    try {
-      const handle = await open(path, 'wx');
-      await handle.writeFile(String(process.pid));
-      await handle.close();
-      return () => rm(path, { force: true });
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      const pid = Number(await readFile(path, 'utf8').catch(() => ''));
-      if (pid && !isAlive(pid)) {
-        await rm(path, { force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new Error(`${options.what ?? path} is held by pid ${pid} (${path})`);
-      await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * (attempt + 1))));
+    if (await tryCreate(path)) return () => rm(path, { force: true });
+    const held = await holder(path);
+    if (held === null) continue; // released meanwhile
+    let stale: string | null = null;
+    if (held.pid !== null && !isAlive(held.pid)) stale = `its holder, pid ${held.pid}, is gone`;
+    if (held.pid === null && Date.now() - held.mtimeMs > staleEmptyMs) {
+      stale = `it has held no pid for ${Math.round((Date.now() - held.mtimeMs) / 1000)} s (${held.text ? `content ${JSON.stringify(held.text.slice(0, 20))}` : 'empty'}: its writer died or the disk was full)`;
     }
+    if (stale !== null) {
+      if (await takeOver(path, held.ino)) options.onTakeover?.(`took over the stale lock ${path}: ${stale}`);
+      continue;
+    }
+    if (Date.now() > deadline) throw new Error(`${options.what ?? path} is held by ${held.pid === null ? 'an unknown process (empty lock file)' : `pid ${held.pid}`} (${path})`);
+    await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * (attempt + 1))));
   }
+}
+
+async function tryCreate(path: string): Promise<boolean> {
+  let handle;
+  try {
+    handle = await open(path, 'wx');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  }
+  try {
+    await handle.writeFile(`${process.pid}\n`);
+    await handle.close();
+    return true;
+  } catch (err) {
+    // Disk full after the create: leave no empty lock (and no open handle) behind.
+    await handle.close().catch(() => {});
+    await rm(path, { force: true });
+    throw err;
+  }
+}
+
+async function holder(path: string): Promise<{ pid: number | null; text: string; ino: number; mtimeMs: number } | null> {
+  try {
+    const info = await stat(path);
+    const text = (await readFile(path, 'utf8')).trim();
+    const pid = /^\d{1,10}$/.test(text) && Number(text) > 0 ? Number(text) : null;
+    return { pid, text, ino: info.ino, mtimeMs: info.mtimeMs };
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw err;
+  }
+}
+
+/**
+ * Removes the stale lock we judged (by inode), never a fresh one another waiter created after
+ * taking it over first: the file is moved aside atomically, and put back when it was not ours to take.
+ */
+async function takeOver(path: string, ino: number): Promise<boolean> {
+  const aside = `${path}.stale-${process.pid}-${Date.now()}`;
+  try {
+    await rename(path, aside);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw err;
+  }
+  const moved = await stat(aside).catch(() => null);
+  if (moved && moved.ino !== ino) {
+    await link(aside, path).catch(() => {}); // someone else's live lock: restore it (unless a third took the slot)
+    await rm(aside, { force: true });
+    return false;
+  }
+  await rm(aside, { force: true });
+  return true;
 }
 
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
-  } catch {
-    return false;
+  } catch (err) {
+    // EPERM: it exists but belongs to someone else.
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }

@@ -14,10 +14,10 @@ import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
 import { writeSquashfs } from './squashfs-writer.ts';
 import { IMAGE_ID_PATTERN } from './image-id.ts';
-import { TruncatedTarError, type TarEntry } from './tar-reader.ts';
+import { BadTarError, TruncatedTarError, type TarEntry } from './tar-reader.ts';
 
 /** Bump when the artifacts a build makes change, so every id changes with it. */
-export const PIPELINE_VERSION = 1;
+export const PIPELINE_VERSION = 2;
 
 export type Artifact = 'vmlinuz' | 'rootfs.squashfs' | 'manifest.json' | 'initrd.img' | 'image-initrd.img' | 'config';
 const ARTIFACTS: readonly Artifact[] = ['vmlinuz', 'rootfs.squashfs', 'initrd.img', 'image-initrd.img', 'config'];
@@ -247,6 +247,8 @@ export class ImageCache {
       });
       return {
         digest: info.digest,
+        // The engine's image Id is the sha256 of the image config, which lists every layer's diff id:
+        // the engine verified those when it stored the layers, so the Id is a content address.
         contentId: `docker:${info.id}`,
         totalBytes: info.size,
         entries: (onBytes) => exportDockerImage(docker, info.id, { onBytes }),
@@ -257,7 +259,9 @@ export class ImageCache {
       const oci: OciImage = await readOciArchive(ref, { platform: image.platform, onBytes: (n) => onBytes(n) });
       return {
         digest: oci.digest,
-        contentId: `oci:${oci.digest}`,
+        // The config's own sha256 (computed from its bytes); each layer is checked against the
+        // config's diff ids as it streams, so a changed layer fails the build instead of hitting an old id.
+        contentId: `config:${oci.configDigest}`,
         totalBytes: oci.totalBytes,
         entries: (cb) => {
           onBytes = cb;
@@ -270,12 +274,16 @@ export class ImageCache {
 
   private async buildOnce(image: Image, id: string, source: ResolvedSource, options: BuildOptions, started: number): Promise<BuiltImage> {
     await mkdir(this.imagesDir, { recursive: true });
-    const unlock = await acquireLockFile(join(this.imagesDir, `.${id}.lock`), { signal: options.signal });
-    const finalDir = join(this.imagesDir, id);
     const log = this.log.child({ image: image.name, id });
+    const unlock = await acquireLockFile(join(this.imagesDir, `.${id}.lock`), {
+      signal: options.signal,
+      onTakeover: (reason) => log.warn({ phase: 'lock' }, reason),
+    });
+    const finalDir = join(this.imagesDir, id);
     try {
       const already = await this.manifest(id);
       if (already) return { id, dir: finalDir, manifest: already, cached: true };
+      await this.removeTornDir(finalDir, log);
       await this.removeStaleTemps();
       const tmp = join(this.imagesDir, `.tmp-${id}-${process.pid}-${randomBytes(4).toString('hex')}`);
       await mkdir(tmp);
@@ -323,7 +331,9 @@ export class ImageCache {
         signal: options.signal,
       });
     } catch (err) {
-      if (err instanceof ImageError || err instanceof TruncatedTarError) throw new ImageError(`${label}: ${err.message}`);
+      if (err instanceof ImageError || err instanceof TruncatedTarError || err instanceof BadTarError) {
+        throw new ImageError(`${label}: squashfs step: ${err.message}`, { cause: err });
+      }
       throw err;
     }
     options.onProgress?.({ image: image.name, phase: 'check', bytes: 0 });
@@ -366,6 +376,18 @@ export class ImageCache {
       builtAt: new Date().toISOString(),
       pipelineVersion: PIPELINE_VERSION,
     };
+  }
+
+  /**
+   * An id directory without a readable manifest is a build torn by a crash (the manifest is
+   * written last, before the rename): nothing can use it, and it would make the rename fail
+   * with ENOTEMPTY forever. Called under the id's lock.
+   */
+  private async removeTornDir(dir: string, log: Logger): Promise<void> {
+    const entries = await readdir(dir).catch(() => null);
+    if (entries === null) return;
+    log.warn({ dir, entries: entries.slice(0, 10) }, 'removing a torn image directory (no manifest: a build was interrupted) before rebuilding it');
+    await rm(dir, { recursive: true, force: true });
   }
 
   /** Temp dirs of builds whose process is gone (interrupted by a crash or kill). */

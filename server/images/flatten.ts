@@ -1,4 +1,11 @@
-import { ByteReader, encodeHeader, readTar, type TarEntry, type TarHeader } from './tar-reader.ts';
+import { ImageError } from './errors.ts';
+import { BadTarError, ByteReader, encodeHeader, readTar, TruncatedTarError, type TarEntry, type TarHeader } from './tar-reader.ts';
+
+/** Reader errors name the entry and offset; this adds the layer. */
+function inLayer(layer: Layer, err: unknown): unknown {
+  if (err instanceof BadTarError || err instanceof TruncatedTarError) return new ImageError(`layer ${layer.name}: ${err.message}`, { cause: err });
+  return err;
+}
 
 /**
  * Flattens image layers (bottom first) into the entries of one root filesystem, the way
@@ -40,6 +47,15 @@ function* ancestors(path: string): Generator<string> {
 }
 
 export async function* flattenLayers(layers: Layer[]): AsyncGenerator<TarEntry> {
+  let layer: Layer | undefined;
+  try {
+    yield* flattenLayersRaw(layers, (l) => (layer = l));
+  } catch (err) {
+    throw layer ? inLayer(layer, err) : err;
+  }
+}
+
+async function* flattenLayersRaw(layers: Layer[], current: (layer: Layer) => void): AsyncGenerator<TarEntry> {
   /** Every path already decided by a higher layer -> whether it is a directory. */
   const decided = new Map<string, boolean>();
   /** Paths deleted by whiteouts of higher layers (the path and everything below it). */
@@ -59,6 +75,7 @@ export async function* flattenLayers(layers: Layer[]): AsyncGenerator<TarEntry> 
 
   for (let index = layers.length - 1; index >= 0; index--) {
     const layer = layers[index]!;
+    current(layer);
     const newDeleted: string[] = [];
     const newOpaque: string[] = [];
     const emittedHere = new Set<string>();
@@ -98,7 +115,10 @@ export async function* flattenLayers(layers: Layer[]): AsyncGenerator<TarEntry> 
     // Read to the end so the layer's digest is checked.
     await reader.drain();
 
-    if (orphanLinks.size) yield* materialiseLinks(layer, orphanLinks);
+    if (orphanLinks.size) {
+      current(layer);
+      yield* materialiseLinks(layer, orphanLinks);
+    }
     for (const p of newDeleted) deleted.add(p);
     for (const p of newOpaque) opaque.add(p);
   }

@@ -20,8 +20,14 @@ interface Member {
 }
 
 export interface OciImage {
-  /** Content digest identifying the image: the OCI manifest digest, or for a docker-save tarball the config digest (= docker's image Id). */
+  /** Content digest shown to people: the OCI manifest digest, or for a docker-save tarball the config digest (= docker's image Id). */
   digest: string;
+  /**
+   * sha256 of the config bytes, computed here (never taken from a file name or an index). The
+   * config lists every layer's diff id and each layer is checked against it as it streams, so
+   * this digest identifies the whole content: it is what the cache id is made from.
+   */
+  configDigest: string;
   /** Bottom layer first. */
   layers: Layer[];
   /** Sum of the layer blobs' sizes as stored (compressed). */
@@ -95,14 +101,25 @@ function resolveRelative(from: string, target: string): string {
   return parts.join('/');
 }
 
-async function readJson(path: string, members: Map<string, Member>, name: string): Promise<unknown> {
+/** JSON documents (indexes, manifests, configs) are small: a larger one is refused rather than read into memory. */
+const MAX_JSON_BYTES = 16 << 20;
+
+async function readJson(path: string, members: Map<string, Member>, name: string, digest?: string): Promise<unknown> {
+  return (await readJsonVerified(path, members, name, digest)).doc;
+}
+
+/** Reads a JSON member; with `digest`, its bytes must hash to it (blobs are content-addressed). */
+async function readJsonVerified(path: string, members: Map<string, Member>, name: string, digest?: string): Promise<{ doc: unknown; digest: string }> {
   const member = members.get(name);
   if (!member) throw new ImageError(`${path}: ${name} is missing from the archive`);
+  if (member.size > MAX_JSON_BYTES) throw new ImageError(`${path}: ${name} is ${member.size} bytes, too large for an image document (limit ${MAX_JSON_BYTES})`);
   const handle = await open(path, 'r');
   try {
     const data = Buffer.alloc(member.size);
     await handle.read(data, 0, member.size, member.offset);
-    return JSON.parse(data.toString('utf8'));
+    const actual = `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    if (digest !== undefined && actual !== digest) throw new ImageError(`${path}: ${name} does not match its digest: expected ${digest}, got ${actual}`);
+    return { doc: JSON.parse(data.toString('utf8')), digest: actual };
   } catch (err) {
     if (err instanceof SyntaxError) throw new ImageError(`${path}: ${name} is not valid JSON`);
     throw err;
@@ -182,9 +199,13 @@ export async function readOciArchive(path: string, options: OciReadOptions = {})
         continue;
       }
       descriptor = chosen;
-      const layers = (next.layers ?? []).map((l) => layerFrom(l.digest, members.get(blobPath(l.digest)), { kind: 'stored', digest: l.digest }));
-      const totalBytes = (next.layers ?? []).reduce((sum, l) => sum + (members.get(blobPath(l.digest))?.size ?? 0), 0);
-      return { digest: descriptor.digest, layers, totalBytes, format: 'oci' };
+      const manifest = (await readJson(path, members, blobPath(chosen.digest), chosen.digest)) as { config?: Descriptor; layers?: Descriptor[] };
+      if (!manifest.config?.digest) throw new ImageError(`${path}: manifest ${chosen.digest} names no config`);
+      const config = await readJsonVerified(path, members, blobPath(manifest.config.digest), manifest.config.digest);
+      const diffIds = diffIdsOf(path, config.doc, (manifest.layers ?? []).length);
+      const layers = (manifest.layers ?? []).map((l, i) => layerFrom(l.digest, members.get(blobPath(l.digest)), { stored: l.digest, uncompressed: diffIds[i]! }));
+      const totalBytes = (manifest.layers ?? []).reduce((sum, l) => sum + (members.get(blobPath(l.digest))?.size ?? 0), 0);
+      return { digest: descriptor.digest, configDigest: config.digest, layers, totalBytes, format: 'oci' };
     }
     throw new ImageError(`${path}: image indexes nested too deep`);
   }
@@ -193,30 +214,40 @@ export async function readOciArchive(path: string, options: OciReadOptions = {})
     const entries = (await readJson(path, members, 'manifest.json')) as { Config: string; Layers: string[] }[];
     if (!Array.isArray(entries) || entries.length === 0) throw new ImageError(`${path}: manifest.json lists no image`);
     const configs = await Promise.all(
-      entries.map(async (e) => ({ entry: e, config: (await readJson(path, members, normalisePath(e.Config))) as { os?: string; architecture?: string; rootfs?: { diff_ids?: string[] } } })),
+      entries.map(async (e) => {
+        const { doc, digest } = await readJsonVerified(path, members, normalisePath(String(e.Config)));
+        return { entry: e, digest, config: doc as { os?: string; architecture?: string; rootfs?: { diff_ids?: string[] } } };
+      }),
     );
     const [os, arch] = platform.split('/');
     const chosen = configs.find((c) => c.config.os === os && c.config.architecture === arch);
     if (!chosen) throw new ImageError(`${path}: no image for platform ${platform} (has: ${configs.map((c) => `${c.config.os}/${c.config.architecture}`).join(', ')})`);
-    const diffIds = chosen.config.rootfs?.diff_ids ?? [];
-    const configHex = /([a-f0-9]{64})(\.json)?$/.exec(chosen.entry.Config)?.[1];
+    if (!Array.isArray(chosen.entry.Layers)) throw new ImageError(`${path}: manifest.json lists no layers for ${chosen.entry.Config}`);
+    const diffIds = diffIdsOf(path, chosen.config, chosen.entry.Layers.length);
+    // The id comes from the config's bytes (hashed above), not from its file name.
     const layers = chosen.entry.Layers.map((name, i) => {
       const blob = /^blobs\/(\w+)\/([a-f0-9]+)$/.exec(normalisePath(name));
-      const check: Check = blob ? { kind: 'stored', digest: `${blob[1]}:${blob[2]}` } : { kind: 'uncompressed', digest: diffIds[i] ?? '' };
-      return layerFrom(name, members.get(normalisePath(name)), check);
+      return layerFrom(name, members.get(normalisePath(name)), { stored: blob ? `${blob[1]}:${blob[2]}` : undefined, uncompressed: diffIds[i]! });
     });
     const totalBytes = chosen.entry.Layers.reduce((sum, name) => sum + (members.get(normalisePath(name))?.size ?? 0), 0);
-    return { digest: configHex ? `sha256:${configHex}` : `sha256:${createHash('sha256').update(JSON.stringify(chosen.entry)).digest('hex')}`, layers, totalBytes, format: 'docker-save' };
+    return { digest: chosen.digest, configDigest: chosen.digest, layers, totalBytes, format: 'docker-save' };
   }
   throw new ImageError(`${path}: neither an OCI image layout (index.json) nor a docker save archive (manifest.json)`);
 }
 
-/** What a layer's digest covers: the blob as stored, or its uncompressed tar (docker's diff_id). */
-type Check = { kind: 'stored' | 'uncompressed'; digest: string };
+/** What a layer must hash to: the blob as stored (when it is a content-addressed blob) and its uncompressed tar (the config's diff id). */
+type Check = { stored?: string; uncompressed: string };
+
+function diffIdsOf(path: string, config: unknown, layers: number): string[] {
+  const ids = (config as { rootfs?: { diff_ids?: unknown } } | null)?.rootfs?.diff_ids;
+  if (!Array.isArray(ids) || ids.length !== layers || !ids.every((id) => typeof id === 'string' && /^sha256:[a-f0-9]{64}$/.test(id))) {
+    throw new ImageError(`${path}: the image config's rootfs.diff_ids do not list one sha256 per layer (${layers} layers)`);
+  }
+  return ids as string[];
+}
 
 async function* openLayer(path: string, name: string, member: Member, check: Check, count: (n: number) => void): AsyncGenerator<Buffer> {
-  const [alg, expected] = check.digest.split(':');
-  if (alg !== 'sha256' || !expected) throw new ImageError(`${path}: layer ${name} has no usable digest (${check.digest || 'none'})`);
+  if (check.stored !== undefined && !/^sha256:[a-f0-9]{64}$/.test(check.stored)) throw new ImageError(`${path}: layer ${name} has no usable digest (${check.stored})`);
   const stored = createHash('sha256');
   const uncompressed = createHash('sha256');
   const file = member.size === 0 ? PassThrough.from([]) as Readable : createReadStream(path, { start: member.offset, end: member.offset + member.size - 1, highWaterMark: 1 << 20 });
@@ -261,9 +292,13 @@ async function* openLayer(path: string, name: string, member: Member, check: Che
     file.destroy();
     child?.kill();
   }
-  const actual = (check.kind === 'stored' ? stored : uncompressed).digest('hex');
-  if (actual !== expected) {
-    throw new ImageError(`${path}: layer ${name} digest mismatch: expected sha256:${expected}, got sha256:${actual}`);
+  const storedDigest = `sha256:${stored.digest('hex')}`;
+  if (check.stored !== undefined && storedDigest !== check.stored) {
+    throw new ImageError(`${path}: layer ${name} digest mismatch: expected ${check.stored}, got ${storedDigest}`);
+  }
+  const diffId = `sha256:${uncompressed.digest('hex')}`;
+  if (diffId !== check.uncompressed) {
+    throw new ImageError(`${path}: layer ${name} digest mismatch: its uncompressed content is ${diffId}, the image config says ${check.uncompressed}`);
   }
 }
 
