@@ -49,9 +49,21 @@ function* ancestors(path: string): Generator<string> {
 export async function* flattenLayers(layers: Layer[]): AsyncGenerator<TarEntry> {
   let layer: Layer | undefined;
   try {
-    yield* flattenLayersRaw(layers, (l) => (layer = l));
+    for await (const entry of flattenLayersRaw(layers, (l) => (layer = l))) {
+      const from = layer!;
+      yield { ...entry, body: () => bodyInLayer(entry.body(), from) };
+    }
   } catch (err) {
     throw layer ? inLayer(layer, err) : err;
+  }
+}
+
+/** A body cut short (truncated layer) is read by the consumer: its error names the layer too. */
+async function* bodyInLayer(body: AsyncIterable<Buffer>, layer: Layer): AsyncGenerator<Buffer> {
+  try {
+    yield* body;
+  } catch (err) {
+    throw inLayer(layer, err);
   }
 }
 
