@@ -81,7 +81,7 @@ async function startServer(segment: Segment, server: Server, mode: Mode, dir: st
   if (server === 'ours') {
     const file = join(dir, `config-${mode}.json`);
     await writeFile(file, JSON.stringify({
-      server: { address: segment.serverIp, stateDir: join(dir, `state-${mode}`), dhcp: mode === 'full' ? { mode, pool: { start: `${s}.10`, end: `${s}.250` } } : { mode } },
+      server: { address: segment.serverIp, stateDir: join(dir, `state-${mode}`), dhcp: mode === 'full' ? { mode, pool: { start: `${s}.10`, end: `${s}.250`, maxUnknownLeases: 241 } } : { mode } },
       images: { deb: { source: 'docker:debian:12' } },
       defaults: { unknown: 'boot-default' },
     }));
