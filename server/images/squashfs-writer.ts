@@ -3,6 +3,9 @@ import type { Readable, Writable } from 'node:stream';
 import { chown, open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { ImageError } from './errors.ts';
+import { unprivileged } from './unprivileged.ts';
+
+export { UNPRIVILEGED_ID } from './unprivileged.ts';
 import { encodeHeader, END_OF_ARCHIVE, type TarEntry, type TarHeader } from './tar-reader.ts';
 
 /**
@@ -15,13 +18,6 @@ import { encodeHeader, END_OF_ARCHIVE, type TarEntry, type TarHeader } from './t
  * user when we are root (it parses untrusted data), writing to a file we open for it.
  */
 
-/** The uid/gid image tools run as when the server runs as root (nobody/nogroup). */
-export const UNPRIVILEGED_ID = 65534;
-
-/** Spawn options that drop root for a child that handles untrusted data. */
-export function unprivileged(): { uid?: number; gid?: number } {
-  return process.getuid?.() === 0 ? { uid: UNPRIVILEGED_ID, gid: UNPRIVILEGED_ID } : {};
-}
 
 /** The header tar2sqfs gets: rebuilt from what we decided, or a clear refusal. */
 export function headerForSquashfs(header: TarHeader): Buffer {

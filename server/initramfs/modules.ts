@@ -1,6 +1,7 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
+import { unprivileged } from '../images/unprivileged.ts';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -179,7 +180,7 @@ function tooLarge(what: string, limit: number): Error {
 /** Runs a decompressor as a child process (off the event loop), killing it past `limit` bytes of output. */
 function runWithInput(cmd: string, args: string[], input: Buffer, what: string, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { encoding: 'buffer', maxBuffer: limit }, (err, stdout, stderr) => {
+    const child = execFile(cmd, args, { encoding: 'buffer', maxBuffer: limit, ...unprivileged() }, (err, stdout, stderr) => {
       if ((err as NodeJS.ErrnoException | null)?.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') reject(tooLarge(what, limit));
       else if (err) reject(new Error(`${what}: ${cmd} ${args.join(' ')} failed: ${stderr.toString().trim() || err.message}`));
       else resolve(stdout);
