@@ -3,10 +3,11 @@ import { mkdtemp, readFile, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { flattenLayers, type Layer } from '../../server/images/flatten.ts';
 import { compareVersions, moduleNames, RootInspector } from '../../server/images/inspect.ts';
-import { encodeHeader, END_OF_ARCHIVE, entryData, normalisePath, padded, readTar, type TarHeader } from '../../server/images/tar-reader.ts';
+import { encodeHeader, END_OF_ARCHIVE, entryData, MAX_EXTENSION_BYTES, normalisePath, padded, readTar, type TarHeader } from '../../server/images/tar-reader.ts';
+import { rawTar } from '../fixtures/images/hostile.ts';
 
 const run = promisify(execFile);
 
@@ -220,5 +221,60 @@ describe('kernel inspection helpers', () => {
     expect(inspector.resolve('/lib/systemd/systemd')?.path).toBe('usr/lib/systemd/systemd');
     expect(inspector.resolve('/sbin/loop')).toBeNull();
     expect(inspector.resolve('/sbin/missing')).toBeNull();
+  });
+});
+
+describe('tar reader on hostile headers', () => {
+  async function entries(tar: Buffer, chunk = 512): Promise<TarHeader[]> {
+    const out: TarHeader[] = [];
+    for await (const entry of readTar(chunked(tar, chunk))) out.push(entry.header);
+    return out;
+  }
+
+  it('joins a large extended header once, not once per chunk (linear, whatever the chunk size)', async () => {
+    const long = `${'p/'.repeat(1000)}${'n'.repeat(900_000)}`;
+    const tar = rawTar([{ name: 'short', pax: { path: long }, data: 'x' }]);
+    const concat = vi.spyOn(Buffer, 'concat');
+    try {
+      const [first] = await entries(tar, 512);
+      expect(first!.path).toBe(long);
+      // ~1800 chunks of 512 bytes: the old reader concatenated on each one (quadratic copying).
+      expect(concat.mock.calls.length).toBeLessThan(20);
+    } finally {
+      concat.mockRestore();
+    }
+  });
+
+  it('refuses extended headers over 1 MiB, and many small ones adding up past it, before reading them', async () => {
+    await expect(entries(rawTar([{ name: 'x', gnuLongName: Buffer.alloc(MAX_EXTENSION_BYTES + 1, 0x61), data: 'x' }]))).rejects.toThrow(
+      /^tar entry "\.\/\.\/@LongLink" at offset 0: extended header of 1048577 bytes \(limit 1048576\)$/,
+    );
+    // Each under the limit, together over it.
+    const split = rawTar([{ name: 'x', gnuLongName: 'a'.repeat(600_000), pax: { comment: 'v'.repeat(600_000) }, data: 'x' }]);
+    await expect(entries(split)).rejects.toThrow(/^tar entry "PaxHeader" at offset \d+: extended header of \d+ bytes \(limit 1048576\)$/);
+  });
+
+  it('rejects non-numeric sizes and ids (header or PAX) instead of losing sync', async () => {
+    const smuggled = rawTar([{ name: 'smuggled', data: 'inside' }], { end: false });
+    await expect(entries(rawTar([{ name: 'carrier', pax: { size: 'NaN' }, data: smuggled }]))).rejects.toThrow(
+      /^tar entry "carrier" at offset 1024: size is not a number in a PAX record \("NaN"\)$/,
+    );
+    await expect(entries(rawTar([{ name: 'carrier', pax: { size: '12abc' }, data: smuggled }]))).rejects.toThrow(/size is not a number/);
+    await expect(entries(rawTar([{ name: 'f', sizeField: '00000000x12\0', data: 'x' }]))).rejects.toThrow(/^tar entry "f" at offset 0: size field is not a number/);
+    await expect(entries(rawTar([{ name: 'f', pax: { gid: '1e9' }, data: 'x' }]))).rejects.toThrow(/gid is not a number in a PAX record/);
+    await expect(entries(rawTar([{ name: 'f', pax: { mtime: 'soon' }, data: 'x' }]))).rejects.toThrow(/mtime is not a number/);
+    // Fractional PAX mtimes (GNU tar --format=posix) are fine.
+    const [ok] = await entries(rawTar([{ name: 'f', pax: { mtime: '1700000000.123456789', size: '1' }, data: 'x' }]));
+    expect(ok).toMatchObject({ mtime: 1_700_000_000, size: 1 });
+  });
+
+  it('refuses names with .. and hard links leaving the root; keeps escaping symlinks as they are', async () => {
+    await expect(entries(rawTar([{ name: 'a/../../b', data: 'x' }]))).rejects.toThrow(/^tar entry "a\/\.\.\/\.\.\/b" at offset 0: the name leaves the root/);
+    await expect(entries(rawTar([{ name: 'h', type: 'link', linkname: '../a' }]))).rejects.toThrow(/hard link target "\.\.\/a" is outside the root/);
+    await expect(entries(rawTar([{ name: 'h', type: 'link', linkname: '/a' }]))).rejects.toThrow(/hard link target "\/a" is outside the root/);
+    await expect(entries(rawTar([{ name: 'h', type: 'link', linkname: './' }]))).rejects.toThrow(/hard link target "\.\/" is outside the root/);
+    const [link, abs] = await entries(rawTar([{ name: 's', type: 'symlink', linkname: '../../../etc/shadow' }, { name: '/abs/name', data: 'x' }]));
+    expect(link).toMatchObject({ path: 's', type: 'symlink', linkname: '../../../etc/shadow' });
+    expect(abs!.path).toBe('abs/name');
   });
 });
