@@ -18,7 +18,17 @@ export function registerBuild(program: Command): void {
       const cache = openImageCache(config, log);
       const images = names.length ? names.map((name) => config.images.get(name)!) : [...config.images.values()];
       let failed = 0;
+      // A build that stops with nothing pending and nothing rejected (a stalled stream) would end
+      // the process with Node's silent exit 13: say which image it was and fail properly instead.
+      let building: string | null = null;
+      const stalled = () => {
+        if (building === null) return;
+        process.stderr.write(`${building}: build failed: the build stopped without finishing or reporting an error (a stream stalled); nothing was published, the next build cleans up — please report this\n`);
+        process.exit(EXIT.failure);
+      };
+      process.on('beforeExit', stalled);
       for (const image of images) {
+        building = image.name;
         try {
           const built = await buildImage(cache, image, log, { onProgress: progressReporter(log) });
           const { manifest } = built;
@@ -31,6 +41,8 @@ export function registerBuild(program: Command): void {
           process.stderr.write(`${image.name}: build failed: ${(err as Error).message}\n`);
         }
       }
+      building = null;
+      process.off('beforeExit', stalled);
       if (failed) process.exitCode = EXIT.failure;
     });
 }
