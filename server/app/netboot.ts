@@ -2,6 +2,7 @@ import { statSync } from 'node:fs';
 import type Dockerode from 'dockerode';
 import type { FastifyInstance } from 'fastify';
 import type { ConfigStore } from '../config/watch.ts';
+import { DhcpSightings } from '../boot/dhcp-sightings.ts';
 import { DhcpServer, type DhcpExchange } from '../dhcp/server.ts';
 import { Metrics } from '../events/metrics.ts';
 import { Timeline } from '../events/timeline.ts';
@@ -40,7 +41,7 @@ const TFTP_IMAGE_ARTIFACTS = new Set(['vmlinuz', 'initrd.img', 'image-initrd.img
 /**
  * Composes the services around one config store: image builds, HTTP (scripts, artifacts,
  * layers, API, metrics), TFTP and DHCP. The orchestration of "which file for which MAC"
- * lives in the config (lookupMachine) and the HTTP scripts; DHCP and TFTP only feed the
+ * lives in one boot plan (server/boot/plan.ts) that DHCP and HTTP ask; DHCP and TFTP also feed the
  * timeline. Services that fail to start stop the ones already started.
  */
 export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
@@ -53,6 +54,8 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   // Which MAC an address belongs to, learnt from DHCP offers and from HTTP requests that name a
   // MAC (/init's layer and rootfs fetches): TFTP and NBD only see addresses.
   const addressOwners = new Map<string, string>();
+  // Every DHCP packet's client MAC, for the identity evidence of proxy mode (server/boot/identity.ts).
+  const dhcpSightings = new DhcpSightings();
 
   const started: { stop(): Promise<unknown> }[] = [];
   const stop = async () => {
@@ -70,6 +73,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       log: log.child({ service: 'http' }),
       stateDir: config.server.stateDir,
       leaseLookup: (mac) => dhcp?.leases?.active(mac)?.ip,
+      dhcpSightings,
       rebuild: (name) => builds.request(name, { pull: true }),
       nbdClients: (id) => nbd?.connectedExports().get(id) ?? 0,
       ipxeDir: options.ipxeDir,
@@ -103,7 +107,10 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         logger: log.child({ service: 'dhcp' }),
         bind: config.server.bind,
         onPacket: (type, direction) => metrics.dhcpPacket(type, direction),
-        onExchange: (exchange) => recordDhcp(exchange, addressOwners, timeline),
+        onExchange: (exchange) => {
+          dhcpSightings.note(exchange.mac);
+          recordDhcp(exchange, addressOwners, timeline);
+        },
       });
       await dhcp.start();
       started.push(dhcp);
@@ -167,10 +174,11 @@ function tftpTree(imagesDir: string, http: FastifyInstance, ipxeDir?: string) {
   return mountSources({
     '': ipxeSource(ipxeDir),
     'images/': async (path, client) => (TFTP_IMAGE_ARTIFACTS.has(path.split('/').pop() ?? '') ? images(path, client) : null),
-    'machines/': generatedSource(async (path) => {
+    'machines/': generatedSource(async (path, client) => {
       const match = /^([0-9a-f]{2}(?:-[0-9a-f]{2}){5})\/boot\.ipxe$/i.exec(path);
       if (!match) return null;
-      const response = await http.inject({ method: 'GET', url: `/machines/${match[1]}/boot.ipxe` });
+      // As the TFTP client itself asked: the script's identity check sees its address.
+      const response = await http.inject({ method: 'GET', url: `/machines/${match[1]}/boot.ipxe`, remoteAddress: client.address });
       return response.statusCode === 200 ? response.body : null;
     }),
   });

@@ -3,7 +3,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { isMap, isScalar, LineCounter, parseDocument, type Document, type Node, type Pair } from 'yaml';
 import type { z } from 'zod';
 import { ipToInt } from './ipv4.ts';
-import { normalizeMac, macToHyphens } from './mac.ts';
+import { defaultHostname, normalizeMac, macToHyphens } from './mac.ts';
 import { configSchema, type RawConfig } from './schema.ts';
 import type { Config, Image, Machine } from './types.ts';
 
@@ -206,7 +206,7 @@ function normalise(
       at(keyOffset, label, `no image: set machines.${key}.image or defaults.image (known: ${imageList()})`);
     }
 
-    const hostname = entry.hostname ?? `node-${macToHyphens(mac).replace(/-/g, '')}`;
+    const hostname = entry.hostname ?? defaultHostname(mac);
     const otherMac = hostnameSeenAt.get(hostname.toLowerCase());
     if (otherMac) {
       at(locateValue(doc, ['machines', key, 'hostname']), `${label}.hostname`, `duplicate hostname "${hostname}" (also used by ${otherMac}) — hostnames must be unique`);

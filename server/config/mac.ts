@@ -22,6 +22,11 @@ export function macToHyphens(mac: string): string {
   return mac.replace(/:/g, '-');
 }
 
+/** Hostname of a machine the config gives none (configured without one, or an unknown MAC the policy boots). */
+export function defaultHostname(mac: string): string {
+  return `node-${mac.replace(/[:-]/g, '')}`;
+}
+
 /** Six raw bytes -> canonical colon form. */
 export function macFromBytes(bytes: Uint8Array): string {
   return Array.from(bytes.subarray(0, 6), (b) => b.toString(16).padStart(2, '0')).join(':');

@@ -131,6 +131,17 @@ export const serverSchema = z.strictObject({
       stallTimeoutSeconds: z.number().int().min(1).default(120),
     })
     .prefault({}),
+  /**
+   * How a request proves it comes from the machine whose MAC it names, before it gets that
+   * machine's secrets (signed layer, event token). See server/boot/identity.ts.
+   */
+  identity: z
+    .strictObject({
+      check: z.enum(['evidence', 'off']).default('evidence'),
+      /** Proxy mode: a machine's DHCP packet must be at most this old when it asks for its script or layer. */
+      bootWindowSeconds: z.number().int().min(30).default(900),
+    })
+    .prefault({}),
   stateDir: z.string().default('/var/lib/netboot'),
   cacheDir: z.string().default('/var/cache/netboot'),
   /** Older name of api.adminToken, still accepted as an admin token. */

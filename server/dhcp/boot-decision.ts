@@ -1,4 +1,5 @@
-import { lookupMachine, type Config, type Machine } from '../config/types.ts';
+import type { Config, Machine } from '../config/types.ts';
+import { bootingMachine, planBoot } from '../boot/plan.ts';
 
 /**
  * What a DHCP client is told to boot: the one place that decides, from the client's MAC,
@@ -68,14 +69,14 @@ export function clientKind(facts: Pick<ClientFacts, 'userClass' | 'vendorClass'>
 }
 
 export function decideBoot(facts: ClientFacts, config: Config): BootDecision {
-  const target = lookupMachine(config, facts.mac);
+  const target = planBoot(config, facts.mac);
   if (target.kind === 'deny') {
     return { kind: 'ignore', reason: 'unknown-mac-deny', detail: `unknown MAC ${facts.mac} and defaults.unknown is deny` };
   }
   if (target.kind === 'local') {
     return { kind: 'ignore', reason: 'unknown-mac-local', detail: `unknown MAC ${facts.mac} and defaults.unknown is local: left to boot from its disk` };
   }
-  const machine = target.machine;
+  const machine = bootingMachine(target);
   const { address, httpPort } = config.server;
   const base = `http://${address}:${httpPort}`;
   const boot = (bootfile: string, stage: 'ipxe-binary' | 'ipxe-script', httpClientEcho = false): BootDecision => ({

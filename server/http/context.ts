@@ -1,3 +1,6 @@
+import type { DhcpSightings } from '../boot/dhcp-sightings.ts';
+import type { IdentityEvidence } from '../boot/identity.ts';
+import type { NeighbourLookup } from '../boot/neighbours.ts';
 import type { Config } from '../config/types.ts';
 import type { Metrics } from '../events/metrics.ts';
 import type { Timeline } from '../events/timeline.ts';
@@ -14,8 +17,12 @@ export interface HttpDeps {
   metrics: Metrics;
   log: Logger;
   stateDir: string;
-  /** Full-DHCP mode: the address leased to a MAC; the signed layer is only served to it. */
+  /** Full-DHCP mode: the address leased to a MAC (identity evidence). */
   leaseLookup?: (mac: string) => string | undefined;
+  /** DHCP packets seen per MAC (proxy-mode identity evidence); the DHCP server feeds the same object. */
+  dhcpSightings?: DhcpSightings;
+  /** The peer's MAC from the neighbour table (default: this namespace's /proc/net/arp). */
+  neighbours?: NeighbourLookup;
   /** Starts a rebuild of the named image (POST /api/images/<name>/rebuild). */
   rebuild?: (imageName: string) => unknown;
   /** NBD clients connected to an image id's export right now (GET /api/images; `netboot gc` keeps those ids). */
@@ -34,6 +41,7 @@ export interface HttpContext extends HttpDeps {
   layers: LayerService;
   now: () => number;
   layerTtlSeconds: number;
+  identity: IdentityEvidence;
 }
 
 export function serverUrl(config: Config): string {

@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import { lookupMachine, type Machine } from '../config/types.ts';
+import { bootingMachine, planBoot } from '../boot/plan.ts';
 import { normalizeMac } from '../config/mac.ts';
 import { AccountError } from '../layers/accounts.ts';
 import { buildLayer } from '../layers/build.ts';
@@ -9,12 +9,15 @@ import type { Redemption } from '../layers/signing.ts';
 import { isValidImageId } from './artifact-store.ts';
 import { serverUrl, type HttpContext } from './context.ts';
 import { etagMatches } from './range.ts';
+import { confirmMachine } from './identity.ts';
 
 /**
  * GET /machines/<mac>/layer: the machine's top layer as an uncompressed tar.
  * - signed (`?boot=&image=&exp=&sig=`, written into the kernel command line by the boot
- *   script): the full layer with secrets/ and SSH host private keys, once per boot id;
- * - unsigned: the public part only, cacheable by ETag (for inspection and tooling).
+ *   script): the full layer with secrets/ and SSH host private keys, for the machine itself
+ *   (identity evidence, server/boot/identity.ts) and a few deliveries per boot id;
+ * - unsigned: the public part only, cacheable by ETag (for inspection and tooling); it never
+ *   creates state (no host keys are generated for it).
  */
 export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void {
   app.get<{ Params: { mac: string }; Querystring: Record<string, string | undefined> }>(
@@ -26,21 +29,16 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
       if (!mac) return reply.code(400).send({ error: `"${request.params.mac}" is not a MAC address` });
       request.note.mac = mac;
       const config = ctx.getConfig();
-      const target = lookupMachine(config, mac);
-      const machine: Machine | null = target.kind === 'machine' ? target.machine : target.kind === 'menu' ? target.machine : null;
-      if (!machine) return reply.code(404).send({ error: `${mac} boots no image (unknown-MAC policy ${target.kind})` });
+      const plan = planBoot(config, mac);
+      const machine = bootingMachine(plan);
+      if (!machine) return reply.code(404).send({ error: `${mac} boots no image (unknown-MAC policy ${plan.kind})` });
 
       const signed = request.query.sig !== undefined;
       let imageId: string | null;
       let redemption: Redemption | null = null;
       if (signed) {
-        if (config.server.dhcp.mode === 'full' && ctx.leaseLookup) {
-          const leased = ctx.leaseLookup(mac);
-          const from = request.ip.replace(/^::ffff:/, '');
-          if (leased !== from) {
-            request.note.warning = `signed layer refused: request from ${from}, but ${mac} has ${leased ? `the lease ${leased}` : 'no lease'}`;
-            return reply.code(403).send({ error: 'this layer URL is only served to the address leased to its MAC' });
-          }
+        if (!(await confirmMachine(ctx, request, mac, 'layer'))) {
+          return reply.code(403).send({ error: `this layer is only served to ${mac} itself, and this request did not come from it` });
         }
         const verdict = ctx.layers.signer.redeem(mac, request.query);
         if (!verdict.ok) {
@@ -89,7 +87,8 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
       reply.type('application/x-tar').header('ETag', layer.etag).header('Cache-Control', signed ? 'no-store' : 'no-cache');
       if (!signed && etagMatches(request.headers['if-none-match'], layer.etag)) return reply.code(304).send();
       reply.raw.once('finish', () => {
-        redemption?.commit();
+        const unrecorded = redemption?.commit();
+        if (unrecorded) ctx.log.error({ mac, phase: 'layer', err: unrecorded.message }, 'layer delivered, but the used-URL ledger could not be written (the count stays in memory until a restart)');
         ctx.metrics.served('layer', layer.tar.length);
         if (signed) ctx.timeline.record(mac, 'layer', { source: 'http', bytes: layer.tar.length, durationMs: ctx.now() - began, imageId: imageId! });
       });

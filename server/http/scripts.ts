@@ -1,7 +1,8 @@
 import type { FastifyInstance } from 'fastify';
-import { lookupMachine, type Machine } from '../config/types.ts';
+import { planBoot } from '../boot/plan.ts';
 import { macToHyphens, normalizeMac } from '../config/mac.ts';
 import { serverUrl, type HttpContext } from './context.ts';
+import { confirmMachine, refuseScript } from './identity.ts';
 import { renderBoot, renderDeny, renderGeneric, renderLocal, renderMenu, renderNotBuilt } from './ipxe.ts';
 import { eventToken } from '../layers/signing.ts';
 
@@ -21,10 +22,8 @@ export function registerScriptRoutes(app: FastifyInstance, ctx: HttpContext): vo
     const config = ctx.getConfig();
     const server = serverUrl(config);
     reply.type(IPXE_TYPE).header('Cache-Control', 'no-store');
-    const target = lookupMachine(config, mac);
-
-    let machine: Machine;
-    switch (target.kind) {
+    const plan = planBoot(config, mac, request.query.image);
+    switch (plan.kind) {
       case 'deny':
         ctx.timeline.record(mac, 'script', { source: 'http', detail: 'refused: unknown MAC, policy deny' });
         return renderDeny(ctx.templates, server, mac);
@@ -32,29 +31,25 @@ export function registerScriptRoutes(app: FastifyInstance, ctx: HttpContext): vo
         ctx.timeline.record(mac, 'script', { source: 'http', detail: 'unknown MAC, policy local: exit to local disk' });
         return renderLocal(ctx.templates, server, mac);
       case 'menu': {
-        const chosen = request.query.image;
-        if (chosen !== undefined && config.images.has(chosen)) {
-          machine = { ...(target.machine ?? anonymousFallback(mac)), image: chosen };
-          break;
-        }
         const images = await Promise.all(
           [...config.images.keys()].map(async (name) => ({ name, built: (await ctx.artifacts.currentId(name)) !== null })),
         );
         ctx.timeline.record(mac, 'script', { source: 'http', detail: 'unknown MAC, policy menu' });
-        return renderMenu(ctx.templates, { server, mac, images, defaultImage: target.machine?.image ?? null, timeoutSeconds: target.timeout });
+        return renderMenu(ctx.templates, { server, mac, images, defaultImage: plan.machine?.image ?? null, timeoutSeconds: plan.timeout });
       }
-      case 'machine':
-        machine = target.machine;
+      case 'boot':
         break;
     }
 
-    const image = config.images.get(machine.image)!;
+    const { machine, image } = plan;
     const imageId = await ctx.artifacts.currentId(image.name);
     const query = request.query.image !== undefined ? `?image=${encodeURIComponent(request.query.image)}` : '';
     if (imageId === null) {
       ctx.timeline.record(mac, 'script', { source: 'http', detail: `image ${image.name} not built yet` });
       return renderNotBuilt(ctx.templates, { server, machine, scriptUrl: `${server}/machines/${macToHyphens(mac)}/boot.ipxe${query}` });
     }
+    // The script carries this boot's grants (layer URL, event token): only for the machine itself.
+    if (!(await confirmMachine(ctx, request, mac, 'script'))) return refuseScript(reply, mac, config.server.rebootDelay);
     const boot = ctx.timeline.record(mac, 'script', { source: 'http', imageId, detail: `image ${image.name}` });
     const grant = ctx.layers.signer.sign(mac, boot.id, imageId, ctx.layerTtlSeconds);
     const layerUrl = `${server}/machines/${macToHyphens(mac)}/layer?boot=${grant.boot}&image=${grant.image}&exp=${grant.exp}&sig=${grant.sig}`;
@@ -69,9 +64,4 @@ export function registerScriptRoutes(app: FastifyInstance, ctx: HttpContext): vo
       nbd: `${config.server.address}:${config.server.nbd.port}`,
     });
   });
-}
-
-/** Only reached when the config has no images at all, where the menu lists nothing to choose. */
-function anonymousFallback(mac: string): Machine {
-  return { mac, hostname: `netboot-${macToHyphens(mac).replace(/-/g, '')}`, image: '', cmdline: '', vars: {}, users: [], sshAuthorizedKeys: [], files: {}, folder: null, known: false };
 }

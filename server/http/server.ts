@@ -1,5 +1,7 @@
 import { logSendfilePath } from './native-sendfile.ts';
 import Fastify, { type FastifyInstance } from 'fastify';
+import { DhcpSightings } from '../boot/dhcp-sightings.ts';
+import { kernelNeighbours } from '../boot/neighbours.ts';
 import { LayerService } from '../layers/service.ts';
 import { redactSignatures } from '../layers/signing.ts';
 import { registerApiRoutes } from './api.ts';
@@ -27,6 +29,12 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
     templates: loadIpxeTemplates(deps.templatesDir),
     layers: await LayerService.open(deps.stateDir, now),
     layerTtlSeconds: deps.layerTtlSeconds ?? 900,
+    identity: {
+      getConfig: deps.getConfig,
+      neighbours: deps.neighbours ?? kernelNeighbours(),
+      sightings: deps.dhcpSightings ?? new DhcpSightings(),
+      ...(deps.leaseLookup ? { leaseOf: deps.leaseLookup } : {}),
+    },
   };
   // fastify's own request logging writes two lines per request; we write one, in onResponse.
   const app = Fastify({ logger: false, trustProxy: false, return503OnClosing: true, forceCloseConnections: true });

@@ -93,7 +93,7 @@ export async function layerEntries(input: LayerInput): Promise<TarEntry[]> {
     }
   }
 
-  const keys = await hostKeysFor(input.stateDir, machine.mac);
+  const keys = await hostKeysFor(input.stateDir, machine.mac, { create: input.withSecrets, known: machine.known });
   for (const key of keys) {
     file(`etc/ssh/ssh_host_${key.type}_key.pub`, key.publicKey, 0o644);
     if (input.withSecrets) file(`etc/ssh/ssh_host_${key.type}_key`, key.privateKey, 0o600);

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { macToHyphens } from '../config/mac.ts';
@@ -44,15 +44,44 @@ export interface HostKey {
 
 const pending = new Map<string, Promise<HostKey[]>>();
 
-/** The machine's SSH host keys, generated with ssh-keygen on first use. */
-export function hostKeysFor(stateDir: string, mac: string): Promise<HostKey[]> {
-  const dir = join(stateDir, 'machines', macToHyphens(mac), 'ssh');
+/** Unknown MACs booted by the policy keep their keys apart, at most this many (the oldest go first). */
+export const MAX_UNKNOWN_MACHINES = 256;
+
+export interface HostKeyOptions {
+  /** Generate the keys when the machine has none yet (only for a machine proven to be itself). */
+  create: boolean;
+  /** A configured machine (false: an unknown MAC the policy boots). */
+  known: boolean;
+}
+
+/**
+ * The machine's SSH host keys, generated with ssh-keygen on first use when `create` is set;
+ * without it, the keys it already has (none: an empty list), so that asking costs nothing.
+ */
+export function hostKeysFor(stateDir: string, mac: string, options: HostKeyOptions): Promise<HostKey[]> {
+  const machinesDir = join(stateDir, options.known ? 'machines' : 'unknown-machines');
+  const dir = join(machinesDir, macToHyphens(mac), 'ssh');
+  if (!options.create) return readHostKeys(dir).catch((err: NodeJS.ErrnoException) => (err.code === 'ENOENT' ? [] : Promise.reject(err)));
   let promise = pending.get(dir);
   if (!promise) {
-    promise = readOrCreateHostKeys(dir).finally(() => pending.delete(dir));
+    promise = readOrCreateHostKeys(dir)
+      .then(async (keys) => {
+        if (!options.known) await pruneOldest(machinesDir, MAX_UNKNOWN_MACHINES);
+        return keys;
+      })
+      .finally(() => pending.delete(dir));
     pending.set(dir, promise);
   }
   return promise;
+}
+
+/** Removes the least recently created machine folders beyond `keep`. */
+async function pruneOldest(machinesDir: string, keep: number): Promise<void> {
+  const names = await readdir(machinesDir).catch(() => [] as string[]);
+  if (names.length <= keep) return;
+  const aged = await Promise.all(names.map(async (name) => ({ name, at: (await stat(join(machinesDir, name)).catch(() => null))?.mtimeMs ?? 0 })));
+  aged.sort((a, b) => a.at - b.at);
+  for (const { name } of aged.slice(0, aged.length - keep)) await rm(join(machinesDir, name), { recursive: true, force: true });
 }
 
 async function readHostKeys(dir: string): Promise<HostKey[]> {

@@ -1,13 +1,16 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { appendFileSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
+import { appendDurableSync, writeFileAtomicSync } from '../fs/atomic-write.ts';
 
 /**
- * Signed, expiring, one-shot URLs for the full layer (the one with secrets and host keys).
- * The signature binds MAC, boot id, image id and expiry; the boot id is used up by the
- * first fetch that completes. While a fetch is in flight, others are refused; a fetch that
- * breaks off (network hiccup) releases it, so /init can retry. Used ids are kept until
- * they expire, in memory and (given a ledger path in the state dir) in an append-only file
- * read back at start-up, so a server restart does not make a used URL good again.
+ * Signed, expiring URLs for the full layer (the one with secrets and host keys), good for a
+ * few deliveries per boot. The signature binds MAC, boot id, image id and expiry. While a
+ * fetch is in flight, others are refused; a fetch that breaks off releases it, and one that
+ * completed on our side may still have been cut off on the wire (the data sat in the send
+ * buffer), so /init may fetch the same boot's layer again, up to MAX_DELIVERIES times. Only
+ * the machine itself gets that far (the route checks its identity first). Deliveries are kept
+ * until they expire, in memory and (given a ledger path in the state dir) in an append-only,
+ * fsynced file read back at start-up, so a server restart does not reset them.
  */
 
 export interface LayerGrant {
@@ -17,10 +20,13 @@ export interface LayerGrant {
   sig: string;
 }
 
+/** Complete deliveries of one boot's layer: the first, and retries after a download cut off on the wire. */
+export const MAX_DELIVERIES = 3;
+
 export interface Redemption {
   grant: LayerGrant;
-  /** The layer was delivered: the boot id is used up. */
-  commit(): void;
+  /** The layer was delivered: counts one delivery. Returns the error when the ledger could not be written (the count stays in memory). */
+  commit(): Error | null;
   /** The delivery broke off: the boot id may be fetched again. */
   release(): void;
 }
@@ -30,7 +36,8 @@ export type VerifyResult = ({ ok: true } & Redemption) | { ok: false; status: 40
 export class LayerSigner {
   readonly #key: Buffer;
   readonly #now: () => number;
-  readonly #consumed = new Map<string, number>();
+  /** id -> expiry (s) and complete deliveries so far */
+  readonly #delivered = new Map<string, { exp: number; count: number }>();
   readonly #inFlight = new Set<string>();
 
   readonly #ledger: string | undefined;
@@ -54,14 +61,18 @@ export class LayerSigner {
     for (const line of text.split('\n')) {
       try {
         const entry = JSON.parse(line) as { id?: unknown; exp?: unknown };
-        if (typeof entry.id === 'string' && typeof entry.exp === 'number' && entry.exp >= nowSeconds) this.#consumed.set(entry.id, entry.exp);
+        if (typeof entry.id === 'string' && typeof entry.exp === 'number' && entry.exp >= nowSeconds) this.#countDelivery(entry.id, entry.exp);
       } catch {
         /* an empty or torn last line */
       }
     }
-    const kept = [...this.#consumed].map(([id, exp]) => `${JSON.stringify({ id, exp })}\n`).join('');
-    writeFileSync(`${path}.tmp`, kept, { mode: 0o600 });
-    renameSync(`${path}.tmp`, path);
+    const kept = [...this.#delivered].flatMap(([id, { exp, count }]) => Array<string>(count).fill(`${JSON.stringify({ id, exp })}\n`)).join('');
+    writeFileAtomicSync(path, kept, 0o600);
+  }
+
+  #countDelivery(id: string, exp: number): void {
+    const seen = this.#delivered.get(id);
+    this.#delivered.set(id, { exp, count: (seen?.count ?? 0) + 1 });
   }
 
   sign(mac: string, boot: string, image: string, ttlSeconds: number): LayerGrant {
@@ -82,7 +93,8 @@ export class LayerSigner {
     if (Number(exp) < nowSeconds) return { ok: false, status: 410, reason: 'signature expired' };
     this.#prune(nowSeconds);
     const id = `${mac}\0${boot}`;
-    if (this.#consumed.has(id)) return { ok: false, status: 410, reason: 'already fetched once for this boot' };
+    const deliveries = this.#delivered.get(id)?.count ?? 0;
+    if (deliveries >= MAX_DELIVERIES) return { ok: false, status: 410, reason: `already delivered ${deliveries} times for this boot` };
     if (this.#inFlight.has(id)) return { ok: false, status: 409, reason: 'another fetch for this boot is in progress' };
     this.#inFlight.add(id);
     let settled = false;
@@ -90,11 +102,17 @@ export class LayerSigner {
       ok: true,
       grant: { boot, image, exp: Number(exp), sig },
       commit: () => {
-        if (settled) return;
+        if (settled) return null;
         settled = true;
         this.#inFlight.delete(id);
-        this.#consumed.set(id, Number(exp));
-        if (this.#ledger) appendFileSync(this.#ledger, `${JSON.stringify({ id, exp: Number(exp) })}\n`, { mode: 0o600 });
+        this.#countDelivery(id, Number(exp));
+        if (!this.#ledger) return null;
+        try {
+          appendDurableSync(this.#ledger, `${JSON.stringify({ id, exp: Number(exp) })}\n`, 0o600);
+          return null;
+        } catch (err) {
+          return err as Error;
+        }
       },
       release: () => {
         if (settled) return;
@@ -109,7 +127,7 @@ export class LayerSigner {
   }
 
   #prune(nowSeconds: number): void {
-    for (const [id, exp] of this.#consumed) if (exp < nowSeconds) this.#consumed.delete(id);
+    for (const [id, { exp }] of this.#delivered) if (exp < nowSeconds) this.#delivered.delete(id);
   }
 }
 

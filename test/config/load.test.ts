@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig, parseConfig } from '../../server/config/load.ts';
-import { lookupMachine } from '../../server/config/types.ts';
 import { DEFAULT_CONFIG } from '../../server/cli/common.ts';
 
 function tempConfig(yaml: string, folders: string[] = []): string {
@@ -125,23 +124,6 @@ defaults:
 
   it('names the file when it cannot be read', () => {
     expect(() => loadConfig('/nonexistent/netboot.yaml')).toThrow('/nonexistent/netboot.yaml:1:1 cannot read config: file not found');
-  });
-});
-
-describe('lookupMachine', () => {
-  const base = `${images}machines:\n  52:54:00:00:00:01: { hostname: known, image: ci }\n`;
-  it('gives known machines their entry', () => {
-    const config = parseConfig(`${base}defaults: { image: lab }\n`, '/x/netboot.yaml');
-    expect(lookupMachine(config, '52:54:00:00:00:01')).toMatchObject({ kind: 'machine', machine: { hostname: 'known', image: 'ci', known: true } });
-  });
-  it.each([
-    ['boot-default', { kind: 'machine', machine: { image: 'lab', known: false, hostname: 'netboot-525400000099' } }],
-    ['menu', { kind: 'menu', timeout: 10, machine: { image: 'lab' } }],
-    ['local', { kind: 'local' }],
-    ['deny', { kind: 'deny' }],
-  ])('applies the unknown-MAC policy %s', (policy, expected) => {
-    const config = parseConfig(`${base}defaults: { image: lab, unknown: ${policy} }\n`, '/x/netboot.yaml');
-    expect(lookupMachine(config, '52:54:00:00:00:99')).toMatchObject(expected);
   });
 });
 

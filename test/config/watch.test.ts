@@ -7,7 +7,7 @@ import { loadConfig, loadConfigWithText, parseConfig } from '../../server/config
 import { pino } from 'pino';
 import { ConfigStore, reloadProblems, SuspiciousReloadError } from '../../server/config/watch.ts';
 import type { Config } from '../../server/config/types.ts';
-import { lookupMachine } from '../../server/config/types.ts';
+import { planBoot } from '../../server/boot/plan.ts';
 import { createLogger, silentLogger } from '../../server/log.ts';
 
 const base = `images:
@@ -41,11 +41,11 @@ describe('ConfigStore hot reload', () => {
 
   it('picks up a machine added to the file without a restart', async () => {
     const { file } = start();
-    expect(lookupMachine(store!.current, '52:54:00:00:00:02')).toEqual({ kind: 'deny' });
+    expect(planBoot(store!.current, '52:54:00:00:00:02')).toEqual({ kind: 'deny' });
     const changed = once(store!, 'change');
     saveLikeAnEditor(file, `${base}  52:54:00:00:00:02: { hostname: second }\n`);
     await changed;
-    expect(lookupMachine(store!.current, '52:54:00:00:00:02')).toMatchObject({ kind: 'machine', machine: { hostname: 'second' } });
+    expect(planBoot(store!.current, '52:54:00:00:00:02')).toMatchObject({ kind: 'boot', machine: { hostname: 'second' } });
   });
 
   it('keeps the previous config when a new version is invalid, and recovers when it is fixed', async () => {
@@ -56,7 +56,7 @@ describe('ConfigStore hot reload', () => {
     const [error] = await rejected;
     expect(String((error as Error).message)).toMatch(/netboot\.yaml:9:\d+ machines\.52:54:00:00:00:03\.image: unknown image "nosuch"/);
     expect(store!.current).toBe(before);
-    expect(lookupMachine(store!.current, '52:54:00:00:00:01')).toMatchObject({ kind: 'machine', machine: { hostname: 'first' } });
+    expect(planBoot(store!.current, '52:54:00:00:00:01')).toMatchObject({ kind: 'boot', machine: { hostname: 'first' } });
 
     const changed = once(store!, 'change');
     saveLikeAnEditor(file, `${base}  52:54:00:00:00:03: { hostname: third }\n`);

@@ -245,7 +245,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
       await lab.writeConfig(stringify(config));
       const { vm, marker } = await bootAndWait(lab, 'menu', '52:54:00:e2:00:32');
       expect(vm.console).toMatch(/busybox/);
-      expect(marker.hostname).toMatch(/^netboot-525400e20032$/);
+      expect(marker.hostname).toMatch(/^node-525400e20032$/);
     } finally {
       await closeLab(lab);
     }

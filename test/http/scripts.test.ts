@@ -84,7 +84,7 @@ describe('iPXE scripts', () => {
     const chosen = (await h.app.inject('/machines/52-54-00-99-99-99/boot.ipxe?image=demo')).body;
     expectWellFormed(chosen);
     expect(chosen).toContain(`${S}/images/${demo.id}/vmlinuz?mac=52-54-00-99-99-99`);
-    expect(chosen).toContain('netboot-525400999999');
+    expect(chosen).toContain('node-525400999999');
   });
 
   it('unknown MAC, policy boot-default: boots the default image under a generated hostname', async () => {
@@ -93,7 +93,7 @@ describe('iPXE scripts', () => {
     const script = (await h.app.inject('/machines/52-54-00-99-99-98/boot.ipxe')).body;
     expectWellFormed(script);
     expect(script).toContain(`netboot.image=${demo.id}`);
-    expect(script).toContain('netboot-525400999998 (52:54:00:99:99:98) booting demo');
+    expect(script).toContain('node-525400999998 (52:54:00:99:99:98) booting demo');
   });
 
   it('unknown MAC, policy local: exit to the next boot device', async () => {

@@ -11,12 +11,18 @@ import { mkdirSync } from 'node:fs';
 export const MAC = '52:54:00:12:34:56';
 export const MAC_HYP = '52-54-00-12-34-56';
 
-export function baseYaml(extra: { defaults?: string; images?: string; machines?: string; server?: string } = {}): string {
+/**
+ * `identity` (server.identity.check) is off by default here: these tests inject requests, which
+ * have no neighbour entry. Identity evidence is tested over real namespaces in test/boot/.
+ */
+export function baseYaml(extra: { defaults?: string; images?: string; machines?: string; server?: string; identity?: 'evidence' | 'off' } = {}): string {
   return `server:
   address: 127.0.0.1
   httpPort: 8080
   stateDir: ./state
   cacheDir: ./cache
+  identity:
+    check: ${extra.identity ?? 'off'}
 ${extra.server ?? ''}
 images:
   demo:

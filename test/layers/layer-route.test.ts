@@ -6,6 +6,7 @@ import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
 import { addImage, IMAGE_PASSWD } from '../http/fixtures.ts';
 import { baseYaml, harness, MAC_HYP, type Harness } from '../http/setup.ts';
+import { MAX_DELIVERIES } from '../../server/layers/signing.ts';
 
 const run = promisify(execFile);
 let h: Harness;
@@ -125,17 +126,17 @@ describe('per-machine layer', () => {
     expect(layer).toMatchObject({ source: 'http', bytes: res.rawPayload.length });
   });
 
-  it('signed URLs are one-shot, expire, and are bound to their MAC', async () => {
+  it(`signed URLs serve ${MAX_DELIVERIES} deliveries per boot, expire, and are bound to their MAC`, async () => {
     let clock = Date.parse('2026-06-01T12:00:00Z');
     await setup({}, { now: () => clock, layerTtlSeconds: 60 });
     const path = await signedLayerPath(h.app, MAC2_HYP);
     expect((await h.app.inject(path.replace(/sig=([0-9a-f])/, (_m, c: string) => `sig=${c === '0' ? '1' : '0'}`))).statusCode).toBe(403);
     expect((await h.app.inject(path.replace(MAC2_HYP, MAC_HYP))).statusCode).toBe(403);
     expect((await h.app.inject(path.replace(/exp=(\d+)/, (_m, e: string) => `exp=${Number(e) + 3600}`))).statusCode).toBe(403);
-    expect((await h.app.inject(path)).statusCode).toBe(200);
+    for (let i = 0; i < MAX_DELIVERIES; i++) expect((await h.app.inject(path)).statusCode).toBe(200);
     const again = await h.app.inject(path);
     expect(again.statusCode).toBe(410);
-    expect(again.body).toContain('already fetched once');
+    expect(again.body).toContain(`already delivered ${MAX_DELIVERIES} times`);
 
     const next = await signedLayerPath(h.app, MAC2_HYP);
     expect(next).not.toBe(path);
@@ -143,8 +144,14 @@ describe('per-machine layer', () => {
     expect((await h.app.inject(next)).statusCode).toBe(410);
   });
 
-  it('unsigned layer: public part only, with an ETag that answers 304', async () => {
+  it('unsigned layer: public part only, with an ETag that answers 304; asking for it creates nothing', async () => {
     await setup();
+    const before = await h.app.inject(`/machines/${MAC2_HYP}/layer`);
+    expect(before.statusCode).toBe(200);
+    // No host keys yet: the public layer never generates them (nor any other state).
+    expect(existsSync(join(h.dir, 'state/machines'))).toBe(false);
+    expect(existsSync(join(await unpack(before.rawPayload, 'public-before'), 'etc/ssh'))).toBe(false);
+    await h.app.inject(await signedLayerPath(h.app, MAC2_HYP));
     const res = await h.app.inject(`/machines/${MAC2_HYP}/layer`);
     expect(res.statusCode).toBe(200);
     const root = await unpack(res.rawPayload, 'public');
@@ -181,19 +188,22 @@ describe('per-machine layer', () => {
     expect(other[1]).not.toBe(first[1]);
   });
 
-  it('full-DHCP mode: the signed layer is served only to the address leased to the MAC', async () => {
+  it('full-DHCP mode: the script and the signed layer go only to the address leased to the MAC', async () => {
     let leased: string | undefined = '10.77.0.50';
     await setup(
-      { server: '  dhcp:\n    mode: full\n    pool: { start: 10.77.0.100, end: 10.77.0.200 }' },
+      { identity: 'evidence', server: '  dhcp:\n    mode: full\n    pool: { start: 10.77.0.100, end: 10.77.0.200 }' },
       { leaseLookup: (mac: string) => (mac === MAC2 ? leased : undefined) },
     );
-    const path = await signedLayerPath(h.app, MAC2_HYP);
+    expect((await h.app.inject({ url: `/machines/${MAC2_HYP}/boot.ipxe`, remoteAddress: '10.77.0.99' })).statusCode).toBe(403);
+    const script = (await h.app.inject({ url: `/machines/${MAC2_HYP}/boot.ipxe`, remoteAddress: '10.77.0.50' })).body;
+    const path = /netboot\.layer=http:\/\/127\.0\.0\.1:8080(\S+)/.exec(script)![1]!;
     const refused = await h.app.inject({ url: path, remoteAddress: '10.77.0.99' });
     expect(refused.statusCode).toBe(403);
-    expect(refused.body).toContain('address leased');
+    expect(refused.body).toContain('only served to');
+    expect(h.timeline.securityEvents(MAC2).map((e) => e.kind)).toEqual(['identity-script', 'identity-layer']);
     leased = '10.77.0.99';
-    // The refused attempt did not use up the one fetch.
-    expect((await h.app.inject({ url: path, remoteAddress: '10.77.0.99' })).statusCode).toBe(200);
+    // The refused attempt did not use up a delivery.
+    for (let i = 0; i < MAX_DELIVERIES; i++) expect((await h.app.inject({ url: path, remoteAddress: '10.77.0.99' })).statusCode).toBe(200);
   });
 
   it('a symlink escaping the machine folder or an undefined template variable: a clear 500, no crash', async () => {
@@ -215,7 +225,7 @@ describe('per-machine layer', () => {
     const path = await signedLayerPath(h.app, MAC2_HYP);
     expect((await h.app.inject(path)).statusCode).toBe(500);
     writeFileSync(join(h.dir, 'machines/demo2/etc/motd.tmpl'), 'hello {{hostname}}\n');
-    expect((await h.app.inject(path)).statusCode).toBe(200);
+    for (let i = 0; i < MAX_DELIVERIES; i++) expect((await h.app.inject(path)).statusCode).toBe(200);
     expect((await h.app.inject(path)).statusCode).toBe(410);
   });
 

@@ -2,24 +2,43 @@ import { mkdtempSync, readFileSync, rmSync, appendFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { eventToken, hostApiToken, LayerSigner, redactSignatures, verifyEventToken } from '../../server/layers/signing.ts';
+import { eventToken, hostApiToken, LayerSigner, redactSignatures, verifyEventToken, MAX_DELIVERIES } from '../../server/layers/signing.ts';
 
 const key = Buffer.alloc(32, 1);
 const MAC = '52:54:00:12:34:56';
 const query = (g: { boot: string; image: string; exp: number; sig: string }) => ({ boot: g.boot, image: g.image, exp: String(g.exp), sig: g.sig });
 
 describe('LayerSigner', () => {
-  it('one delivery per boot id; a broken-off delivery can be retried; concurrent fetches are refused', () => {
+  it(`${MAX_DELIVERIES} deliveries per boot id (a download cut off on the wire is fetched again); broken-off ones do not count; concurrent fetches are refused`, () => {
     const signer = new LayerSigner(key, () => 1_000_000);
     const grant = query(signer.sign(MAC, 'b1', 'img', 60));
     const first = signer.redeem(MAC, grant);
     expect(first.ok).toBe(true);
     expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 409 });
     if (first.ok) first.release();
-    const retry = signer.redeem(MAC, grant);
-    expect(retry.ok).toBe(true);
-    if (retry.ok) retry.commit();
-    expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410 });
+    for (let i = 0; i < MAX_DELIVERIES; i++) {
+      const delivery = signer.redeem(MAC, grant);
+      expect(delivery.ok).toBe(true);
+      if (delivery.ok) expect(delivery.commit()).toBeNull();
+    }
+    expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410, reason: `already delivered ${MAX_DELIVERIES} times for this boot` });
+  });
+
+  it('a ledger that cannot be written fails nothing: the delivery counts in memory and commit() returns the error', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'layer-ledger-'));
+    try {
+      const signer = new LayerSigner(key, () => 1_000_000, join(dir, 'used-layer-urls.jsonl'));
+      rmSync(dir, { recursive: true, force: true }); // the state dir vanished mid-run
+      const grant = query(signer.sign(MAC, 'b1', 'img', 60));
+      for (let i = 0; i < MAX_DELIVERIES; i++) {
+        const delivery = signer.redeem(MAC, grant);
+        expect(delivery.ok).toBe(true);
+        if (delivery.ok) expect(delivery.commit()?.message).toMatch(/ENOENT/);
+      }
+      expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('refuses other MACs, other images, changed expiry, other keys, malformed parameters, expired grants', () => {
@@ -45,17 +64,19 @@ describe('LayerSigner', () => {
       const shortLived = query(first.sign(MAC, 'b1', 'img', 60));
       const longLived = query(first.sign(MAC, 'b2', 'img', 600));
       for (const grant of [shortLived, longLived]) {
-        const r = first.redeem(MAC, grant);
-        if (r.ok) r.commit();
+        for (let i = 0; i < MAX_DELIVERIES; i++) {
+          const r = first.redeem(MAC, grant);
+          if (r.ok) r.commit();
+        }
       }
       appendFileSync(ledger, '{"id":"torn'); // a crash mid-write
       const restarted = new LayerSigner(key, () => now, ledger);
-      expect(restarted.redeem(MAC, shortLived)).toMatchObject({ ok: false, status: 410, reason: 'already fetched once for this boot' });
+      expect(restarted.redeem(MAC, shortLived)).toMatchObject({ ok: false, status: 410, reason: `already delivered ${MAX_DELIVERIES} times for this boot` });
       expect(restarted.redeem(MAC, longLived)).toMatchObject({ ok: false, status: 410 });
       now += 120_000;
       new LayerSigner(key, () => now, ledger);
       const lines = readFileSync(ledger, 'utf8').trim().split('\n');
-      expect(lines).toHaveLength(1);
+      expect(lines).toHaveLength(MAX_DELIVERIES);
       expect(JSON.parse(lines[0]!)).toMatchObject({ id: `${MAC}\0b2` });
     } finally {
       rmSync(dir, { recursive: true, force: true });

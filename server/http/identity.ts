@@ -1,0 +1,31 @@
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import { verifyIdentity } from '../boot/identity.ts';
+import type { HttpContext } from './context.ts';
+
+/**
+ * Before a request gets what only one machine may have (its boot grants, its secrets): is the
+ * peer that machine? A refusal is logged at warn with both MACs, counted, and shown as a
+ * security event on the claimed machine's timeline (configured machines only: a stranger's
+ * made-up MACs must not fill the timeline). Returns true when the request may go on.
+ */
+export async function confirmMachine(ctx: HttpContext, request: FastifyRequest, mac: string, what: 'script' | 'layer'): Promise<boolean> {
+  const verdict = await verifyIdentity(ctx.identity, mac, request.ip);
+  if (verdict.ok) return true;
+  const peer = request.ip.replace(/^::ffff:/, '');
+  const detail = `${what} for ${mac} refused: ${verdict.reason}`;
+  request.note.warning = `${detail}${verdict.peerMac ? ` (claimed ${mac}, peer ${verdict.peerMac})` : ''}`;
+  const kind = `identity-${what}`;
+  if (ctx.getConfig().machines.has(mac)) ctx.timeline.security(mac, { kind, detail, peer: verdict.peerMac ? `${peer} (${verdict.peerMac})` : peer });
+  else ctx.metrics.securityEvent(kind);
+  return false;
+}
+
+/** The 403 a refused script request gets: iPXE shows it on the machine's console, then retries after a while. */
+export function refuseScript(reply: FastifyReply, mac: string, rebootDelay: number): FastifyReply {
+  return reply
+    .code(403)
+    .send(
+      `#!ipxe\necho netboot: this server cannot confirm that this request comes from ${mac} (see server.identity in the netboot README)\n` +
+        `sleep ${Math.max(rebootDelay, 5)}\nreboot\n`,
+    );
+}
