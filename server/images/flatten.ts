@@ -157,8 +157,10 @@ async function* materialiseLinks(layer: Layer, orphans: Map<string, TarHeader[]>
     }
   }
   await reader.drain();
-  for (const target of orphans.keys()) {
-    if (!found.has(target)) throw new Error(`layer ${layer.name}: hard link target ${target} is not in the layer`);
+  for (const [target, links] of orphans) {
+    if (!found.has(target)) {
+      throw new ImageError(`layer ${layer.name}: tar entry ${JSON.stringify(links[0]!.path)}: hard link target ${JSON.stringify(target)} is not a file of this layer (links may only point at files of their own layer)`);
+    }
   }
 }
 

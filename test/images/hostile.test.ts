@@ -136,6 +136,10 @@ describe('hostile and unusual images', () => {
       /tar entry "h2" at offset \d+: hard link target "x\/\.\.\/\.\.\/x" is outside the root/,
     );
     expect(await buildFails(withLayer([{ name: 'h3', type: 'link', linkname: '/etc/shadow' }]))).toMatch(/tar entry "h3" .*hard link target "\/etc\/shadow" is outside the root/);
+    expect(await buildFails(withLayer([{ name: 'hd', type: 'link', linkname: 'usr' }]))).toMatch(
+      /squashfs step: layer [0-9a-f]{64}\/layer\.tar: tar entry "hd": hard link target "usr" is not a file of this layer/,
+    );
+    expect(await buildFails(withLayer([{ name: 'hs', type: 'link', linkname: 'hs' }]))).toMatch(/tar entry "hs": hard link target "hs" is not a file of this layer/);
     expect(await buildFails(withLayer([{ name: '../../etc/evil', data: 'evil' }]))).toMatch(/tar entry "\.\.\/\.\.\/etc\/evil" at offset \d+: the name leaves the root/);
     expect(await buildFails(withLayer([{ name: 'x', pax: { path: 'usr/../../escape' }, data: 'x' }]))).toMatch(/tar entry "usr\/\.\.\/\.\.\/escape" .*the name leaves the root/);
   }, 120_000);
