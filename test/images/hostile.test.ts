@@ -11,7 +11,7 @@ import type { Image } from '../../server/config/types.ts';
 import { ImageCache } from '../../server/images/cache.ts';
 import { readSquashfsFile } from '../../server/images/squashfs-reader.ts';
 import { silentLogger, type Logger } from '../../server/log.ts';
-import { bootableLayer, dockerSaveArchive, KERNEL_VERSION, rawTar, type RawEntry } from '../fixtures/images/hostile.ts';
+import { bootableLayer, dockerSaveArchive, KERNEL_VERSION, ociLayoutArchive, rawTar, type RawEntry } from '../fixtures/images/hostile.ts';
 import { diffListings, squashfsListing, tarListing } from './listing.ts';
 
 const run = promisify(execFile);
@@ -215,6 +215,24 @@ describe('hostile and unusual images', () => {
     const lying = await archive([base, two], { diffIds: [sha(base), sha(one)] });
     const error = await cache.build(image(`oci-archive:${lying}`, { name: 'hostile4' })).then(() => null, (err: Error) => err);
     expect(error?.message).toMatch(/layer .*layer\.tar digest mismatch: its uncompressed content is sha256:[0-9a-f]{64}, the image config says sha256:[0-9a-f]{64}/);
+    expect(await leftovers()).toEqual([]);
+  }, 120_000);
+
+  it('OCI layouts: the config must match its digest, and layers the diff ids of the config', async () => {
+    const sha = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    const one = rawTar([{ name: 'marker', data: 'one' }]);
+    const good = join(work, `oci-${n++}.tar`);
+    await ociLayoutArchive(good, [base, one]);
+    const built = await cache.build(image(`oci-archive:${good}`, { name: 'hostile-oci' }));
+    expect((await readSquashfsFile(cache.artifactPath(built.id, 'rootfs.squashfs'), '/marker')).toString()).toBe('one');
+    const tampered = join(work, `oci-${n++}.tar`);
+    await ociLayoutArchive(tampered, [base, one], { tamperConfig: true });
+    await expect(cache.idFor(image(`oci-archive:${tampered}`))).rejects.toThrow(/blobs\/sha256\/[0-9a-f]{64} does not match its digest: expected sha256:[0-9a-f]{64}, got sha256:/);
+    const lying = join(work, `oci-${n++}.tar`);
+    await ociLayoutArchive(lying, [base, one], { diffIds: [sha(base), sha(base)] });
+    const error = await cache.build(image(`oci-archive:${lying}`, { name: 'hostile-oci' })).then(() => null, (err: Error) => err);
+    expect(error?.message).toMatch(/layer sha256:[0-9a-f]{64} digest mismatch: its uncompressed content is sha256:[0-9a-f]{64}, the image config says/);
+    expect(await cache.currentId('hostile-oci')).toBe(built.id);
     expect(await leftovers()).toEqual([]);
   }, 120_000);
 
