@@ -1,8 +1,10 @@
 /**
- * A streaming tar reader that keeps every entry's raw bytes, so entries can be passed on
- * (to tar2sqfs) byte for byte, skipped, or inspected without re-encoding. Handles ustar,
- * GNU long names (L/K), PAX extended headers (x; g is passed on with the next entry) and
- * base-256 sizes. Contents are never buffered: they stream as the source's own chunks.
+ * A streaming tar reader for untrusted archives. Handles ustar, GNU long names (L/K), PAX
+ * extended headers (x; g applies to every later entry) and base-256 sizes. Extended headers
+ * are capped (MAX_EXTENSION_BYTES), numbers must parse, names must not climb out with `..` and
+ * hard links must point inside: anything else is a BadTarError naming the entry and offset.
+ * Contents are never buffered: they stream as the source's own chunks. Consumers that pass
+ * entries on (squashfs-writer.ts) re-encode headers from the parsed fields, never `raw`.
  */
 
 export type EntryType = 'file' | 'link' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo' | 'other';
