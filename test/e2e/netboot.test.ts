@@ -6,6 +6,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Lab } from '../../server/lab/lab.ts';
+import { addClientNamespace } from '../../server/lab/netns.ts';
 import type { Vm } from '../../server/lab/vm.ts';
 import { buildImage } from '../../server/app/images.ts';
 import { ImageCache } from '../../server/images/cache.ts';
@@ -189,18 +190,35 @@ describe('netboot end to end (QEMU, TCG)', () => {
     }
   }, 600_000);
 
-  it('adds boot information beside the lab DHCP server (proxyDHCP) and picks up a machine added while running', async () => {
+  it('adds boot information beside the lab DHCP server (proxyDHCP), a stranger on the segment gets nothing of the booting machine, and a machine added while running boots', async () => {
     const { lab, config } = await startLab({
       name: 'proxy',
       subnet: 202,
       labDhcp: true,
       machines: { '52:54:00:e2:00:11': { hostname: 'proxied' } },
     });
+    const attacker = await addClientNamespace(lab.segment, { mac: '52:54:00:e2:00:66', address: '10.77.202.66' });
     try {
+      // While the machine boots, a host beside it keeps asking for its script (grants), its timeline, and posts events for it.
+      const statuses = join(logRoot, 'proxy', 'attacker-statuses.txt');
+      const victim = `${lab.baseUrl}/machines/52-54-00-e2-00-11`;
+      const curl = `curl -s -m 5 -o /dev/null -w '%{http_code}\\n'`;
+      attacker.spawn('sh', ['-c', `while true; do ${curl} ${victim}/boot.ipxe; ${curl} ${lab.baseUrl}/api/machines; ` +
+        `${curl} -H 'Content-Type: application/json' -d '{"phase":"failed","t":1,"detail":"forged"}' ${lab.baseUrl}/api/machines/52-54-00-e2-00-11/events; sleep 0.3; done >> ${statuses}`]);
       const first = await bootAndWait(lab, 'proxied', '52:54:00:e2:00:11');
       expect(first.marker.hostname).toBe('proxied');
       // The address came from the lab's dnsmasq range (.100-.199), not from us.
       expect(first.marker.addr).toMatch(/^10\.77\.202\.1\d\d\//);
+      const summary = await waitForPhase(lab, '52:54:00:e2:00:11', 'up');
+      expect(summary.state).toBe('up');
+      expect(summary.lastBoot!.phases.some((p) => p.detail === 'forged')).toBe(false);
+      await attacker.destroy();
+      const seen = (await readFile(statuses, 'utf8')).trim().split('\n');
+      expect(seen.length).toBeGreaterThanOrEqual(3);
+      expect(new Set(seen)).toEqual(new Set(['403', '401']));
+      const security = (await lab.api<{ security: { kind: string }[] }>('/api/machines/52-54-00-e2-00-11')).security.map((s) => s.kind);
+      expect(security).toContain('identity-script');
+      expect(security).toContain('event-token');
 
       // Adding a machine is one line in the config file; no restart.
       (config.machines as Record<string, unknown>)['52:54:00:e2:00:12'] = { hostname: 'newcomer' };
@@ -208,6 +226,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
       const second = await bootAndWait(lab, 'newcomer', '52:54:00:e2:00:12');
       expect(second.marker.hostname).toBe('newcomer');
     } finally {
+      await attacker.destroy();
       await closeLab(lab);
     }
   }, 600_000);
