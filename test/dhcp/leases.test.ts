@@ -120,7 +120,7 @@ describe('lease store', () => {
     expect(store.matchOffer(mac, '10.1.0.10', 0xbbbb)).toEqual({ ok: true });
     // Withdrawn only for its own transaction.
     store.withdrawOffer(mac, 0xcccc);
-    expect(store.offerTo(mac)).toBeDefined();
+    expect(store.offerTo(mac)).toMatchObject({ ip: '10.1.0.10' });
     store.withdrawOffer(mac, 0xbbbb);
     expect(store.offerTo(mac)).toBeUndefined();
     // Offers run out after a minute.

@@ -242,7 +242,7 @@ describe('full mode', () => {
     expect(messageType(ack)).toBe(MessageType.ACK);
     expect(ack.yiaddr).toBe('0.0.0.0');
     expect(leaseTime(ack)).toBeUndefined();
-    expect(getOption(ack, Opt.ROUTER)).toBeDefined();
+    expect([...getOption(ack, Opt.ROUTER)!]).toEqual([10, 9, 0, 254]);
     expect(inform.reply!.to).toEqual({ address: '10.9.0.77', port: 68 });
   });
 

@@ -72,7 +72,7 @@ describe('oci-archive: a synthetic multi-layer OCI image', () => {
     expect((await readSquashfsFile(squashfs, '/hl/link')).toString()).toBe('old content');
     expect((await readSquashfsFile(squashfs, '/hl/link2')).toString()).toBe('old content');
     const inode = async (p: string) => /Inode number: (\d+)/i.exec((await run('rdsquashfs', ['-s', p, squashfs])).stdout)?.[1];
-    expect(await inode('/hl/link')).toBeDefined();
+    expect(await inode('/hl/link')).toMatch(/^\d+$/);
     expect(await inode('/hl/link')).toBe(await inode('/hl/link2'));
     expect(await inode('/hl/link')).not.toBe(await inode('/hl/target'));
   });

@@ -3,6 +3,7 @@
  * our server and with Debian's nbd-server (the handshake half; the kernel half — netlink connect,
  * reconnect after a server restart — runs in the e2e suite's VMs: this host has no nbd module).
  */
+import { createServer, type AddressInfo } from 'node:net';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -82,7 +83,7 @@ describe('netboot-nbd, our initramfs NBD client', () => {
     try {
       const image = join(dir, 'disk.img');
       await writeFile(image, Buffer.alloc(1 << 20, 7));
-      const port = 20000 + Math.floor(Math.random() * 20000);
+      const port = await freePort();
       const config = join(dir, 'config');
       await writeFile(config, `[generic]\nport = ${port}\nlistenaddr = 127.0.0.1\n[disk]\nexportname = ${image}\nreadonly = true\n`);
       server = spawn('nbd-server', ['-C', config, '-d'], { stdio: 'ignore' });
@@ -111,3 +112,12 @@ describe('netboot-nbd, our initramfs NBD client', () => {
     expect(stdout).toMatch(/^image-a: 8192 bytes/m);
   });
 });
+
+/** A TCP port nothing listens on right now (the kernel picks it; no guessing). */
+async function freePort(): Promise<number> {
+  const probe = createServer();
+  await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve));
+  const { port } = probe.address() as AddressInfo;
+  await new Promise((resolve) => probe.close(resolve));
+  return port;
+}

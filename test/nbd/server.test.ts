@@ -255,7 +255,7 @@ describe('nbd server: limits, accounting, stop', () => {
       expect(events.filter((e) => e.event === 'refused')).toHaveLength(1);
       a.destroy();
       await a.closed;
-      await new Promise((r) => setTimeout(r, 50));
+      await until(() => events.some((e) => e.event === 'close'));
       const d = await RawClient.connect(f.port);
       await d.open('img');
       b.destroy();
@@ -291,7 +291,7 @@ describe('nbd server: limits, accounting, stop', () => {
       expect((await c.readAt(8000, 1000)).error).toBe(EINVAL);
       c.write(request(2, 0n, 0, 0));
       await c.closed;
-      await new Promise((r) => setTimeout(r, 20));
+      await until(() => conns.some((e) => e.event === 'close'));
       expect(conns).toEqual([
         { event: 'open', client, export: 'img', bytes: 0, requests: 0 },
         { event: 'close', client, export: 'img', bytes: 5096, requests: 2, reason: 'client-disc' },
@@ -346,3 +346,12 @@ describe('nbd server: limits, accounting, stop', () => {
     await expect(RawClient.connect(f.port)).rejects.toThrow(/ECONNREFUSED/);
   });
 });
+
+/** Waits until the server has reported what the test needs (its events follow the socket's close). */
+async function until(condition: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error('the expected server event did not arrive');
+    await new Promise((r) => setImmediate(r));
+  }
+}
