@@ -40,7 +40,8 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
     exposeHeadRoute: false,
     handler: async (request, reply) => {
       const { id, name } = request.params;
-      const mac = request.query.mac !== undefined ? normalizeMac(request.query.mac) : null;
+      // A repeated ?mac= parses as an array: not a MAC.
+      const mac = typeof request.query.mac === 'string' ? normalizeMac(request.query.mac) : null;
       if (mac) request.note.mac = mac;
       const phase = PHASE_OF[name as ArtifactName];
       request.note.phase = phase ?? 'artifact';
