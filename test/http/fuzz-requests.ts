@@ -197,7 +197,8 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
   let pairedToken: string | null = null;
   const path = (): string => {
     const mac = () => macSpelling();
-    switch (d.int(20)) {
+    switch (d.int(22)) {
+      case 20: case 21: return `/images/${d.pick(imageIds)}/${d.pick(['vmlinuz', 'initrd.img', 'rootfs.squashfs', 'manifest.json'])}${d.chance(0.3) ? `?mac=${mac()}` : ''}`;
       case 0: return '/healthz' + (d.chance(0.2) ? query(['x']) : '');
       case 1: return '/metrics';
       case 2: return d.pick(['/boot.ipxe', '/boot.ipxe?x=1', '//boot.ipxe', '/./boot.ipxe', '/a/../boot.ipxe', '/%62oot.ipxe', '/boot.ipxe%00']);
@@ -226,6 +227,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
     }
   };
 
+  const goodEvent = (): Buffer => Buffer.from(JSON.stringify({ phase: d.pick(['init', 'net', 'layer', 'rootfs', 'up']), t: d.int(100) / 4 }));
   const eventBody = (): Buffer => {
     switch (d.int(12)) {
       case 0: return Buffer.alloc(0);
@@ -247,7 +249,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
     // Mostly the methods the routes take, so that the requests get past the router often enough.
     const method = d.chance(0.55) ? d.pick(['GET', 'GET', 'HEAD', target.includes('/events') ? 'POST' : 'GET']) : d.pick(METHODS);
     const headers: [string, string][] = [['Host', d.chance(0.95) ? '127.0.0.1' : d.pick(['', 'x'.repeat(300), 'evil.example:99999'])]];
-    if (d.chance(0.25)) headers.push(['Range', d.pick(RANGES)]);
+    if (d.chance(target.startsWith('/images/') ? 0.5 : 0.15)) headers.push(['Range', d.pick(RANGES)]);
     if (d.chance(0.05)) headers.push(['Range', d.pick(RANGES)]); // two Range headers
     if (d.chance(0.1)) headers.push(['If-None-Match', d.pick(['*', 'W/"x"', '"x", "y"', `"${d.hex(64)}"`, ',,,', '"', Array.from({ length: 500 }, () => '"a"').join(',')])]);
     if (d.chance(0.05)) headers.push(['If-Range', d.pick(['"x"', 'Wed, 21 Oct 2015 07:28:00 GMT', '', 'junk'])]);
@@ -270,7 +272,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
 
     let body = Buffer.alloc(0);
     if (method !== 'GET' && method !== 'HEAD' ? d.chance(0.8) : d.chance(0.08)) {
-      body = target.includes('/events') && d.chance(0.8) ? eventBody() : d.pick([Buffer.from('{}'), Buffer.from('{"a":'), d.bytes(64), Buffer.alloc(0)]);
+      body = target.includes('/events') && d.chance(0.8) ? (pairedToken !== null && d.chance(0.5) ? goodEvent() : eventBody()) : d.pick([Buffer.from('{}'), Buffer.from('{"a":'), d.bytes(64), Buffer.alloc(0)]);
       if (d.chance(0.85)) headers.push(['Content-Type', d.chance(0.5) ? 'application/json' : d.pick(CONTENT_TYPES)]);
     }
     out.push({ method, target, headers, body, ...(body.length > 0 && d.chance(0.05) ? { chunked: true } : {}) });
