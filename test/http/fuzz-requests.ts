@@ -194,7 +194,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
   };
 
   /** Set by path() when it chose a MAC whose real event token it has. */
-  let pairedToken: string | null = null;
+  const paired: { token: string | null } = { token: null };
   const path = (): string => {
     const mac = () => macSpelling();
     switch (d.int(22)) {
@@ -215,7 +215,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
       case 14: case 15: {
         if (tokens.length > 0 && d.chance(0.5)) {
           const [tokenMac, token] = d.pick(tokens);
-          pairedToken = token;
+          paired.token = token;
           return `/api/machines/${tokenMac.replace(/:/g, d.pick(['-', ':']))}/events`;
         }
         return `/api/machines/${mac()}/events${d.chance(0.1) ? query(['x']) : ''}`;
@@ -244,7 +244,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
 
   const out: FuzzRequest[] = [];
   for (let i = 0; i < count; i++) {
-    pairedToken = null;
+    paired.token = null;
     const target = path();
     // Mostly the methods the routes take, so that the requests get past the router often enough.
     const method = d.chance(0.55) ? d.pick(['GET', 'GET', 'HEAD', target.includes('/events') ? 'POST' : 'GET']) : d.pick(METHODS);
@@ -253,6 +253,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
     if (d.chance(0.05)) headers.push(['Range', d.pick(RANGES)]); // two Range headers
     if (d.chance(0.1)) headers.push(['If-None-Match', d.pick(['*', 'W/"x"', '"x", "y"', `"${d.hex(64)}"`, ',,,', '"', Array.from({ length: 500 }, () => '"a"').join(',')])]);
     if (d.chance(0.05)) headers.push(['If-Range', d.pick(['"x"', 'Wed, 21 Oct 2015 07:28:00 GMT', '', 'junk'])]);
+    const pairedToken = paired.token as string | null; // set inside path()
     if (pairedToken !== null && d.chance(0.7)) {
       headers.push(['Authorization', d.chance(0.8) ? `Bearer ${pairedToken}` : `Bearer ${pairedToken.slice(0, -1)}${d.hex(1)}`]);
     } else if (d.chance(0.2)) {
@@ -270,7 +271,7 @@ export function generateRequests(seed: number, count: number, targets: FuzzTarge
     if (d.chance(0.03)) for (let k = 0; k < 150; k++) headers.push([`X-H${k}`, 'y']);
     if (d.chance(0.03)) headers.push(['Expect', '100-continue']);
 
-    let body = Buffer.alloc(0);
+    let body: Buffer = Buffer.alloc(0);
     if (method !== 'GET' && method !== 'HEAD' ? d.chance(0.8) : d.chance(0.08)) {
       body = target.includes('/events') && d.chance(0.8) ? (pairedToken !== null && d.chance(0.5) ? goodEvent() : eventBody()) : d.pick([Buffer.from('{}'), Buffer.from('{"a":'), d.bytes(64), Buffer.alloc(0)]);
       if (d.chance(0.85)) headers.push(['Content-Type', d.chance(0.5) ? 'application/json' : d.pick(CONTENT_TYPES)]);

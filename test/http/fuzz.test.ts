@@ -78,6 +78,12 @@ describe('HTTP fuzz: a few thousand hostile requests over real TCP', () => {
     for (const status of [200, 206, 304, 400, 401, 403, 404, 410, 416]) expect(report.histogram[String(status)] ?? 0, `status ${status}: ${JSON.stringify(report.histogram)}`).toBeGreaterThan(0);
   });
 
+  it('a repeated query parameter is an array, not a crash (found by this run: ?mac=a&mac=b answered 500)', async () => {
+    const res = await get(base, `/images/${image.id}/manifest.json?mac=${MAC_HYP}&mac=${MAC_HYP}`);
+    expect(res.status).toBe(200);
+    expect(res.body.equals(image.files['manifest.json']!)).toBe(true);
+  });
+
   it('afterwards the server still answers, serves an artifact byte-identical, and holds no connections', async () => {
     expect((await get(base, '/healthz')).status).toBe(200);
     const kernel = await get(base, `/images/${image.id}/vmlinuz?mac=${MAC_HYP}`);
