@@ -160,7 +160,7 @@ async function closeLab(lab: Lab): Promise<void> {
 }
 
 describe('netboot end to end (QEMU, TCG)', () => {
-  it('boots two machines from the same systemd image at once, each with its own top layer', async () => {
+  it('boots two machines from the same systemd image at once, each with its own top layer, while the server is fuzzed', async () => {
     const { lab } = await startLab({
       name: 'two-machines',
       subnet: 201,
@@ -170,7 +170,14 @@ describe('netboot end to end (QEMU, TCG)', () => {
       },
     });
     try {
+      // Hostile HTTP traffic (test/http/fuzz-requests.ts, a fixed seed) from inside the segment while both machines boot.
+      const fuzz = lab.segment
+        .exec('node', ['--import', 'tsx', join(REPO_ROOT, 'test/http/fuzz-child.ts'), lab.baseUrl, '1301', '3000', JSON.stringify({ macs: ['52:54:00:e2:00:01', '52:54:00:e2:00:02'], imageNames: ['debian', 'busybox'] })], { timeoutMs: 600_000 })
+        .then(({ stdout }) => JSON.parse(stdout) as { total: number; histogram: Record<string, number>; serverErrors: unknown[] });
       const [a, b] = await Promise.all([bootAndWait(lab, 'alpha', '52:54:00:e2:00:01'), bootAndWait(lab, 'beta', '52:54:00:e2:00:02', { nic: 'e1000' })]);
+      const report = await fuzz;
+      expect(report.total).toBe(3000);
+      expect(report.serverErrors).toEqual([]);
       expect(a.marker).toMatchObject({ hostname: 'alpha', root: 'overlay' });
       expect(b.marker).toMatchObject({ hostname: 'beta', root: 'overlay' });
       expect(a.marker.image).toBe(b.marker.image);
