@@ -67,7 +67,12 @@ export class LayerSigner {
       }
     }
     const kept = [...this.#delivered].flatMap(([id, { exp, count }]) => Array<string>(count).fill(`${JSON.stringify({ id, exp })}\n`)).join('');
-    writeFileAtomicSync(path, kept, 0o600);
+    try {
+      writeFileAtomicSync(path, kept, 0o600);
+    } catch {
+      // A full or read-only disk must not keep the server from starting: the file keeps its
+      // expired lines, and each delivery's append reports its own failure.
+    }
   }
 
   #countDelivery(id: string, exp: number): void {
