@@ -12,12 +12,19 @@ import { encodeHeader, END_OF_ARCHIVE, type TarEntry, type TarHeader } from './t
  * Streams tar entries into `tar2sqfs` while `observe` may take a copy of any entry's data.
  * Every header tar2sqfs sees is written here from the parsed, checked header (never the
  * image's own header bytes), so tar2sqfs and our index agree on every name, size and link:
- * only owners, mode, mtime, link target, device numbers and xattrs (PAX SCHILY.xattr.*) are
+ * only owners, mode, mtime, link target, device numbers and the xattrs squashfs can hold are
  * passed on. tar2sqfs keeps those, hard links and device nodes; `--no-skip` makes any record
  * it cannot read a failure instead of a silently missing file. It runs as an unprivileged
  * user when we are root (it parses untrusted data), writing to a file we open for it.
  */
 
+
+/**
+ * Xattrs squashfs can store (user., trusted., security.: file capabilities, SELinux labels).
+ * Others are left out: GNU tar --xattrs records POSIX ACLs as system.posix_acl_*, which squashfs
+ * has no place for and tar2sqfs refuses with an error, failing the whole image.
+ */
+const SQUASHFS_XATTR = /^SCHILY\.xattr\.(user|trusted|security)\./;
 
 /** The header tar2sqfs gets: rebuilt from what we decided, or a clear refusal. */
 export function headerForSquashfs(header: TarHeader): Buffer {
@@ -26,7 +33,7 @@ export function headerForSquashfs(header: TarHeader): Buffer {
   }
   if (Object.keys(header.pax).some((k) => k.startsWith('GNU.sparse.'))) throw new ImageError('PAX sparse files are not supported (repack the layer without --sparse)');
   const pax: Record<string, string> = {};
-  for (const [key, value] of Object.entries(header.pax)) if (key.startsWith('SCHILY.xattr.')) pax[key] = value;
+  for (const [key, value] of Object.entries(header.pax)) if (SQUASHFS_XATTR.test(key)) pax[key] = value;
   return encodeHeader({ ...header, size: header.type === 'file' ? header.size : 0, mtime: Math.max(0, header.mtime), pax });
 }
 export interface SquashfsWriteOptions {

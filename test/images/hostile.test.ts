@@ -160,6 +160,16 @@ describe('hostile and unusual images', () => {
     expect((await readSquashfsFile(squashfs, `/etc/${'gnu-long-'.repeat(30)}`)).toString()).toBe('gnu long');
   }, 120_000);
 
+  it('keeps the xattrs squashfs can hold and leaves out POSIX ACLs (GNU tar --xattrs records them; tar2sqfs refuses them)', async () => {
+    // The ACL is what made a debootstrapped root packed with --format=posix --xattrs fail to build.
+    const acl = '\x02\x00\x00\x00\x01\x00\x07\x00\xff\xff\xff\xff';
+    const layer = rawTar([{ name: 'etc/with-xattrs', pax: { 'SCHILY.xattr.user.origin': 'layer', 'SCHILY.xattr.system.posix_acl_default': acl, 'SCHILY.xattr.system.posix_acl_access': acl }, data: 'x' }]);
+    const built = await cache.build(image(`oci-archive:${await archive([base, layer])}`, { name: 'hostile-acl' }));
+    const { stdout } = await run('rdsquashfs', ['-x', '/etc/with-xattrs', cache.artifactPath(built.id, 'rootfs.squashfs')]);
+    expect(stdout).toMatch(/user\.origin/);
+    expect(stdout).not.toMatch(/posix_acl/);
+  }, 120_000);
+
   it('applies whiteouts and opaque directories from a hand-written layer', async () => {
     const layer = rawTar([
       { name: 'usr/share/many/.wh.d1', data: '' },
