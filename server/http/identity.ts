@@ -1,5 +1,5 @@
 import type { FastifyReply, FastifyRequest } from 'fastify';
-import { verifyIdentity } from '../boot/identity.ts';
+import { peerAddress, verifyIdentity } from '../boot/identity.ts';
 import type { HttpContext } from './context.ts';
 
 /**
@@ -11,7 +11,7 @@ import type { HttpContext } from './context.ts';
 export async function confirmMachine(ctx: HttpContext, request: FastifyRequest, mac: string, what: 'script' | 'layer'): Promise<boolean> {
   const verdict = await verifyIdentity(ctx.identity, mac, request.ip);
   if (verdict.ok) return true;
-  const peer = request.ip.replace(/^::ffff:/, '');
+  const peer = peerAddress(request.ip);
   const detail = `${what} for ${mac} refused: ${verdict.reason}`;
   request.note.warning = `${detail}${verdict.peerMac ? ` (claimed ${mac}, peer ${verdict.peerMac})` : ''}`;
   const kind = `identity-${what}`;
