@@ -166,16 +166,18 @@ export class Timeline {
   }
 
   /**
-   * A request refused for the MAC it claimed (wrong peer, bad token): kept on that MAC's
-   * timeline without opening a boot, and counted in `netboot_security_events_total{kind}`.
+   * A request refused for the MAC it claimed (wrong peer, bad token): counted in
+   * `netboot_security_events_total{kind}`, and kept on that MAC's timeline without opening a
+   * boot when the MAC is configured (a stranger's made-up MACs must not fill the timeline).
    */
   security(mac: string, event: { kind: string; detail: string; peer?: string }): void {
+    this.#metrics?.securityEvent(event.kind);
+    if (!this.#isConfigured(mac)) return;
     const { security } = this.#touch(mac);
     const entry: SecurityEvent = { kind: event.kind, detail: this.#clip(event.detail), at: new Date(this.#now()).toISOString() };
     if (event.peer !== undefined) entry.peer = event.peer;
     security.push(entry);
     if (security.length > this.#maxSecurity) security.splice(0, security.length - this.#maxSecurity);
-    this.#metrics?.securityEvent(event.kind);
   }
 
   /** The entry of a MAC, created if needed, moved to the most-recently-seen end. */

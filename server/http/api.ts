@@ -168,8 +168,7 @@ function checkEventToken(ctx: HttpContext, mac: string, request: FastifyRequest,
   if (boot === null) {
     const detail = token ? 'boot event with a token not issued for this MAC' : 'boot event without a token';
     request.note.warning = `refused ${detail}`;
-    if (ctx.getConfig().machines.has(mac)) ctx.timeline.security(mac, { kind: 'event-token', detail, peer: request.ip });
-    else ctx.metrics.securityEvent('event-token');
+    ctx.timeline.security(mac, { kind: 'event-token', detail, peer: request.ip });
     return reply.code(401).header('WWW-Authenticate', 'Bearer').send({ error: `${detail}: /init sends the netboot.token= of its kernel command line as a bearer token` });
   }
   return boot;

@@ -14,9 +14,7 @@ export async function confirmMachine(ctx: HttpContext, request: FastifyRequest, 
   const peer = peerAddress(request.ip);
   const detail = `${what} for ${mac} refused: ${verdict.reason}`;
   request.note.warning = `${detail}${verdict.peerMac ? ` (claimed ${mac}, peer ${verdict.peerMac})` : ''}`;
-  const kind = `identity-${what}`;
-  if (ctx.getConfig().machines.has(mac)) ctx.timeline.security(mac, { kind, detail, peer: verdict.peerMac ? `${peer} (${verdict.peerMac})` : peer });
-  else ctx.metrics.securityEvent(kind);
+  ctx.timeline.security(mac, { kind: `identity-${what}`, detail, peer: verdict.peerMac ? `${peer} (${verdict.peerMac})` : peer });
   return false;
 }
 
