@@ -1,6 +1,7 @@
 import { copyFile, mkdir, open, type FileHandle } from 'node:fs/promises';
 import { spawn, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { join } from 'node:path';
+import { ConsoleText } from './console-text.ts';
 import { stopChild, type Segment } from './netns.ts';
 
 export interface VmOptions {
@@ -40,7 +41,7 @@ export class Vm {
   readonly logPath: string;
   #child: ChildProcess | null = null;
   #log: FileHandle | null = null;
-  #output = '';
+  #console = new ConsoleText();
   #partial = '';
   #started = 0;
   #waiters = new Set<() => void>();
@@ -56,7 +57,7 @@ export class Vm {
 
   /** Everything the console printed so far. */
   get console(): string {
-    return this.#output;
+    return this.#console.raw;
   }
 
   get exited(): Promise<number | null> {
@@ -113,7 +114,7 @@ export class Vm {
   }
 
   #onOutput(text: string): void {
-    this.#output += text;
+    this.#console.append(text);
     this.options.echo?.write(text);
     const lines = (this.#partial + text).split(/\r?\n/);
     this.#partial = lines.pop() ?? '';
@@ -127,11 +128,14 @@ export class Vm {
     for (const waiter of this.#waiters) waiter();
   }
 
-  /** Resolves with the first match of `pattern` in the console; rejects on timeout or VM exit. */
+  /**
+   * Resolves with the first match of `pattern` in the console (kernel records that split a
+   * userspace line do not hide it); rejects on timeout or VM exit.
+   */
   waitFor(pattern: RegExp, timeoutMs: number): Promise<RegExpExecArray> {
     return new Promise((resolve, reject) => {
       const check = () => {
-        const match = pattern.exec(this.#output);
+        const match = this.#console.find(pattern);
         if (match) return finish(() => resolve(match));
         if (this.#child && (this.#child.exitCode !== null || this.#child.signalCode !== null)) {
           finish(() => reject(new VmError(`${this.options.name} exited before printing ${pattern}`, this)));
@@ -150,7 +154,7 @@ export class Vm {
 
   /** The last `count` console lines, for error messages. */
   tail(count = 25): string {
-    return stripAnsi(this.#output).split(/\r?\n/).slice(-count).join('\n');
+    return stripAnsi(this.#console.raw).split(/\r?\n/).slice(-count).join('\n');
   }
 
   async stop(): Promise<void> {

@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pino } from 'pino';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { TftpPacket } from '../../server/tftp/codec.ts';
 import { dirSource, generatedSource, mountSources } from '../../server/tftp/files.ts';
 import { TftpServer, type TransferEvent } from '../../server/tftp/server.ts';
@@ -20,8 +20,14 @@ const small = randomBytes(100_000);
 const big = randomBytes(512 * 65536 + 777);
 const bootScript = '#!ipxe\necho generated\n';
 
+// Events of earlier tests are skipped: the kernel may hand a later peer the same ephemeral port.
+let firstEventOfThisTest = 0;
+beforeEach(() => {
+  firstEventOfThisTest = events.length;
+});
+
 function eventFor(clientPort: number): TransferEvent | undefined {
-  return events.find((e) => e.client.port === clientPort);
+  return events.slice(firstEventOfThisTest).find((e) => e.client.port === clientPort);
 }
 
 async function waitForEvent(clientPort: number): Promise<TransferEvent> {
