@@ -1,5 +1,6 @@
 import type { Config, Machine } from '../config/types.ts';
 import { bootingMachine, planBoot } from '../boot/plan.ts';
+import { ARM64_EFI_BINARY } from '../ipxe-binaries.ts';
 
 /**
  * What a DHCP client is told to boot: the one place that decides, from the client's MAC,
@@ -37,6 +38,7 @@ export interface ClientFacts {
 export type IgnoreReason =
   | 'unknown-mac-deny'
   | 'unknown-mac-local'
+  /** No longer produced (arm64 gets ipxe-arm64.efi); kept because log levels still name it. */
   | 'arm64-no-ipxe'
   | 'unsupported-arch'
   | 'tftp-disabled'
@@ -68,6 +70,31 @@ export function clientKind(facts: Pick<ClientFacts, 'userClass' | 'vendorClass'>
   return 'plain';
 }
 
+/**
+ * The iPXE binary for a firmware architecture, or null when there is none: BIOS gets
+ * undionly.kpxe (it drives the NIC through the firmware's UNDI), x86-64 UEFI the configured
+ * efiBinary (snponly.efi uses the firmware's own NIC driver), arm64 UEFI Debian's ipxe-arm64.efi
+ * (the only arm64 build Debian ships). Arch 6 (IA32 UEFI) gets the x86-64 binary too: Debian
+ * ships no 32-bit EFI build, so that is the only one that can work (firmware that reports 6 but
+ * runs in 64-bit mode). ARM32 UEFI has no binary.
+ */
+export function ipxeBinaryFor(arch: number, efiBinary: string): string | null {
+  switch (arch) {
+    case Arch.BIOS:
+      return 'undionly.kpxe';
+    case Arch.EFI_IA32:
+    case Arch.EFI_X64:
+    case Arch.EFI_BC:
+    case Arch.EFI_X64_HTTP:
+      return efiBinary;
+    case Arch.EFI_ARM64:
+    case Arch.EFI_ARM64_HTTP:
+      return ARM64_EFI_BINARY;
+    default:
+      return null;
+  }
+}
+
 export function decideBoot(facts: ClientFacts, config: Config): BootDecision {
   const target = planBoot(config, facts.mac);
   if (target.kind === 'deny') {
@@ -93,18 +120,16 @@ export function decideBoot(facts: ClientFacts, config: Config): BootDecision {
   // iPXE already runs: it fetches the script over HTTP whatever the architecture.
   if (kind === 'ipxe') return boot(`${base}/boot.ipxe`, 'ipxe-script');
 
-  const arch = facts.arch ?? Arch.BIOS;
-  const efi = config.server.dhcp.efiBinary;
-  if (arch === Arch.EFI_ARM64 || arch === Arch.EFI_ARM64_HTTP || arch === Arch.EFI_ARM32) {
-    return { kind: 'ignore', reason: 'arm64-no-ipxe', detail: `arch ${arch} (ARM UEFI): no arm64 iPXE in Debian, not answered` };
-  }
-  if (arch === Arch.EFI_X64_HTTP || (kind === 'http' && facts.arch === undefined)) {
-    return boot(`${base}/ipxe/${efi}`, 'ipxe-binary', true);
+  // No option 93: a pre-RFC 4578 BIOS PXE ROM, or an HTTP Boot client (only UEFI has those).
+  const arch = facts.arch ?? (kind === 'http' ? Arch.EFI_X64_HTTP : Arch.BIOS);
+  const binary = ipxeBinaryFor(arch, config.server.dhcp.efiBinary);
+  if (!binary) return { kind: 'ignore', reason: 'unsupported-arch', detail: `arch ${arch} has no iPXE binary here` };
+  // UEFI HTTP Boot (16, 19; or an HTTPClient without option 93): the binary by URL, over HTTP.
+  if (arch === Arch.EFI_X64_HTTP || arch === Arch.EFI_ARM64_HTTP || kind === 'http') {
+    return boot(`${base}/ipxe/${binary}`, 'ipxe-binary', true);
   }
   if (!config.server.tftp.enabled) {
     return { kind: 'ignore', reason: 'tftp-disabled', detail: `arch ${arch} needs TFTP for its iPXE binary and server.tftp.enabled is false` };
   }
-  if (arch === Arch.BIOS) return boot('undionly.kpxe', 'ipxe-binary');
-  if (arch === Arch.EFI_X64 || arch === Arch.EFI_BC) return boot(efi, 'ipxe-binary');
-  return { kind: 'ignore', reason: 'unsupported-arch', detail: `arch ${arch} has no iPXE binary here` };
+  return boot(binary, 'ipxe-binary');
 }

@@ -44,12 +44,40 @@ describe('boot decision', () => {
     });
   });
 
-  it('arm64 (11, 19) is not answered, with a reason saying why', () => {
-    for (const arch of [11, 19]) {
-      const d = decideBoot({ mac: '52:54:00:00:d0:02', arch, userClass: [], vendorClass: `PXEClient:Arch:000${arch}` }, config);
-      expect(d).toMatchObject({ kind: 'ignore', reason: 'arm64-no-ipxe' });
-      if (d.kind === 'ignore') expect(d.detail).toMatch(/no arm64 iPXE in Debian/);
-    }
+  it('arm64 UEFI PXE (11) gets ipxe-arm64.efi over TFTP; arm64 HTTP Boot (19) gets it by URL with the HTTPClient echo', () => {
+    const pxe = decideBoot({ mac: '52:54:00:00:d0:02', arch: 11, userClass: [], vendorClass: 'PXEClient:Arch:00011:UNDI:003000' }, config);
+    expect(pxe).toMatchObject({ kind: 'boot', bootfile: 'ipxe-arm64.efi', nextServer: '10.9.0.1', httpClientEcho: false, stage: 'ipxe-binary' });
+    const http = decideBoot({ mac: '52:54:00:00:d0:02', arch: 19, userClass: [], vendorClass: 'HTTPClient:Arch:00019:UNDI:003000' }, config);
+    expect(http).toMatchObject({ kind: 'boot', bootfile: 'http://10.9.0.1:8080/ipxe/ipxe-arm64.efi', httpClientEcho: true });
+    // efiBinary is the x86-64 choice only.
+    const ipxeEfi = makeConfig({ server: { ...server, dhcp: { efiBinary: 'ipxe.efi' } }, machines: known });
+    expect(decideBoot({ mac: '52:54:00:00:d0:02', arch: 11, userClass: [], vendorClass: 'PXEClient:Arch:00011' }, ipxeEfi)).toMatchObject({ bootfile: 'ipxe-arm64.efi' });
+  });
+
+  it('every architecture maps to its binary: 0 BIOS, 6/7/9 x86-64 EFI, 11 arm64, 16/19 by URL; 10 (ARM32) has none', () => {
+    const ask = (arch: number | undefined, vendorClass: string) => decideBoot({ mac: '52:54:00:00:d0:01', arch, userClass: [], vendorClass }, config);
+    const table = [0, 6, 7, 9, 11, 16, 19].map((arch) => {
+      const d = ask(arch, `${arch === 16 || arch === 19 ? 'HTTPClient' : 'PXEClient'}:Arch:000${arch}`);
+      return [arch, d.kind === 'boot' ? d.bootfile : d.reason];
+    });
+    expect(table).toEqual([
+      [0, 'undionly.kpxe'],
+      [6, 'snponly.efi'],
+      [7, 'snponly.efi'],
+      [9, 'snponly.efi'],
+      [11, 'ipxe-arm64.efi'],
+      [16, 'http://10.9.0.1:8080/ipxe/snponly.efi'],
+      [19, 'http://10.9.0.1:8080/ipxe/ipxe-arm64.efi'],
+    ]);
+    expect(ask(10, 'PXEClient:Arch:00010')).toMatchObject({ kind: 'ignore', reason: 'unsupported-arch' });
+    // An HTTP Boot client without option 93 is UEFI: the x86-64 binary, never undionly.kpxe.
+    expect(ask(undefined, 'HTTPClient')).toMatchObject({ kind: 'boot', bootfile: 'http://10.9.0.1:8080/ipxe/snponly.efi', httpClientEcho: true });
+  });
+
+  it('TFTP disabled: arm64 PXE is not answered, arm64 HTTP Boot is', () => {
+    const noTftp = makeConfig({ server: { ...server, tftp: { enabled: false } }, machines: known });
+    expect(decideBoot({ mac: '52:54:00:00:d0:02', arch: 11, userClass: [], vendorClass: 'PXEClient:Arch:00011' }, noTftp)).toMatchObject({ kind: 'ignore', reason: 'tftp-disabled' });
+    expect(decideBoot({ mac: '52:54:00:00:d0:02', arch: 19, userClass: [], vendorClass: 'HTTPClient:Arch:00019' }, noTftp)).toMatchObject({ kind: 'boot' });
   });
 
   it('TFTP disabled: firmware PXE is not answered, HTTP Boot and iPXE still are', () => {

@@ -100,9 +100,9 @@ describe('proxy mode', () => {
     expect(respond(decodeFixture('ovmf-pxe-discover.bin'), { ...ctx(), config: local }).reply).toBeNull();
   });
 
-  it('does not answer arm64 and says why', () => {
+  it('answers arm64 UEFI PXE with the arm64 iPXE', () => {
     const arm = pxeDiscover(PXE_MAC, 11);
-    expect(respond(arm, ctx())).toMatchObject({ reply: null, exchange: { arch: 11, ignoredReason: 'arm64-no-ipxe' } });
+    expect(respond(arm, ctx())).toMatchObject({ exchange: { arch: 11, offered: { bootfile: 'ipxe-arm64.efi' } } });
   });
 
   it('answers nothing at all in mode off, and ignores BOOTREPLYs', () => {
