@@ -23,7 +23,12 @@ export interface Dockerd {
   stop(): Promise<void>;
 }
 
-export async function startDockerd(options: { dataRoot: string; lockTimeoutMs?: number }): Promise<Dockerd> {
+export async function startDockerd(options: {
+  dataRoot: string;
+  lockTimeoutMs?: number;
+  /** Run the engine inside this network namespace: its host network (`network_mode: host`) is then that namespace. */
+  netns?: string;
+}): Promise<Dockerd> {
   const dataRoot = options.dataRoot;
   await mkdir(dataRoot, { recursive: true });
   const unlock = await acquireLockFile(`${dataRoot}.lock`, { timeoutMs: options.lockTimeoutMs ?? 15 * 60_000, what: `the dockerd data root ${dataRoot}` });
@@ -50,9 +55,11 @@ export async function startDockerd(options: { dataRoot: string; lockTimeoutMs?: 
     await unlock();
   };
   try {
+    const command = options.netns ? ['ip', 'netns', 'exec', options.netns, 'dockerd'] : ['dockerd'];
     child = spawn(
-      'dockerd',
+      command[0]!,
       [
+        ...command.slice(1),
         '--storage-driver=vfs',
         '--iptables=false',
         '--ip6tables=false',
