@@ -10,7 +10,7 @@ profile=${1:-all}
 runtime=(squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client gcc g++ make python3 libc6-dev)
 test=(qemu-system-x86 ipxe-qemu ovmf docker.io docker-compose debootstrap atftp tftp-hpa curl
       dnsmasq-base tshark libarchive-tools iptables nbd-client libnbd-bin qemu-utils
-      tftpd-hpa nbd-server nginx-light wrk cpio)
+      tftpd-hpa nbd-server nginx-light wrk cpio chromium)
 case "$profile" in
   runtime) want=("${runtime[@]}") ;;
   test|all) want=("${runtime[@]}" "${test[@]}") ;;

@@ -3,7 +3,8 @@ import { z } from 'zod';
 import { redactSignatures } from '../layers/signing.ts';
 import type { Metrics } from './metrics.ts';
 
-export const SERVER_PHASES = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'layer', 'rootfs'] as const;
+/** `queued`: the server told the machine to wait for a root stream (server/admission/); recorded when it got its place and when it was let in (with the wait). */
+export const SERVER_PHASES = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'layer', 'queued', 'rootfs'] as const;
 export const INIT_PHASES = ['init', 'net', 'layer', 'rootfs', 'switch_root', 'up', 'failed'] as const;
 export type ServerPhase = (typeof SERVER_PHASES)[number];
 export type InitPhase = (typeof INIT_PHASES)[number];
@@ -116,6 +117,7 @@ export class Timeline {
   readonly #maxPhases: number;
   readonly #maxDetail: number;
   readonly #maxSecurity: number;
+  readonly #listeners = new Set<(mac: string, boot: Boot) => void>();
 
   constructor(options: TimelineOptions = {}) {
     this.#metrics = options.metrics;
@@ -162,7 +164,23 @@ export class Timeline {
     }
     this.#metrics?.bootPhases.inc({ phase, source: options.source });
     if (durationMs !== undefined) this.#metrics?.phaseDuration.observe({ phase }, durationMs / 1000);
+    for (const listener of this.#listeners) {
+      try {
+        listener(mac, boot);
+      } catch {
+        // A listener's fault (e.g. a closed status-page stream) must not fail the recording.
+      }
+    }
     return boot;
+  }
+
+  /**
+   * Calls `listener` after every recorded phase (synchronously: keep it cheap, e.g. mark the MAC
+   * dirty). Returns the unsubscribe function.
+   */
+  subscribe(listener: (mac: string, boot: Boot) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /**

@@ -11,6 +11,7 @@ import type { HttpContext, HttpDeps } from './context.ts';
 import { loadIpxeTemplates } from './ipxe.ts';
 import { registerLayerRoute } from './layer-route.ts';
 import { registerScriptRoutes } from './scripts.ts';
+import { registerUiRoutes } from './ui/index.ts';
 
 export type { HttpDeps } from './context.ts';
 export type { ArtifactStore, ArtifactName, ImageManifestView } from './artifact-store.ts';
@@ -55,7 +56,9 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
       ...(warning ? { warning } : {}),
       ...(error ? { error } : {}),
     };
-    if (error || reply.statusCode >= 500) deps.log.error(fields, error ?? 'request failed');
+    // A 503 with Retry-After tells a machine to wait (a root-stream queue, an image being built): not a failure.
+    const toldToWait = reply.statusCode === 503 && reply.hasHeader('retry-after');
+    if (error || (reply.statusCode >= 500 && !toldToWait)) deps.log.error(fields, error ?? 'request failed');
     else if (warning) deps.log.warn(fields, warning);
     else deps.log.info(fields, 'http');
   });
@@ -73,5 +76,6 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
   registerIpxeBinaryRoutes(app, ctx);
   registerLayerRoute(app, ctx);
   registerApiRoutes(app, ctx);
+  await registerUiRoutes(app, ctx, deps.ui);
   return app;
 }
