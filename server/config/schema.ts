@@ -132,6 +132,23 @@ export const serverSchema = z.strictObject({
     })
     .prefault({}),
   /**
+   * Admission control for root streams (whole-squashfs HTTP downloads, netboot.root=ram): at
+   * most maxRootStreams at once; the others get 503 + Retry-After and keep a first-come,
+   * first-served place (server/admission/queue.ts). NBD reads have their own budget (nbd.maxConcurrentReads).
+   */
+  admission: z
+    .strictObject({
+      /** Root streams served at once: about what the link keeps full (more only split it). 0 = no limit. */
+      maxRootStreams: z.number().int().min(0).max(4096).default(8),
+      /** Machines that may hold a place in the queue; beyond, a request is told to retry later without one. */
+      maxQueued: z.number().int().min(1).max(65536).default(1024),
+      /** Places one IP address may hold (one per MAC it names). */
+      maxQueuedPerAddress: z.number().int().min(1).max(1024).default(4),
+      /** Longest Retry-After handed out, seconds. */
+      maxRetryAfterSeconds: z.number().int().min(1).max(600).default(30),
+    })
+    .prefault({}),
+  /**
    * How a request proves it comes from the machine whose MAC it names, before it gets that
    * machine's secrets (signed layer, event token). See server/boot/identity.ts.
    */

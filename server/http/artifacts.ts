@@ -1,6 +1,9 @@
 import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { AdmissionDecision, Ticket } from '../admission/queue.ts';
+import { ROOT_STREAM_MIN_BYTES, RootStreams, waitBody, waitStatusMessage } from '../admission/root-streams.ts';
+import { peerAddress } from '../boot/identity.ts';
 import { normalizeMac } from '../config/mac.ts';
 import type { Phase } from '../events/timeline.ts';
 import { ARTIFACT_NAMES, isValidImageId, type ArtifactName, type ImageManifestView } from './artifact-store.ts';
@@ -19,10 +22,12 @@ const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
 /**
  * Build artifacts, streamed from disk. Ids are content-addressed, so every response is
  * cacheable forever. Whole-file GETs carrying `?mac=` (the scripts add it) are recorded in
- * that machine's boot timeline; ranged reads only count bytes.
+ * that machine's boot timeline; ranged reads only count bytes. Root streams (rootfs bodies of
+ * at least ROOT_STREAM_MIN_BYTES) pass admission control first: over budget, 503 + Retry-After.
  */
 export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): void {
   const manifests = new Map<string, ImageManifestView>();
+  const rootStreams = new RootStreams(() => ctx.getConfig().server.admission);
   const manifestOf = async (id: string): Promise<ImageManifestView | null> => {
     const cached = manifests.get(id);
     if (cached) return cached;
@@ -72,6 +77,16 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       const start = range.kind === 'range' ? range.start : 0;
       const end = range.kind === 'range' ? range.end : info.size - 1;
       const length = info.size === 0 ? 0 : end - start + 1;
+      let ticket: Ticket | null = null;
+      if (request.method === 'GET' && artifact === 'rootfs.squashfs' && length >= ROOT_STREAM_MIN_BYTES) {
+        const decision = rootStreams.request({ address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) }, ctx.now());
+        if (decision.kind !== 'admit') return tellToWait(request, reply, decision, mac, id);
+        ticket = decision.ticket;
+        if (mac && decision.waited) {
+          const { ms, retries } = decision.waited;
+          ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a root stream (${retries} retries)`, imageId: id });
+        }
+      }
       if (range.kind === 'range') reply.code(206).header('Content-Range', `bytes ${start}-${end}/${info.size}`);
       reply.header('Content-Length', length);
       if (request.method === 'HEAD' || length === 0) return reply.send();
@@ -81,6 +96,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       reply.hijack();
       reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string>);
       const record = (result: SendResult) => {
+        if (ticket) rootStreams.release(ticket, ctx.now(), result.complete);
         ctx.metrics.served(artifact, result.bytes);
         if (mac && phase && range.kind === 'none') {
           ctx.timeline.record(mac, phase, {
@@ -97,9 +113,27 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       } catch (err) {
         request.note.error = (err as Error).message;
         reply.raw.destroy();
+      } finally {
+        if (ticket) rootStreams.release(ticket, ctx.now(), false);
       }
     },
   });
+
+  /** Over budget: 503 + Retry-After, never cached (the artifact headers set so far promised the opposite). */
+  function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>, mac: string | null, id: string) {
+    for (const name of ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-length']) reply.removeHeader(name);
+    if (mac && decision.kind === 'wait' && decision.first) {
+      ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
+    }
+    if (decision.kind === 'full') request.note.warning = `root stream queue full (${decision.reason}): told to retry without a place`;
+    reply.raw.statusMessage = waitStatusMessage(decision);
+    return reply
+      .code(503)
+      .header('Retry-After', String(decision.retryAfterSeconds))
+      .header('Cache-Control', 'no-store')
+      .type('text/plain; charset=utf-8')
+      .send(waitBody(decision, ctx.getConfig().server.admission.maxRootStreams));
+  }
 }
 
 function notFound(reply: FastifyReply) {

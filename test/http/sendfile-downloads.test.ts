@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from
 import { nativeSendfileCounters, nativeSendfileStatus } from '../../server/http/native-sendfile.ts';
 import { sendFilePaths } from '../../server/http/send-file.ts';
 import { addImage, sha256, type FakeImage } from './fixtures.ts';
-import { harness, MAC, MAC_HYP, type Harness } from './setup.ts';
+import { baseYaml, harness, MAC, MAC_HYP, type Harness } from './setup.ts';
 
 // Artifact downloads over real TCP, once through the sendfile addon and once through the copy loop.
 
@@ -28,7 +28,8 @@ let rootfs: Buffer;
 const big = randomBytes(32 << 20);
 
 beforeAll(async () => {
-  h = await harness();
+  // No root-stream budget: this file tests concurrent bodies (admission control: test/http/admission.test.ts).
+  h = await harness(baseYaml({ server: '  admission:\n    maxRootStreams: 0\n' }));
   image = addImage(h.store, 'demo', { rootfsPadding: 8 << 20 });
   rootfs = image.files['rootfs.squashfs']!;
   mkdirSync(join(h.store.root, 'b16b16b16b16b16b'), { recursive: true });

@@ -1,0 +1,145 @@
+import { describe, expect, it } from 'vitest';
+import { AdmissionQueue, EXPIRY_GRACE_MS, INITIAL_STREAM_MS, type AdmissionDecision, type AdmissionLimits, type Ticket } from '../../server/admission/queue.ts';
+
+const limits = (over: Partial<AdmissionLimits> = {}): AdmissionLimits => ({ maxActive: 1, maxQueued: 64, maxQueuedPerAddress: 4, maxRetryAfterSeconds: 30, ...over });
+const machine = (n: number) => ({ address: `10.0.0.${n}`, machine: `52:54:00:00:00:${n.toString(16).padStart(2, '0')}` });
+
+function ticketOf(decision: AdmissionDecision): Ticket {
+  if (decision.kind !== 'admit') throw new Error(`expected admit, got ${JSON.stringify(decision)}`);
+  return decision.ticket;
+}
+
+describe('AdmissionQueue', () => {
+  it('admits up to the budget, then queues in arrival order with positions', () => {
+    const q = new AdmissionQueue(limits({ maxActive: 2 }));
+    expect(q.request(machine(1), 0).kind).toBe('admit');
+    expect(q.request(machine(2), 0).kind).toBe('admit');
+    expect(q.request(machine(3), 0)).toMatchObject({ kind: 'wait', position: 1, queued: 1, first: true });
+    expect(q.request(machine(4), 0)).toMatchObject({ kind: 'wait', position: 2, queued: 2, first: true });
+    // Coming back keeps the place; it is not a new arrival.
+    expect(q.request(machine(4), 1000)).toMatchObject({ kind: 'wait', position: 2, first: false });
+    expect(q.request(machine(3), 1000)).toMatchObject({ kind: 'wait', position: 1, first: false });
+    expect(q.active).toBe(2);
+    expect(q.queued).toBe(2);
+  });
+
+  it('a freed slot is kept for the head of the queue: a newcomer and a later waiter asking first are not let in', () => {
+    const q = new AdmissionQueue(limits());
+    const first = ticketOf(q.request(machine(1), 0));
+    expect(q.request(machine(2), 10).kind).toBe('wait');
+    expect(q.request(machine(3), 20).kind).toBe('wait');
+    q.release(first, 5000);
+    expect(q.request(machine(9), 5001)).toMatchObject({ kind: 'wait', position: 3 });
+    expect(q.request(machine(3), 5002)).toMatchObject({ kind: 'wait', position: 2 });
+    const second = q.request(machine(2), 6000);
+    expect(second).toMatchObject({ kind: 'admit', waited: { ms: 5990, retries: 0 } });
+    q.release(ticketOf(second), 7000);
+    expect(q.request(machine(3), 7500)).toMatchObject({ kind: 'admit', waited: { ms: 7480, retries: 1 } });
+    expect(q.request(machine(9), 7600)).toMatchObject({ kind: 'wait', position: 1 });
+  });
+
+  it('no starvation: with newcomers arriving all the time, every machine is served, in arrival order', () => {
+    // Budget 2, a new machine every second, streams of 3 s, every waiter comes back exactly when told.
+    const q = new AdmissionQueue(limits({ maxActive: 2, maxQueued: 1000, maxRetryAfterSeconds: 5 }));
+    const running: { ticket: Ticket; ends: number }[] = [];
+    const retryAt = new Map<number, number>();
+    const servedOrder: number[] = [];
+    const arrivedAt = new Map<number, number>();
+    let next = 0;
+    for (let now = 0; now <= 400_000; now += 250) {
+      for (const r of running.filter((r) => r.ends <= now)) {
+        q.release(r.ticket, now);
+        running.splice(running.indexOf(r), 1);
+      }
+      const askers: number[] = [];
+      if (now % 1000 === 0 && now <= 100_000) {
+        arrivedAt.set(next, now);
+        askers.push(next++);
+      }
+      for (const [id, at] of retryAt) if (at <= now) askers.push(id);
+      for (const id of askers) {
+        const decision = q.request(machine(id % 250), now);
+        retryAt.delete(id);
+        if (decision.kind === 'admit') {
+          servedOrder.push(id);
+          running.push({ ticket: decision.ticket, ends: now + 3000 });
+        } else {
+          retryAt.set(id, now + decision.retryAfterSeconds * 1000);
+        }
+      }
+    }
+    expect(servedOrder).toEqual([...Array(next).keys()]);
+    expect(q.queued).toBe(0);
+  });
+
+  it('Retry-After grows with the position, from the mean of finished streams, within 1..max', () => {
+    const q = new AdmissionQueue(limits({ maxActive: 2, maxRetryAfterSeconds: 20 }));
+    expect(q.retryAfterSeconds(1)).toBe(Math.floor(INITIAL_STREAM_MS / 2 / 1000));
+    expect(q.retryAfterSeconds(3)).toBeGreaterThan(q.retryAfterSeconds(1));
+    expect(q.retryAfterSeconds(1000)).toBe(20);
+    // Streams of 100 ms pull the mean down; the estimate never drops below 1 s.
+    for (let i = 0; i < 50; i++) q.release(ticketOf(q.request(machine(1), i * 1000)), i * 1000 + 100);
+    expect(q.meanStreamMs).toBeLessThan(200);
+    expect(q.retryAfterSeconds(1)).toBe(1);
+    // An aborted stream does not count.
+    const t = ticketOf(q.request(machine(1), 100_000));
+    q.release(t, 900_000, false);
+    expect(q.meanStreamMs).toBeLessThan(200);
+    q.release(t, 900_000); // idempotent
+    expect(q.active).toBe(0);
+  });
+
+  it('a machine that never comes back loses its place after twice its Retry-After plus a grace', () => {
+    const q = new AdmissionQueue(limits());
+    ticketOf(q.request(machine(1), 0));
+    const gone = q.request(machine(2), 0);
+    expect(gone.kind).toBe('wait');
+    const told = gone.kind === 'wait' ? gone.retryAfterSeconds : 0;
+    expect(q.request(machine(3), 0)).toMatchObject({ kind: 'wait', position: 2 });
+    const deadline = 2 * told * 1000 + EXPIRY_GRACE_MS;
+    expect(q.request(machine(3), deadline - 1)).toMatchObject({ kind: 'wait', position: 2 });
+    expect(q.request(machine(3), deadline)).toMatchObject({ kind: 'wait', position: 1 });
+    expect(q.queued).toBe(1);
+    // Coming back after expiry is a new arrival, behind machine 3.
+    expect(q.request(machine(2), deadline + 1)).toMatchObject({ kind: 'wait', position: 2, first: true });
+  });
+
+  it('bounded memory: many addresses fill at most maxQueued places, one address at most maxQueuedPerAddress', () => {
+    const q = new AdmissionQueue(limits({ maxQueued: 100, maxQueuedPerAddress: 3 }));
+    ticketOf(q.request(machine(1), 0));
+    const outcomes = new Map<string, number>();
+    for (let i = 0; i < 10_000; i++) {
+      const d = q.request({ address: `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` }, i);
+      const label = d.kind === 'full' ? `full-${d.reason}` : d.kind;
+      outcomes.set(label, (outcomes.get(label) ?? 0) + 1);
+    }
+    expect(q.queued).toBe(100);
+    expect(outcomes.get('wait')).toBe(100);
+    expect(outcomes.get('full-queue')).toBe(9900);
+
+    const r = new AdmissionQueue(limits({ maxQueuedPerAddress: 3 }));
+    ticketOf(r.request(machine(1), 0));
+    const one = Array.from({ length: 50 }, (_, i) => r.request({ address: '10.9.9.9', machine: `52:54:00:00:01:${i.toString(16).padStart(2, '0')}` }, 0));
+    expect(one.filter((d) => d.kind === 'wait')).toHaveLength(3);
+    expect(one.at(-1)).toEqual({ kind: 'full', retryAfterSeconds: 30, reason: 'address' });
+    // Someone else still gets a place.
+    expect(r.request(machine(7), 0)).toMatchObject({ kind: 'wait', position: 4 });
+    // All of it is forgotten once nobody comes back.
+    expect(r.request(machine(8), 10 * 60_000)).toMatchObject({ kind: 'wait', position: 1, queued: 1 });
+  });
+
+  it('maxActive 0 admits everything; lowering limits never cuts running streams and trims the queue tail', () => {
+    const q = new AdmissionQueue(limits({ maxActive: 0 }));
+    for (let i = 0; i < 20; i++) expect(q.request(machine(i), 0).kind).toBe('admit');
+    expect(q.active).toBe(20);
+    q.setLimits(limits({ maxActive: 2, maxQueued: 2 }));
+    expect(q.request(machine(30), 1)).toMatchObject({ kind: 'wait', position: 1 });
+    expect(q.request(machine(31), 1)).toMatchObject({ kind: 'wait', position: 2 });
+    expect(q.request(machine(32), 1)).toMatchObject({ kind: 'full', reason: 'queue' });
+    q.setLimits(limits({ maxActive: 2, maxQueued: 1 }));
+    expect(q.queued).toBe(1);
+    expect(q.request(machine(31), 2)).toMatchObject({ kind: 'full' });
+    expect(() => q.setLimits(limits({ maxActive: -1 }))).toThrow(RangeError);
+    expect(() => new AdmissionQueue(limits({ maxQueued: 0 }))).toThrow(/maxQueued/);
+  });
+});
