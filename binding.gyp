@@ -7,6 +7,14 @@
       "conditions": [
         ["OS=='linux'", { "sources": ["native/sendfile/sendfile.cc"] }]
       ]
+    },
+    {
+      "target_name": "netboot-ra-io",
+      "type": "executable",
+      "cflags": ["-O2", "-Wall", "-Wextra"],
+      "conditions": [
+        ["OS=='linux'", { "sources": ["native/ra-io/netboot-ra-io.c"] }]
+      ]
     }
   ]
 }
