@@ -55,7 +55,8 @@ export async function startDockerd(options: {
     await unlock();
   };
   try {
-    const command = options.netns ? ['ip', 'netns', 'exec', options.netns, 'dockerd'] : ['dockerd'];
+    // nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts dockerd needs.
+    const command = options.netns ? ['nsenter', `--net=/run/netns/${options.netns}`, 'dockerd'] : ['dockerd'];
     child = spawn(
       command[0]!,
       [
