@@ -29,6 +29,13 @@
   function filter(rows) {
     for (const row of rows) row.hidden = !matches(row);
   }
+  function summarise() {
+    const summary = document.getElementById('summary');
+    if (!summary) return;
+    const rows = document.querySelectorAll('tr[data-state]');
+    const count = (state) => document.querySelectorAll(`tr[data-state="${state}"]`).length;
+    summary.textContent = `${rows.length} machines · ${['up', 'booting', 'failed', 'never'].map((s) => `${count(s)} ${s}`).join(' · ')}`;
+  }
   function filterAll() {
     filter(document.querySelectorAll('tr[data-search]'));
     const count = document.getElementById('attention-count');
@@ -70,6 +77,7 @@
     }
     const count = document.getElementById('attention-count');
     if (count) count.textContent = String(attention.children.length);
+    summarise();
   }
 
   function replaceLive(html) {
