@@ -5,6 +5,7 @@ import { registerBuild } from './build.ts';
 import { registerGc } from './gc.ts';
 import { registerVm } from './vm.ts';
 import { registerDemo } from './demo.ts';
+import { registerDoctor } from './doctor.ts';
 import { EXIT } from './common.ts';
 
 const program = new Command('netboot')
@@ -18,6 +19,7 @@ registerBuild(program);
 registerGc(program);
 registerVm(program);
 registerDemo(program);
+registerDoctor(program);
 
 try {
   await program.parseAsync(process.argv);
