@@ -43,9 +43,9 @@ const stateMatches = (list: string, probe: PacketProbe) =>
     .filter(Boolean)
     .includes(probe.state);
 
-/** Splits a line into words, keeping "quoted strings" whole. */
+/** Splits a line into words, keeping "quoted strings" (with \" inside) whole. */
 function words(line: string): string[] {
-  return line.match(/"[^"]*"|\S+/g) ?? [];
+  return line.match(/"(?:[^"\\]|\\.)*"|\S+/g) ?? [];
 }
 
 // ---------------------------------------------------------------- iptables
