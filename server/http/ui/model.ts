@@ -41,7 +41,7 @@ export function fleetRow(config: Config, timeline: Timeline, currentIds: Current
   let attention: string | null = null;
   if (state === 'failed') attention = `failed at ${failure?.step ?? 'an unknown step'}`;
   else if (state === 'booting' && last && options.now - Date.parse(last.at) > options.stuckAfterMs) attention = `stuck in ${last.phase}`;
-  else if (machine && boot?.imageId && current && boot.imageId !== current) attention = 'runs an older image id';
+  else if (state === 'up' && machine && boot?.imageId && current && boot.imageId !== current) attention = 'runs an older image id';
   return {
     mac,
     hostname: machine?.hostname ?? null,
