@@ -1,0 +1,167 @@
+/**
+ * bench/storm's fleet: N simulated machines in one process, run inside the client namespace
+ * (started by bench/storm.ts). Every machine powers on at the same instant and does, in
+ * order, what a real one does: PXE firmware DHCP (arch 7) -> TFTP of the iPXE binary ->
+ * iPXE DHCP (user class iPXE) -> GET the boot file (boot.ipxe) -> its per-MAC script ->
+ * kernel -> initrd -> top layer -> root (ram: the whole squashfs; nbd: a recorded read trace)
+ * -> POST the `up` event with the boot's event token. From the DHCP ACK on, its traffic
+ * comes from its leased address (the namespace treats the whole pool as local: AnyIP).
+ *
+ *   node --import tsx bench/lib/storm-client.ts PLAN.json      -> one JSON line (ClientReport) on stdout
+ */
+import { readFileSync } from 'node:fs';
+import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
+import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
+
+export interface ClientPlan {
+  macs: string[];
+  root: 'ram' | 'nbd';
+  /** NBD reads to replay (root nbd). */
+  reads: [number, number, number][];
+  /** A machine that is not up by then has failed. */
+  deadlineMs: number;
+}
+
+export interface ClientReport {
+  startedAt: number;
+  machines: MachineResult[];
+  dhcpRetransmits: number;
+  tftpRetransmits: number;
+}
+
+const hyphens = (mac: string) => mac.replace(/:/g, '-');
+
+/** Deterministic per-machine jitter in [0, 1) (xorshift seeded by the MAC). */
+function jitterSource(mac: string): () => number {
+  let x = Number.parseInt(mac.replace(/:/g, '').slice(-8), 16) | 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 2 ** 32;
+  };
+}
+
+/** `kernel [--opts] URL args...` / `initrd [--opts] URL` / `chain [--opts] URL` lines of an iPXE script. */
+export function scriptCommand(script: string, command: 'kernel' | 'initrd' | 'chain'): { url: string; args: string[] } | null {
+  for (const line of script.split('\n')) {
+    const words = line.trim().split(/\s+/);
+    if (words[0] !== command) continue;
+    const urlIndex = words.findIndex((w) => /^https?:\/\//.test(w));
+    if (urlIndex < 0) continue;
+    const after = words.slice(urlIndex);
+    const until = after.indexOf('||');
+    return { url: after[0]!, args: until >= 0 ? after.slice(1, until) : after.slice(1) };
+  }
+  return null;
+}
+
+function kernelArg(args: string[], name: string): string | undefined {
+  return args.filter((a) => a.startsWith(`${name}=`)).map((a) => a.slice(name.length + 1)).at(-1);
+}
+
+async function bootOne(plan: ClientPlan, mux: DhcpMux, index: number, t0: number, tftp: { retransmits: number }): Promise<MachineResult> {
+  const mac = plan.macs[index]!;
+  const phases: Partial<Record<Phase, number>> = {};
+  const counters: HttpCounters = { waits: 0, waitMs: 0, retries: 0 };
+  const jitter = jitterSource(mac);
+  let phase: Phase = 'dhcp-pxe';
+  let mark = performance.now();
+  const done = (p: Phase) => {
+    const now = performance.now();
+    phases[p] = now - mark;
+    mark = now;
+  };
+  const result = (extra: Partial<MachineResult>): MachineResult => ({ mac, phases, waits: counters.waits, waitMs: counters.waitMs, retries: counters.retries, ...extra }) as MachineResult;
+  try {
+    const xid = (0x5e000000 + index * 16) >>> 0;
+    const firmware = await dhcpBoot(mux, 'firmware', mac, xid);
+    done('dhcp-pxe');
+    phase = 'tftp';
+    await tftpFirmwareGet(firmware.ip, firmware.server, firmware.bootfile, tftp);
+    done('tftp');
+    phase = 'dhcp-ipxe';
+    const ipxe = await dhcpBoot(mux, 'ipxe', mac, xid + 1);
+    if (ipxe.ip !== firmware.ip) throw new Error(`iPXE got ${ipxe.ip}, the firmware had ${firmware.ip}`);
+    done('dhcp-ipxe');
+    phase = 'script';
+    const http = { localAddress: ipxe.ip, jitter, counters };
+    const entry = await httpFetch(ipxe.bootfile, { ...http, keepBody: true });
+    const chain = scriptCommand(entry.body, 'chain');
+    if (!chain) throw new Error(`${ipxe.bootfile}: no chain line in ${JSON.stringify(entry.body.slice(0, 200))}`);
+    const own = await httpFetch(chain.url.replace('${mac:hexhyp}', hyphens(mac)), { ...http, keepBody: true });
+    const kernel = scriptCommand(own.body, 'kernel');
+    const initrd = scriptCommand(own.body, 'initrd');
+    if (!kernel || !initrd) throw new Error(`${chain.url}: no kernel/initrd lines in ${JSON.stringify(own.body.slice(0, 300))}`);
+    done('script');
+    phase = 'kernel';
+    await httpFetch(kernel.url, http);
+    done('kernel');
+    phase = 'initrd';
+    await httpFetch(initrd.url, http);
+    done('initrd');
+    const arg = (name: string) => {
+      const value = kernelArg(kernel.args, name);
+      if (value === undefined) throw new Error(`kernel command line has no ${name}=`);
+      return value;
+    };
+    const server = arg('netboot.server');
+    const image = arg('netboot.image');
+    phase = 'layer';
+    await httpFetch(arg('netboot.layer'), { ...http, tries: 5 });
+    done('layer');
+    phase = 'root';
+    if (plan.root === 'ram') {
+      await httpFetch(`${server}/images/${image}/rootfs.squashfs?mac=${hyphens(mac)}`, { ...http, tries: 5 });
+    } else {
+      const nbd = kernelArg(kernel.args, 'netboot.nbd') ?? `${new URL(server).hostname}:10809`;
+      const [host, port] = [nbd.slice(0, nbd.lastIndexOf(':')), Number(nbd.slice(nbd.lastIndexOf(':') + 1))];
+      await nbdReplay(host, port, ipxe.ip, image, plan.reads, counters);
+    }
+    done('root');
+    phase = 'up';
+    const token = kernelArg(kernel.args, 'netboot.token');
+    await httpFetch(`${server}/api/machines/${hyphens(mac)}/events`, {
+      ...http,
+      method: 'POST',
+      headers: { 'content-type': 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
+      body: JSON.stringify({ phase: 'up', t: (performance.now() - t0) / 1000, detail: `storm-${index}` }),
+      tries: 5,
+    });
+    done('up');
+    return result({ upAtMs: performance.now() - t0 });
+  } catch (err) {
+    return result({ failed: { phase, error: (err as Error).message } });
+  }
+}
+
+async function main(): Promise<void> {
+  const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
+  const mux = await DhcpMux.open();
+  const tftp = { retransmits: 0 };
+  const startedAt = Date.now();
+  const t0 = performance.now();
+  let up = 0;
+  const progress = setInterval(() => process.stderr.write(`storm client: ${up}/${plan.macs.length} up at ${((performance.now() - t0) / 1000).toFixed(0)} s\n`), 10_000);
+  const machines = await Promise.all(
+    plan.macs.map((_, i) =>
+      Promise.race([
+        bootOne(plan, mux, i, t0, tftp).then((r) => {
+          if (!r.failed) up++;
+          return r;
+        }),
+        new Promise<MachineResult>((resolve) =>
+          setTimeout(() => resolve({ mac: plan.macs[i]!, phases: {}, waits: 0, waitMs: 0, retries: 0, failed: { phase: 'up', error: `not up within ${plan.deadlineMs / 1000} s` } }), plan.deadlineMs).unref(),
+        ),
+      ]),
+    ),
+  );
+  clearInterval(progress);
+  mux.close();
+  const report: ClientReport = { startedAt, machines, dhcpRetransmits: mux.retransmits, tftpRetransmits: tftp.retransmits };
+  process.stdout.write(JSON.stringify(report) + '\n');
+  process.exit(0);
+}
+
+if (process.argv[1] === import.meta.filename) await main();
+export { PHASES };

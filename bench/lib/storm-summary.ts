@@ -1,0 +1,114 @@
+/** bench/storm's figures: per-phase percentiles, failures, waits and the final comparison line. Pure. */
+
+export const PHASES = ['dhcp-pxe', 'tftp', 'dhcp-ipxe', 'script', 'kernel', 'initrd', 'layer', 'root', 'up'] as const;
+export type Phase = (typeof PHASES)[number];
+
+export interface MachineResult {
+  mac: string;
+  /** Milliseconds each finished phase took (waits for admission included). */
+  phases: Partial<Record<Phase, number>>;
+  /** 503 + Retry-After answers honoured (not failures) and the time spent waiting. */
+  waits: number;
+  waitMs: number;
+  /** Failed attempts that were retried (connection refused, HTTP errors other than 503). */
+  retries: number;
+  /** Milliseconds from power-on to the `up` event's answer. */
+  upAtMs?: number;
+  failed?: { phase: Phase; error: string };
+}
+
+export interface StackRun {
+  stack: string;
+  machines: MachineResult[];
+  /** Server processes: CPU seconds during the storm, peak resident set (sum over the stack's processes). */
+  cpuSeconds: number;
+  peakRssBytes: number;
+  dhcpRetransmits: number;
+  tftpRetransmits: number;
+}
+
+/** Nearest-rank percentile (p in 0..100) of unsorted values; NaN for none. */
+export function percentile(values: readonly number[], p: number): number {
+  if (values.length === 0) return NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const rank = Math.ceil((p / 100) * sorted.length);
+  return sorted[Math.min(sorted.length, Math.max(1, rank)) - 1]!;
+}
+
+export function failedCount(run: StackRun): number {
+  return run.machines.filter((m) => m.failed).length;
+}
+
+/** Seconds until the last machine was up (every machine, failed ones excluded); NaN when none came up. */
+export function allUpSeconds(run: StackRun): number {
+  const ups = run.machines.filter((m) => !m.failed && m.upAtMs !== undefined).map((m) => m.upAtMs!);
+  return ups.length ? Math.max(...ups) / 1000 : NaN;
+}
+
+function ms(x: number): string {
+  if (Number.isNaN(x)) return '-';
+  return x >= 10_000 ? `${(x / 1000).toFixed(1)} s` : `${x.toFixed(x < 10 ? 1 : 0)} ms`;
+}
+
+function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
+}
+
+/** Per phase and stack: p50 / p99 over the machines that finished the phase. */
+export function phaseTable(runs: readonly StackRun[]): string {
+  const header = ['phase', ...runs.flatMap((r) => [`${r.stack} p50`, `${r.stack} p99`])];
+  const rows = PHASES.map((phase) => [
+    phase,
+    ...runs.flatMap((r) => {
+      const values = r.machines.map((m) => m.phases[phase]).filter((v): v is number => v !== undefined);
+      return [ms(percentile(values, 50)), ms(percentile(values, 99))];
+    }),
+  ]);
+  return table(header, rows);
+}
+
+const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(0);
+
+/** Per stack: failures (by phase), admission waits, retries, all-up time, CPU, peak RSS. */
+export function stackTable(runs: readonly StackRun[]): string {
+  const rows = runs.map((r) => {
+    const failures = new Map<string, number>();
+    for (const m of r.machines) if (m.failed) failures.set(m.failed.phase, (failures.get(m.failed.phase) ?? 0) + 1);
+    const waited = r.machines.filter((m) => m.waits > 0);
+    const waitSeconds = r.machines.reduce((s, m) => s + m.waitMs, 0) / 1000;
+    return [
+      r.stack,
+      String(r.machines.length),
+      failures.size ? `${failedCount(r)} (${[...failures].map(([p, n]) => `${p} ${n}`).join(', ')})` : '0',
+      `${waited.length} machines, ${r.machines.reduce((s, m) => s + m.waits, 0)} waits, ${waitSeconds.toFixed(1)} s`,
+      String(r.machines.reduce((s, m) => s + m.retries, 0)),
+      `${r.dhcpRetransmits} / ${r.tftpRetransmits}`,
+      Number.isNaN(allUpSeconds(r)) ? '-' : allUpSeconds(r).toFixed(1),
+      r.cpuSeconds.toFixed(1),
+      mib(r.peakRssBytes),
+    ];
+  });
+  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'all up s', 'server CPU s', 'peak RSS MiB'], rows);
+}
+
+/** The first error of each distinct kind, for the failures list. */
+export function failureSamples(run: StackRun, limit = 5): string[] {
+  const seen = new Map<string, string>();
+  for (const m of run.machines) {
+    if (!m.failed) continue;
+    const kind = `${m.failed.phase}: ${m.failed.error.replace(/\d+(\.\d+){3}/g, 'IP').replace(/[0-9a-f]{2}(:[0-9a-f]{2}){5}/g, 'MAC')}`;
+    if (!seen.has(kind)) seen.set(kind, `${m.mac} ${m.failed.phase}: ${m.failed.error}`);
+  }
+  return [...seen.values()].slice(0, limit);
+}
+
+/** The line scripts read: `storm: N machines, F failed, netboot X s vs peer Y s = R.RRx` (F: netboot's failures). */
+export function finalLine(netboot: StackRun, peer: StackRun): string {
+  const x = allUpSeconds(netboot);
+  const y = allUpSeconds(peer);
+  const ratio = x / y;
+  const f = (v: number) => (Number.isFinite(v) ? v.toFixed(1) : 'NaN');
+  return `storm: ${netboot.machines.length} machines, ${failedCount(netboot)} failed, netboot ${f(x)} s vs peer ${f(y)} s = ${Number.isFinite(ratio) ? ratio.toFixed(2) : 'NaN'}x`;
+}

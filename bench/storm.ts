@@ -1,0 +1,184 @@
+/**
+ * bench/storm (issue 15): a boot storm. N simulated machines power on at once and boot, each
+ * doing in order what a real one does (bench/lib/storm-client.ts): PXE firmware DHCP (arch 7)
+ * -> TFTP of snponly.efi in lockstep -> iPXE DHCP -> boot.ipxe -> per-MAC script -> kernel ->
+ * initrd -> top layer -> root (ram: the whole squashfs; nbd: replay of a read trace recorded
+ * from a real VM, bench/fixtures/storm-nbd-trace.json) -> the `up` event. Same fleet, same run,
+ * against netboot (full DHCP mode) and the peer stack (dnsmasq DHCP+TFTP, nginx sendfile,
+ * nbd-server; bench/lib/storm-stacks.ts), one after the other, on one private segment:
+ * servers in one namespace at 10.88.20.1/22, the fleet in another (its own MAC in every DHCP
+ * packet; its leased address as source of everything after, the pool routed as local there).
+ * The image is the e2e suite's busybox image from the fixture cache (never rebuilt here).
+ *
+ *   node --import tsx bench/storm.ts [--machines 200] [--root ram|nbd] [--link-mbit M]
+ *        [--only netboot|peer] [--deadline-s 900]
+ *   node --import tsx bench/storm.ts --record-trace      (re-records the NBD trace: QEMU, minutes)
+ *
+ * --link-mbit shapes the server -> fleet direction of the segment (htb on the bridge port) so
+ * the link, not loopback speed, is the shared resource. Needs root. Prints per-phase p50/p99,
+ * failures, 503 waits, time until all are up, server CPU and peak RSS, and ends with
+ *   storm: N machines, F failed, netboot X s vs peer Y s = R.RRx
+ * (F: netboot's failed machines; R = X / Y, below 1 means netboot got the fleet up sooner).
+ */
+import { execFile } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { promisify } from 'node:util';
+import { addClientNamespace, createSegment, type ClientNamespace, type Segment } from '../server/lab/netns.ts';
+import { cleanupOnInterrupt } from './lib/interrupt.ts';
+import type { ClientPlan, ClientReport } from './lib/storm-client.ts';
+import { prepareStormCache, STORM_IMAGE_ID } from './lib/storm-image.ts';
+import { watchStack } from './lib/storm-procs.ts';
+import { CLIENT_IP, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
+import { failureSamples, finalLine, phaseTable, stackTable, type StackRun } from './lib/storm-summary.ts';
+import type { NbdTrace } from './lib/storm-trace.ts';
+
+const run = promisify(execFile);
+const REPO = join(import.meta.dirname, '..');
+const TRACE = join(REPO, 'bench/fixtures/storm-nbd-trace.json');
+
+function stringArg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
+function numberArg(name: string, fallback: number): number {
+  const value = stringArg(name);
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`--${name} ${value}: expected a positive number`);
+  return n;
+}
+
+const MAC_PREFIX = '52:54:00:88';
+
+/** 52:54:00:88:<hi>:<lo>, i from 1. */
+export function stormMac(i: number): string {
+  return `${MAC_PREFIX}:${((i >> 8) & 0xff).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`;
+}
+
+async function wireSegment(segment: Segment, linkMbit: number | undefined): Promise<ClientNamespace> {
+  const ip = (ns: string, ...args: string[]) => run('ip', ['-n', ns, ...args]);
+  // createSegment gives the bridge a /24; the fleet needs up to 766 addresses.
+  await ip(segment.ns, 'addr', 'del', `${SERVER_IP}/24`, 'dev', segment.bridge);
+  await ip(segment.ns, 'addr', 'add', `${SERVER_IP}/${PREFIX}`, 'dev', segment.bridge);
+  // Removing the bridge's only address flushed the broadcast route createSegment had added.
+  await ip(segment.ns, 'route', 'replace', '255.255.255.255/32', 'dev', segment.bridge);
+  const client = await addClientNamespace(segment);
+  await ip(client.ns, 'addr', 'add', `${CLIENT_IP}/${PREFIX}`, 'dev', client.ifname);
+  // Every pool address is "ours" in the fleet's namespace (AnyIP): a machine sends from its lease.
+  for (const route of POOL_ROUTES) await ip(client.ns, 'route', 'add', 'local', route, 'dev', 'lo');
+  await client.exec('sysctl', ['-q', '-w', 'net.ipv4.ip_local_port_range=1024 65000']);
+  // The fleet shares one NIC: frames the server sends to a machine's own MAC (dnsmasq's unicast
+  // OFFER/ACK to a client without the broadcast flag, iPXE's case) are readdressed to that NIC on their way out.
+  const { stdout: link } = await ip(client.ns, '-j', 'link', 'show', client.ifname);
+  const nicMac = (JSON.parse(link) as { address: string }[])[0]!.address;
+  await segment.exec('ebtables', ['-t', 'nat', '-A', 'OUTPUT', '-d', `${MAC_PREFIX}:00:00/ff:ff:ff:ff:00:00`, '-j', 'dnat', '--to-destination', nicMac]);
+  if (linkMbit !== undefined) {
+    const { stdout } = await ip(segment.ns, '-o', 'link', 'show', 'master', segment.bridge);
+    const port = /^\d+:\s+([^@:]+)/.exec(stdout.trim())?.[1];
+    if (!port) throw new Error(`no bridge port to shape in ${stdout}`);
+    await segment.exec('tc', ['qdisc', 'add', 'dev', port, 'root', 'handle', '1:', 'htb', 'default', '10']);
+    await segment.exec('tc', ['class', 'add', 'dev', port, 'parent', '1:', 'classid', '1:10', 'htb', 'rate', `${linkMbit}mbit`, 'ceil', `${linkMbit}mbit`]);
+  }
+  return client;
+}
+
+async function runFleet(client: ClientNamespace, planFile: string): Promise<ClientReport> {
+  const child = client.spawn('node', ['--import', 'tsx', join(REPO, 'bench/lib/storm-client.ts'), planFile], { cwd: REPO });
+  child.stderr!.pipe(process.stderr);
+  return new Promise((resolve, reject) => {
+    let got = false;
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (!line.startsWith('{')) return;
+      got = true;
+      resolve(JSON.parse(line) as ClientReport);
+    });
+    child.once('exit', (code) => {
+      if (!got) reject(new Error(`the fleet exited with ${code} and no report`));
+    });
+  });
+}
+
+async function storm(): Promise<void> {
+  const n = Math.floor(numberArg('machines', 200));
+  if (n > 766) throw new Error('--machines: at most 766 (the pool 10.88.21.1 - 10.88.23.254)');
+  const root = stringArg('root') ?? 'ram';
+  if (root !== 'ram' && root !== 'nbd') throw new Error(`--root ${root}: expected ram or nbd`);
+  const linkArg = stringArg('link-mbit');
+  const linkMbit = linkArg === undefined ? undefined : numberArg('link-mbit', 0);
+  const only = stringArg('only');
+  if (only !== undefined && only !== 'netboot' && only !== 'peer') throw new Error(`--only ${only}: expected netboot or peer`);
+  const deadlineMs = numberArg('deadline-s', 900) * 1000;
+  const macs = Array.from({ length: n }, (_, i) => stormMac(i + 1));
+  let reads: [number, number, number][] = [];
+  if (root === 'nbd') {
+    if (!existsSync(TRACE)) throw new Error(`${TRACE} is missing: record it with --record-trace`);
+    const trace = JSON.parse(readFileSync(TRACE, 'utf8')) as NbdTrace;
+    if (trace.imageId !== STORM_IMAGE_ID) throw new Error(`${TRACE} was recorded on image ${trace.imageId}, the bench boots ${STORM_IMAGE_ID}: re-record it`);
+    reads = trace.reads;
+  }
+
+  // /var/tmp: the same file system as the fixture cache, so the image is hard-linked, not copied.
+  const workDir = await mkdtemp('/var/tmp/storm-');
+  let segment: Segment | null = null;
+  let stack: RunningStack | null = null;
+  const cleanup = async () => {
+    await stack?.stop().catch(() => undefined);
+    stack = null;
+    await segment?.destroy();
+    segment = null;
+    if (!process.env.STORM_KEEP) await rm(workDir, { recursive: true, force: true });
+  };
+  const unregister = cleanupOnInterrupt(cleanup);
+  const runs: StackRun[] = [];
+  try {
+    const cacheDir = join(workDir, 'cache');
+    const imageDir = await prepareStormCache(cacheDir, ['storm']);
+    // Both stacks read the same inodes: warm the page cache once, so neither pays the disk.
+    await run('cat', [join(imageDir, 'vmlinuz'), join(imageDir, 'initrd.img'), join(imageDir, 'rootfs.squashfs')], { maxBuffer: 1 << 30, encoding: 'buffer' });
+    segment = await createSegment({ serverIp: SERVER_IP });
+    const client = await wireSegment(segment, linkMbit);
+    const planFile = join(workDir, 'plan.json');
+    const plan: ClientPlan = { macs, root, reads, deadlineMs };
+    await writeFile(planFile, JSON.stringify(plan));
+    const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir };
+    for (const name of ['netboot', 'peer'] as const) {
+      if (only && only !== name) continue;
+      process.stderr.write(`storm: ${name}: starting the stack\n`);
+      stack = name === 'netboot' ? await startNetboot(spec) : await startPeer(spec);
+      const watch = await watchStack(segment.ns);
+      process.stderr.write(`storm: ${name}: ${n} machines power on\n`);
+      const report = await runFleet(client, planFile);
+      const usage = await watch.stop();
+      await stack.stop();
+      stack = null;
+      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits });
+    }
+  } finally {
+    await cleanup();
+    unregister();
+  }
+
+  const out: string[] = [];
+  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}, image ${STORM_IMAGE_ID} (e2e busybox)`);
+  out.push('per phase, over the machines that finished it (script = boot.ipxe + per-MAC script; root waits in a queue count in the phase)\n');
+  out.push(phaseTable(runs));
+  out.push('');
+  out.push(stackTable(runs));
+  for (const r of runs) for (const sample of failureSamples(r)) out.push(`  ${r.stack} failure: ${sample}`);
+  out.push(`load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 shared cores; the fleet runs on them too)`);
+  const netboot = runs.find((r) => r.stack === 'netboot');
+  const peer = runs.find((r) => r.stack === 'peer');
+  if (netboot && peer) out.push(finalLine(netboot, peer));
+  process.stdout.write(`${out.join('\n')}\n`);
+}
+
+if (process.argv.includes('--record-trace')) {
+  const { recordNbdTrace } = await import('./lib/record-nbd-trace.ts');
+  await recordNbdTrace();
+} else {
+  await storm();
+}
