@@ -7,6 +7,8 @@ import { DhcpServer, type DhcpExchange } from '../dhcp/server.ts';
 import { Metrics } from '../events/metrics.ts';
 import { Timeline } from '../events/timeline.ts';
 import { createHttpServer } from '../http/server.ts';
+import { selectIpxeDir } from '../ipxe-binaries.ts';
+import { startRouterAdvertResponder, type RouterAdvertResponder } from '../ipv6/start.ts';
 import type { ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
 import { NbdServer, type NbdConnectionEvent, type NbdExport } from '../nbd/server.ts';
@@ -19,7 +21,7 @@ export interface NetbootOptions {
   store: ConfigStore;
   log: Logger;
   docker?: Dockerode;
-  /** Directory of the iPXE binaries (Debian's ipxe package). */
+  /** Directory of the iPXE binaries; default server.ipxeDir, else as server/ipxe-binaries.ts selects. */
   ipxeDir?: string;
 }
 
@@ -64,6 +66,8 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   };
 
   let nbd: NbdServer | null = null;
+  const ipxe = selectIpxeDir(options.ipxeDir ?? config.server.ipxeDir);
+  log[ipxe.warning ? 'warn' : 'info']({ phase: 'serve', ipxeDir: ipxe.dir, source: ipxe.source, version: ipxe.version }, ipxe.warning ?? 'iPXE binaries');
   try {
     const http = await createHttpServer({
       getConfig: () => store.current,
@@ -76,7 +80,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       dhcpSightings,
       rebuild: (name) => builds.request(name, { pull: true }),
       nbdClients: (id) => nbd?.connectedExports().get(id) ?? 0,
-      ipxeDir: options.ipxeDir,
+      ipxeDir: ipxe.dir,
     });
     http.addHook('onResponse', async (request) => {
       if (request.note?.mac) addressOwners.set(request.ip.replace(/^::ffff:/, ''), request.note.mac);
@@ -93,11 +97,18 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         maxTransfersPerAddress: config.server.tftp.maxTransfersPerAddress,
         limits: { maxBlksize: config.server.tftp.maxBlksize },
         log: log.child({ service: 'tftp' }),
-        source: tftpTree(cache.imagesDir, http, options.ipxeDir),
+        source: tftpTree(cache.imagesDir, http, ipxe.dir),
         onTransfer: (event) => recordTftp(event, addressOwners, timeline, metrics),
       });
       await tftp.start();
       started.push(tftp);
+    }
+
+    // Before DHCP, so the first boot's window is open when its iPXE solicits.
+    let routerAdverts: RouterAdvertResponder | null = null;
+    if (config.server.ipv6RouterAdvert === 'auto' && config.server.dhcp.mode !== 'off') {
+      routerAdverts = await startRouterAdvertResponder(config.server.address, log.child({ service: 'ipv6' }));
+      if (routerAdverts) started.push(routerAdverts);
     }
 
     let dhcp: DhcpServer | null = null;
@@ -109,6 +120,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         onPacket: (type, direction) => metrics.dhcpPacket(type, direction),
         onExchange: (exchange) => {
           dhcpSightings.note(exchange.mac);
+          if (exchange.replyType && exchange.offered.bootfile) routerAdverts?.bootStarted(exchange.mac);
           recordDhcp(exchange, addressOwners, timeline);
         },
       });

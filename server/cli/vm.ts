@@ -13,6 +13,8 @@ interface VmCliOptions extends CommonOptions {
   lab?: boolean;
   nic: 'virtio' | 'e1000';
   uefi?: boolean;
+  firmware?: 'bios' | 'uefi' | 'uefi-pxe' | 'uefi-http';
+  ipv6Router: boolean;
   expect?: string;
   timeout: number;
   memory: number;
@@ -25,7 +27,13 @@ export function registerVm(program: Command): void {
     .option('--server <url>', 'a running netboot server, e.g. http://192.168.1.5:8080 (the VM uses QEMU user networking)')
     .option('--lab', 'create a private lab (network namespace, netboot serve with --config) and boot the VM in it (root)')
     .addOption(new Option('--nic <model>', 'NIC model').choices(['virtio', 'e1000']).default('virtio'))
-    .option('--uefi', 'boot with OVMF (UEFI) instead of SeaBIOS')
+    .option('--uefi', 'boot with OVMF (UEFI) instead of SeaBIOS (same as --firmware uefi)')
+    .addOption(
+      new Option('--firmware <kind>', "bios: SeaBIOS + the NIC's iPXE ROM; uefi: OVMF + the NIC's iPXE; uefi-pxe / uefi-http: OVMF's own PXE / HTTP Boot, NIC ROM off, as on real hardware")
+        .choices(['bios', 'uefi', 'uefi-pxe', 'uefi-http'])
+        .conflicts('uefi'),
+    )
+    .option('--no-ipv6-router', 'with --lab: no IPv6 router advertisement daemon on the segment (like most IPv4-only networks)')
     .option('--expect <text>', 'exit 0 as soon as the console prints this text')
     .option('--timeout <seconds>', 'give up after this long', (v) => Number.parseInt(v, 10), 300)
     .option('--memory <MiB>', 'VM memory', (v) => Number.parseInt(v, 10), 1024)
@@ -34,6 +42,7 @@ export function registerVm(program: Command): void {
       `
 Examples:
   netboot vm --lab --mac 52:54:00:12:34:56 --expect 'login:'        # private lab, example config
+  netboot vm --lab --firmware uefi-pxe --no-ipv6-router --mac 52:54:00:12:34:56   # firmware PXE, no IPv6 router
   netboot vm --server http://10.0.0.5:8080 --mac 52:54:00:12:34:56 --expect 'NETBOOT-OK' --timeout 600
 Exit codes: 0 expected text seen (or VM powered off without --expect), 5 timeout, 1 failure.`,
     )
@@ -53,7 +62,7 @@ Exit codes: 0 expected text seen (or VM powered off without --expect), 5 timeout
         mac,
         nic: options.nic,
         memoryMiB: options.memory,
-        firmware: options.uefi ? ('uefi' as const) : ('bios' as const),
+        firmware: options.firmware ?? (options.uefi ? ('uefi' as const) : ('bios' as const)),
         logDir,
         echo: process.stdout,
       };
@@ -68,7 +77,7 @@ Exit codes: 0 expected text seen (or VM powered off without --expect), 5 timeout
       try {
         if (options.lab) {
           process.stderr.write(`netboot vm: starting a private lab with ${options.config} (logs: ${logDir})\n`);
-          lab = await Lab.start({ configFile: options.config, logDir });
+          lab = await Lab.start({ configFile: options.config, logDir, routerAdvertisements: options.ipv6Router });
           vm = await lab.bootVm(vmOptions);
         } else {
           const server = options.server!.replace(/\/+$/, '');

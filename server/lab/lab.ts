@@ -24,11 +24,17 @@ export interface LabOptions {
   serveArgs?: string[];
   /** Environment for the server (e.g. DOCKER_HOST). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Run an IPv6 router advertisement daemon on the segment (default true). false: a segment
+   * like most IPv4-only lab networks, where only netboot's own answers to router solicitations
+   * (server.ipv6RouterAdvert) keep iPXE from waiting for IPv6.
+   */
+  routerAdvertisements?: boolean;
 }
 
 /**
  * A private lab: a network segment (namespace + bridge at the config's server address),
- * router advertisements, optionally the lab's own DHCP server, `netboot serve` running inside
+ * router advertisements (unless turned off), optionally the lab's own DHCP server, `netboot serve` running inside
  * it, and QEMU VMs on taps. `close()` tears everything down; call it in a finally.
  */
 export class Lab {
@@ -48,7 +54,7 @@ export class Lab {
     const segment = await createSegment({ serverIp: config.server.address });
     const lab = new Lab(segment, options, `http://${config.server.address}:${config.server.httpPort}`);
     try {
-      await startRouterAdvertisements(segment);
+      if (options.routerAdvertisements ?? true) await startRouterAdvertisements(segment);
       const labDhcp = options.labDhcp ?? config.server.dhcp.mode === 'proxy';
       if (labDhcp) await startLabDhcp(segment, typeof labDhcp === 'object' ? labDhcp : {});
       await lab.#startServer();

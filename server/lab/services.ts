@@ -3,8 +3,10 @@ import { once } from 'node:events';
 import type { Segment } from './netns.ts';
 
 /**
- * Router advertisements on the segment: iPXE waits ~16 s for IPv6 autoconfiguration when no
- * RA arrives, so every test segment gets one (dnsmasq in RA-only mode binds no DHCP port).
+ * Router advertisements on the segment, from a real router daemon (dnsmasq in RA-only mode
+ * binds no DHCP port; it advertises a ULA prefix). iPXE waits for IPv6 autoconfiguration when
+ * no RA arrives (Debian 12's iPXE ~16 s, Debian 13's ~6 s) unless netboot answers its
+ * solicitation (server.ipv6RouterAdvert: auto); segments without this daemon test that.
  */
 export async function startRouterAdvertisements(segment: Segment): Promise<ChildProcess> {
   const prefix = `fd77:${segment.subnet.split('.')[2]}::`;
