@@ -172,6 +172,7 @@ function normalise(
     ...raw.server,
     stateDir: resolveDir(baseDir, raw.server.stateDir),
     cacheDir: resolveDir(baseDir, raw.server.cacheDir),
+    ipxeDir: raw.server.ipxeDir === undefined ? undefined : resolveDir(baseDir, raw.server.ipxeDir),
   };
 
   if (raw.defaults.image !== undefined && !images.has(raw.defaults.image)) {

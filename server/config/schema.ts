@@ -178,6 +178,18 @@ export const serverSchema = z.strictObject({
   rebootDelay: z.number().int().min(0).default(30),
   /** How often a running server checks whether an image's source moved (docker tag, archive file). */
   imageCheckSeconds: z.number().int().min(1).default(60),
+  /**
+   * Directory of the iPXE binaries handed to firmware (undionly.kpxe, snponly.efi, ipxe.efi,
+   * ipxe-arm64.efi). Default: the iPXE scripts/setup-host.sh fetched (Debian 13's package), else
+   * the host's /usr/lib/ipxe. See server/ipxe-binaries.ts.
+   */
+  ipxeDir: z.string().optional(),
+  /**
+   * auto: answer IPv6 Router Solicitations from machines netboot is booting with an RA that
+   * advertises nothing (router lifetime 0, no prefix, M/O clear), so iPXE does not wait for
+   * IPv6 autoconfiguration on a segment without an IPv6 router. off: send nothing. See server/ipv6/.
+   */
+  ipv6RouterAdvert: z.enum(['auto', 'off']).default('auto'),
 });
 
 export const defaultsSchema = z
