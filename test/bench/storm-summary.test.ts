@@ -1,0 +1,74 @@
+import { describe, expect, it } from 'vitest';
+import { scriptCommand } from '../../bench/lib/storm-client.ts';
+import { allUpSeconds, failureSamples, finalLine, percentile, phaseTable, stackTable, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+
+function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
+  return {
+    mac,
+    phases: upAtMs === null ? { 'dhcp-pxe': 40 } : { 'dhcp-pxe': 40, script: upAtMs / 10, root: upAtMs / 2 },
+    waits: 0,
+    waitMs: 0,
+    retries: 0,
+    ...(upAtMs === null ? { failed: { phase: 'tftp', error: 'TFTP snponly.efi: ERROR 0 Server busy from 10.88.21.7' } } : { upAtMs }),
+    ...extra,
+  };
+}
+
+function stack(name: string, machines: MachineResult[]): StackRun {
+  return { stack: name, machines, cpuSeconds: 12.34, peakRssBytes: 150 * 2 ** 20, dhcpRetransmits: 2, tftpRetransmits: 1 };
+}
+
+describe('bench/storm summary', () => {
+  it('takes nearest-rank percentiles', () => {
+    const values = Array.from({ length: 100 }, (_, i) => 100 - i); // 100..1, unsorted
+    expect(percentile(values, 50)).toBe(50);
+    expect(percentile(values, 99)).toBe(99);
+    expect(percentile(values, 100)).toBe(100);
+    expect(percentile([7], 99)).toBe(7);
+    expect(percentile([], 50)).toBeNaN();
+  });
+
+  it('times the storm by its last machine up and ends with the line scripts read', () => {
+    const netboot = stack('netboot', [machine('52:54:00:88:00:01', 10_000), machine('52:54:00:88:00:02', 42_500), machine('52:54:00:88:00:03', null)]);
+    const peer = stack('peer', [machine('52:54:00:88:00:01', 20_000), machine('52:54:00:88:00:02', 50_000), machine('52:54:00:88:00:03', 30_000)]);
+    expect(allUpSeconds(netboot)).toBe(42.5);
+    expect(finalLine(netboot, peer)).toBe('storm: 3 machines, 1 failed, netboot 42.5 s vs peer 50.0 s = 0.85x');
+    expect(finalLine(netboot, peer)).toMatch(/^storm: \d+ machines, \d+ failed, netboot [\d.]+ s vs peer [\d.]+ s = \d+\.\d\dx$/);
+  });
+
+  it('says NaN rather than inventing a time when a stack got no machine up', () => {
+    const none = stack('peer', [machine('52:54:00:88:00:01', null)]);
+    expect(finalLine(stack('netboot', [machine('52:54:00:88:00:01', 1000)]), none)).toBe('storm: 1 machines, 0 failed, netboot 1.0 s vs peer NaN s = NaNx');
+  });
+
+  it('tables phases, failures by phase, and 503 waits apart from failures', () => {
+    const waited = machine('52:54:00:88:00:04', 30_000, { waits: 3, waitMs: 4500 });
+    const run = stack('netboot', [machine('52:54:00:88:00:01', 10_000), machine('52:54:00:88:00:03', null), waited]);
+    const phases = phaseTable([run]);
+    expect(phases).toContain('| dhcp-pxe  | 40 ms       | 40 ms       |');
+    expect(phases).toContain('| root      | 5000 ms     | 15.0 s      |');
+    expect(phases).toContain('| tftp      | -           | -           |');
+    const stacks = stackTable([run]);
+    expect(stacks).toContain('| 1 (tftp 1) |');
+    expect(stacks).toContain('| 1 machines, 3 waits, 4.5 s |');
+    expect(stacks).toContain('| 12.3 ');
+    expect(stacks).toContain('| 150 ');
+  });
+
+  it('lists one failure per kind, whatever the address or MAC', () => {
+    const run = stack('netboot', [machine('52:54:00:88:00:01', null), machine('52:54:00:88:00:02', null, {})]);
+    run.machines[1]!.failed = { phase: 'tftp', error: 'TFTP snponly.efi: ERROR 0 Server busy from 10.88.21.9' };
+    expect(failureSamples(run)).toEqual(['52:54:00:88:00:01 tftp: TFTP snponly.efi: ERROR 0 Server busy from 10.88.21.7']);
+  });
+
+  it('reads the URLs and arguments a machine follows out of iPXE scripts', () => {
+    expect(scriptCommand('#!ipxe\nchain --replace http://s:8080/machines/${mac:hexhyp}/boot.ipxe || goto failed\n', 'chain')).toEqual({
+      url: 'http://s:8080/machines/${mac:hexhyp}/boot.ipxe',
+      args: [],
+    });
+    const script = ':kernel\nkernel --name vmlinuz http://s/images/x/vmlinuz?mac=a initrd=initrd.img netboot.token=t console=ttyS0 || goto kernel_retry1\ninitrd --name initrd.img http://s/images/x/initrd.img || goto r\n';
+    expect(scriptCommand(script, 'kernel')).toEqual({ url: 'http://s/images/x/vmlinuz?mac=a', args: ['initrd=initrd.img', 'netboot.token=t', 'console=ttyS0'] });
+    expect(scriptCommand(script, 'initrd')?.url).toBe('http://s/images/x/initrd.img');
+    expect(scriptCommand('#!ipxe\necho no kernel here\n', 'kernel')).toBeNull();
+  });
+});
