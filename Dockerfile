@@ -1,0 +1,66 @@
+# netboot in a container: `netboot serve --config /etc/netboot/netboot.yaml`, as the user
+# `netboot` (uid 10001). Run it with docker-compose.yml (host network, NET_BIND_SERVICE; why:
+# see there and the README's "Deploying").
+#
+#   docker build -t netboot .                       # the official Node 20 image from Docker Hub
+#   docker build --build-arg BASE=my/node20 -t netboot .
+#
+# BASE: a Debian 12 (bookworm) image with Node >= 20.19 on PATH and its C headers (the official
+# node:20 images have both). What the base already has is not installed again (the package steps
+# install only what is missing), so a base holding it all builds without a network: the compose
+# test (test/deploy/compose.test.ts) builds this file that way.
+ARG BASE=node:20-bookworm-slim
+
+# Build stage: the native parts. scripts/setup-host.sh `runtime` installs the compilers and the
+# tools, and fetches the pinned iPXE build into /usr/local/share/netboot/ipxe; npm ci compiles the
+# binding.gyp targets (the sendfile addon, helpers) against the headers of the Node that runs it;
+# the initramfs NBD client (root: nbd images) is compiled here too, so the runtime needs no compiler.
+FROM ${BASE} AS build
+COPY scripts/setup-host.sh /tmp/setup-host.sh
+RUN bash /tmp/setup-host.sh runtime && rm -rf /var/lib/apt/lists/*
+WORKDIR /opt/netboot
+COPY package.json package-lock.json binding.gyp ./
+COPY native/ native/
+RUN npm_config_nodedir="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")" \
+      npm ci --omit=dev --no-audit --no-fund \
+ && test -f build/Release/netboot_sendfile.node \
+ && find build/Release -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
+COPY . .
+# The server looks for the compiled client in <tmpdir>/netboot-native/, named by the hash of its
+# source and flags, and compiles it only when that file is missing: the runtime ships this one.
+# Everything the runtime takes is staged under /out, so that it is one layer there.
+RUN node --import tsx --input-type=module \
+      -e "const m = await import('/opt/netboot/server/initramfs/nbd-client.ts'); console.log(await m.compileNbdClient());" \
+ && install -d -m 0755 /out/opt /out/usr/local/share && install -d -m 1777 /out/tmp \
+ && cp -a /opt/netboot /out/opt/ && cp -a /usr/local/share/netboot /out/usr/local/share/ && cp -a /tmp/netboot-native /out/tmp/
+
+# Runtime stage: Node, the source (run through tsx, as bin/netboot does), node_modules and the
+# compiled native parts, and the Debian tools `netboot serve` runs: setup-host.sh's `runtime`
+# list minus the compilers (tar2sqfs, busybox for the initramfs, iPXE, zstd/xz, ssh-keygen, ip).
+# It runs as `netboot`, not root, yet DHCP (67) and TFTP (69) are below 1024: Node gets that one
+# capability as a file capability (setcap below), so the container must keep NET_BIND_SERVICE and
+# must not set no-new-privileges (which ignores file capabilities).
+FROM ${BASE}
+RUN set -eu; missing=; \
+    for p in squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client libcap2-bin; do \
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"; \
+    done; \
+    if [ -n "$missing" ]; then \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi; \
+    groupadd --system --gid 10001 netboot; \
+    useradd --system --uid 10001 --gid netboot --home-dir /var/lib/netboot --no-create-home --shell /usr/sbin/nologin netboot; \
+    install -d -o netboot -g netboot -m 0700 /var/lib/netboot; \
+    install -d -o netboot -g netboot -m 0755 /var/cache/netboot; \
+    install -d -m 0755 /etc/netboot; \
+    setcap cap_net_bind_service=+ep "$(readlink -f "$(command -v node)")"
+# /opt/netboot, the iPXE build in /usr/local/share/netboot, the NBD client in /tmp/netboot-native.
+COPY --from=build /out/ /
+USER netboot
+WORKDIR /var/lib/netboot
+VOLUME ["/var/lib/netboot", "/var/cache/netboot"]
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+  CMD ["node", "/opt/netboot/deploy/healthcheck.mjs", "/etc/netboot/netboot.yaml"]
+ENTRYPOINT ["/opt/netboot/bin/netboot"]
+CMD ["serve", "--config", "/etc/netboot/netboot.yaml"]
