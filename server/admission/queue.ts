@@ -79,6 +79,7 @@ export class AdmissionQueue {
   readonly #active = new Set<number>();
   #nextTicket = 1;
   #meanStreamMs = INITIAL_STREAM_MS;
+  #completed = 0;
   #nextExpiry = Infinity;
 
   constructor(limits: AdmissionLimits) {
@@ -107,6 +108,11 @@ export class AdmissionQueue {
   /** The running mean of finished streams' durations, the base of every Retry-After. */
   get meanStreamMs(): number {
     return this.#meanStreamMs;
+  }
+
+  /** Streams that ran to their end (the mean is a guess until there is one). */
+  get completedStreams(): number {
+    return this.#completed;
   }
 
   request(who: Requester, now: number): AdmissionDecision {
@@ -146,7 +152,9 @@ export class AdmissionQueue {
    */
   release(ticket: Ticket, now: number, complete = true): void {
     if (!this.#active.delete(ticket.id)) return;
-    if (complete) this.#meanStreamMs += MEAN_WEIGHT * (Math.max(0, now - ticket.startedAt) - this.#meanStreamMs);
+    if (!complete) return;
+    this.#completed++;
+    this.#meanStreamMs += MEAN_WEIGHT * (Math.max(0, now - ticket.startedAt) - this.#meanStreamMs);
   }
 
   /** Seconds to wait for the machine at `position`: slots free up at about maxActive per mean stream time. */

@@ -37,6 +37,35 @@ export class RootStreams {
   release(ticket: Ticket, now: number, complete: boolean): void {
     this.#queue.release(ticket, now, complete);
   }
+
+  /**
+   * How long an admitted stream may run while others wait: preemptAfterSeconds, or 4 times the
+   * mean stream time once streams have finished, if that is longer (big images on slow links).
+   */
+  preemptAfterMs(): number {
+    const floor = this.#config().preemptAfterSeconds * 1000;
+    return this.#queue.completedStreams > 0 ? Math.max(floor, 4 * this.#queue.meanStreamMs) : floor;
+  }
+
+  /**
+   * Calls `cut` once the stream has run past preemptAfterMs() while machines wait (checked again
+   * every preemptAfterMs() while nobody does). The holder of a slot that stops reading would
+   * otherwise keep it as long as its connection lives. Returns the function that stops watching.
+   */
+  guard(cut: (ranMs: number, waiting: number) => void): () => void {
+    const started = Date.now();
+    let timer: NodeJS.Timeout | undefined;
+    const arm = () => {
+      timer = setTimeout(check, this.preemptAfterMs());
+      timer.unref();
+    };
+    const check = () => {
+      if (this.#queue.queued > 0) cut(Date.now() - started, this.#queue.queued);
+      else arm();
+    };
+    arm();
+    return () => clearTimeout(timer);
+  }
 }
 
 function limitsOf(config: AdmissionConfig): AdmissionLimits {

@@ -146,6 +146,12 @@ export const serverSchema = z.strictObject({
       maxQueuedPerAddress: z.number().int().min(1).max(1024).default(4),
       /** Longest Retry-After handed out, seconds. */
       maxRetryAfterSeconds: z.number().int().min(1).max(600).default(30),
+      /**
+       * A root stream still running after this long (or 4 times the mean stream time, if longer)
+       * while machines wait is cut: the client resumes with Range from the back of the queue, so a
+       * client that stops reading cannot keep a slot for ever.
+       */
+      preemptAfterSeconds: z.number().int().min(1).default(120),
     })
     .prefault({}),
   /**

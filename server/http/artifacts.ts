@@ -108,12 +108,19 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
           });
         }
       };
+      const unguard = ticket
+        ? rootStreams.guard((ranMs, waiting) => {
+            request.note.warning = `root stream cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
+            reply.raw.destroy();
+          })
+        : null;
       try {
         await sendFileRange(reply.raw, path, start, end, record);
       } catch (err) {
         request.note.error = (err as Error).message;
         reply.raw.destroy();
       } finally {
+        unguard?.();
         if (ticket) rootStreams.release(ticket, ctx.now(), false);
       }
     },

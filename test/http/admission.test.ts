@@ -23,7 +23,6 @@ const mac = (n: number) => `52-54-00-ad-00-0${n}`;
 
 let h: Harness;
 let base: string;
-let port: number;
 let image: FakeImage;
 let big: Buffer;
 
@@ -35,8 +34,7 @@ beforeAll(async () => {
   mkdirSync(join(h.store.root, ID), { recursive: true });
   writeFileSync(h.store.artifactPath(ID, 'rootfs.squashfs')!, big);
   await h.app.listen({ host: '127.0.0.1', port: 0 });
-  port = (h.app.server.address() as AddressInfo).port;
-  base = `http://127.0.0.1:${port}`;
+  base = `http://127.0.0.1:${(h.app.server.address() as AddressInfo).port}`;
 });
 afterAll(async () => h?.close());
 
@@ -56,10 +54,10 @@ async function curlDownload(url: string, out: string, extra: string[] = []): Pro
 }
 
 /** A download that is admitted, receives its headers, then stops reading until `finish()`. */
-async function heldStream(url: string): Promise<{ status: string; finish(): Promise<number> }> {
-  const socket = connect(port, '127.0.0.1');
+async function heldStream(url: string): Promise<{ status: string; abandon(): void; finish(): Promise<number> }> {
+  const { pathname, search, port } = new URL(url);
+  const socket = connect(Number(port), '127.0.0.1');
   await new Promise<void>((resolve, reject) => socket.once('connect', resolve).once('error', reject));
-  const { pathname, search } = new URL(url);
   socket.write(`GET ${pathname}${search} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n`);
   let received = 0;
   let head = '';
@@ -76,6 +74,10 @@ async function heldStream(url: string): Promise<{ status: string; finish(): Prom
   });
   return {
     status: head.split('\r\n')[0]!,
+    /** Stops without reading the rest. */
+    abandon() {
+      socket.destroy();
+    },
     async finish() {
       socket.resume();
       // Connection: close: the server closes after the body, i.e. after the stream has released its slot.
@@ -174,4 +176,32 @@ describe("/init's download_rootfs under busybox sh against the real server", () 
     const sixth = phases(6).filter((p) => p.phase === 'queued');
     expect(Date.parse(sixth[1]!.at)).toBeGreaterThanOrEqual(Date.parse(queued[1]!.at));
   }, 150_000);
+});
+
+describe('a slot holder that stops reading', () => {
+  let h2: Harness;
+  let base2: string;
+  beforeAll(async () => {
+    h2 = await harness(baseYaml({ server: '  admission:\n    maxRootStreams: 1\n    maxRetryAfterSeconds: 1\n    preemptAfterSeconds: 1\n' }));
+    mkdirSync(join(h2.store.root, ID), { recursive: true });
+    writeFileSync(h2.store.artifactPath(ID, 'rootfs.squashfs')!, big);
+    await h2.app.listen({ host: '127.0.0.1', port: 0 });
+    base2 = `http://127.0.0.1:${(h2.app.server.address() as AddressInfo).port}`;
+  });
+  afterAll(async () => h2?.close());
+
+  it('is cut once machines wait (preemptAfterSeconds), and the waiter gets the slot', async () => {
+    const url = (n: number) => `${base2}/images/${ID}/rootfs.squashfs?mac=${mac(n)}`;
+    const rootfsOf = (n: number) => h2.timeline.current(mac(n).replace(/-/g, ':'))?.phases.find((p) => p.phase === 'rootfs');
+    const stalled = await heldStream(url(7));
+    expect(stalled.status).toBe('HTTP/1.1 200 OK');
+    expect((await curlHead(url(8))).status).toMatch(/ 503 .*\(queued 1 of 1,/);
+    // The stalled stream ends, short, while its client still reads nothing.
+    await expect.poll(() => rootfsOf(7)?.detail, { timeout: 30_000 }).toMatch(/^aborted after \d+ of \d+ bytes$/);
+    expect(rootfsOf(7)!.bytes).toBeLessThan(BIG);
+    stalled.abandon();
+    const out = join(h2.dir, 'waiter.bin');
+    expect(await curlDownload(url(8), out, ['--retry', '10'])).toBe('200');
+    expect(sha256(readFileSync(out))).toBe(sha256(big));
+  });
 });
