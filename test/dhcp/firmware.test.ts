@@ -2,10 +2,15 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createSegment, stopChild, type Segment } from '../lab/netns.ts';
 import { startLabDhcp, startRouterAdvertisements, waitForOutput } from '../../server/lab/services.ts';
 import { Vm } from '../../server/lab/vm.ts';
+import { silentLogger } from '../../server/log.ts';
+import { linkLocalFromMac } from '../../server/ipv6/ndp.ts';
+import { RouterAdvertResponder, type SolicitationEvent } from '../../server/ipv6/responder.ts';
+import type { DhcpExchange } from '../../server/dhcp/server.ts';
 import { DhcpChild, UdpPeer } from './lab.ts';
 
 const MACS = { pxe: '52:54:00:00:f0:01', http: '52:54:00:00:f0:02', ipxe: '52:54:00:00:f0:03' };
@@ -15,23 +20,40 @@ const MACS = { pxe: '52:54:00:00:f0:01', http: '52:54:00:00:f0:02', ipxe: '52:54
  * same segment: each client must take its address from dnsmasq and its boot file from us,
  * and then ask for that file. No TFTP/HTTP server is needed: the first request for the file
  * is the proof. QEMU runs under TCG; each VM is stopped as soon as its request is seen.
+ * Like most IPv4-only networks, this segment has no IPv6 router: netboot's answers to router
+ * solicitations (server/ipv6/, wired as in server/app/netboot.ts: a DHCP answer with a boot
+ * file opens the machine's window) are what keeps iPXE from waiting for one.
  */
 describe('real PXE firmware with a lab DHCP server and our proxy', () => {
   let segment: Segment;
   let dir: string;
   let server: DhcpChild;
+  let responder: RouterAdvertResponder;
+  const solicitations: SolicitationEvent[] = [];
   let vm: Vm | null = null;
   const extra: ChildProcess[] = [];
 
   beforeAll(async () => {
     dir = await mkdtemp(join(tmpdir(), 'dhcp-firmware-'));
     segment = await createSegment();
-    await startRouterAdvertisements(segment);
     await startLabDhcp(segment);
+    const { stdout } = await segment.exec('ip', ['-j', 'link', 'show', 'br0']);
+    const bridgeMac = (JSON.parse(stdout) as { address: string }[])[0]!.address;
+    responder = await RouterAdvertResponder.start({
+      iface: { name: 'br0', mac: bridgeMac, linkLocal: linkLocalFromMac(bridgeMac) },
+      log: silentLogger,
+      spawn: (cmd, args) => segment.spawn(cmd, args),
+      onSolicitation: (event) => solicitations.push(event),
+    });
     server = await DhcpChild.start(segment, {
       server: { address: segment.serverIp, httpPort: 8080, stateDir: join(dir, 'state') },
       images: { deb: { source: 'docker:debian:12' } },
       machines: Object.fromEntries(Object.values(MACS).map((mac) => [mac, {}])),
+    });
+    createInterface({ input: server.child.stdout! }).on('line', (line) => {
+      if (!line.startsWith('exchange ')) return;
+      const exchange = JSON.parse(line.slice('exchange '.length)) as DhcpExchange;
+      if (exchange.replyType && exchange.offered.bootfile) responder.bootStarted(exchange.mac);
     });
   });
 
@@ -42,6 +64,7 @@ describe('real PXE firmware with a lab DHCP server and our proxy', () => {
   });
 
   afterAll(async () => {
+    await responder?.stop();
     await server?.stop();
     await segment?.destroy();
     await rm(dir, { recursive: true, force: true });
@@ -76,13 +99,21 @@ describe('real PXE firmware with a lab DHCP server and our proxy', () => {
     );
   }, 180_000);
 
-  it('the iPXE ROM (BIOS) takes the lab address and our boot.ipxe URL', async () => {
+  it('the iPXE ROM (BIOS) takes the lab address and our boot.ipxe URL; with no IPv6 router, our RA ends its IPv6 wait', async () => {
     vm = new Vm(segment, { name: 'ipxe-bios', mac: MACS.ipxe, firmware: 'bios', memoryMiB: 256, logDir: dir });
     await vm.start();
     const [, ip] = await vm.waitFor(/net0: (\d+\.\d+\.\d+\.\d+)\//, 90_000);
     expect(inLabRange(ip!)).toBe(true);
     await vm.waitFor(new RegExp(`http://${segment.serverIp.replace(/\./g, '\\.')}:8080/boot\\.ipxe`), 60_000);
     expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.ipxe, arch: 0, offered: { bootfile: `http://${segment.serverIp}:8080/boot.ipxe` } }));
+    // iPXE solicited, we answered, and iPXE took the answer: it re-sends its solicitation on a
+    // backoff until an RA comes (src/net/ndp.c), so an accepted answer is its last solicitation
+    // (one more may already be on the wire when ours arrives).
+    const fromVm = solicitations.filter((e) => e.mac === MACS.ipxe);
+    const firstAnswer = fromVm.findIndex((e) => e.verdict.answer);
+    expect(firstAnswer, JSON.stringify(fromVm)).toBeGreaterThanOrEqual(0);
+    expect(fromVm[firstAnswer]!.source).toMatch(/^fe80::5054:ff:fe00:f003$/);
+    expect(fromVm.length - firstAnswer - 1, JSON.stringify(fromVm)).toBeLessThanOrEqual(1);
   }, 180_000);
 });
 
