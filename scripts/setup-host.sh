@@ -7,7 +7,7 @@ set -euo pipefail
 profile=${1:-all}
 
 # gcc/g++/make/python3/libc6-dev: the native parts (the initramfs NBD client, the sendfile addon built by npm ci)
-runtime=(squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client gcc g++ make python3 libc6-dev)
+runtime=(squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client gcc g++ make python3 libc6-dev ndisc6)
 test=(qemu-system-x86 ipxe-qemu ovmf docker.io docker-compose debootstrap atftp tftp-hpa curl
       dnsmasq-base tshark libarchive-tools iptables nbd-client libnbd-bin qemu-utils
       tftpd-hpa nbd-server nginx-light wrk cpio chromium)

@@ -47,7 +47,11 @@ const WHY = 'iPXE then waits ~16 s for IPv6 autoconfiguration on every boot (27.
 const FIX =
   'set server.ipv6RouterAdvert: auto (netboot answers Router Solicitations itself), or have the lab router advertise (radvd, dnsmasq --enable-ra); disabling IPv6 in the iPXE build also avoids the wait';
 
-export function checkRouterAdvert(observation: RaObservation, setting: RaSetting, ifname: string): Finding {
+/**
+ * `setting` and `dhcpMode` are the config's: netboot answers solicitations itself
+ * (server.ipv6RouterAdvert: auto) only while its own DHCP runs (mode proxy or full).
+ */
+export function checkRouterAdvert(observation: RaObservation, setting: RaSetting, ifname: string, dhcpMode: 'proxy' | 'full' | 'off' = 'proxy'): Finding {
   if (observation.method === 'rdisc6' && observation.advertisements.length) {
     const ads = observation.advertisements.map((a) => `${a.from} (router lifetime ${a.lifetimeSeconds ?? '?'} s${a.prefixes.length ? `, prefix ${a.prefixes.join(', ')}` : ''})`);
     return { check: 'ipv6-ra', severity: 'ok', summary: `router advertisement on ${ifname}: iPXE does not wait for IPv6`, details: ads };
@@ -55,15 +59,19 @@ export function checkRouterAdvert(observation: RaObservation, setting: RaSetting
   if (observation.method === 'routes' && observation.raRoute) {
     return { check: 'ipv6-ra', severity: 'ok', summary: `this host has a route learnt from a router advertisement on ${ifname}` };
   }
-  if (setting === 'auto') {
-    return { check: 'ipv6-ra', severity: 'ok', summary: `no other router advertises on ${ifname}; handled: server.ipv6RouterAdvert is auto, so netboot answers Router Solicitations itself` };
+  if (setting === 'auto' && dhcpMode !== 'off') {
+    return { check: 'ipv6-ra', severity: 'ok', summary: `no router advertises on ${ifname}; handled: server.ipv6RouterAdvert is auto, so netboot serve answers the Router Solicitations of booting machines itself` };
   }
+  const fix =
+    setting === 'auto'
+      ? 'netboot answers Router Solicitations (server.ipv6RouterAdvert: auto) only while its DHCP runs: set server.dhcp.mode proxy or full, or have the lab router advertise (radvd, dnsmasq --enable-ra)'
+      : FIX;
   if (observation.method === 'rdisc6' && observation.error) {
-    return { check: 'ipv6-ra', severity: 'info', summary: `could not solicit a router advertisement on ${ifname}: ${observation.error}`, fix: `if no router advertises there, ${WHY}: ${FIX}` };
+    return { check: 'ipv6-ra', severity: 'info', summary: `could not solicit a router advertisement on ${ifname}: ${observation.error}`, fix: `if no router advertises there, ${WHY}: ${fix}` };
   }
   if (observation.method === 'none') {
     return { check: 'ipv6-ra', severity: 'info', summary: `router advertisements not checked: ${observation.reason}`, fix: 'install ndisc6 (rdisc6) and run doctor again' };
   }
   const how = observation.method === 'rdisc6' ? 'no router answered a Router Solicitation' : 'this host has learnt no route from a router advertisement (install ndisc6 for an active check)';
-  return { check: 'ipv6-ra', severity: 'warn', summary: `no IPv6 router advertisement on ${ifname} (${how}): ${WHY}`, fix: FIX };
+  return { check: 'ipv6-ra', severity: 'warn', summary: `no IPv6 router advertisement on ${ifname} (${how}): ${WHY}`, fix };
 }

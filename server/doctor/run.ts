@@ -69,6 +69,7 @@ export async function runDoctor(config: Config, options: DoctorOptions = {}): Pr
   if (link) {
     const ifname = link.ifname;
     const own = (link.addr_info ?? []).find((a) => a.family === 'inet' && a.local === server.address) ?? (link.addr_info ?? []).find((a) => a.family === 'inet');
+    // Read loosely: the setting is newer than this check and may be absent from a config type.
     const setting = (server as unknown as { ipv6RouterAdvert?: unknown }).ipv6RouterAdvert;
     const [probe, ra, rules, rp] = await Promise.all([
       own ? facts.probeDhcp(discoverDestination(broadcastDev, ifname, own.local, own.prefixlen), waitMs) : Promise.resolve({ ok: false as const, error: `${ifname} has no IPv4 address to send from` }),
@@ -77,7 +78,7 @@ export async function runDoctor(config: Config, options: DoctorOptions = {}): Pr
       facts.rpFilter(ifname),
     ]);
     findings.push(...checkDhcp(probe, server.dhcp.mode, server.address, server.httpPort));
-    findings.push(checkRouterAdvert(ra, setting === 'auto' || setting === 'off' ? (setting as RaSetting) : undefined, ifname));
+    findings.push(checkRouterAdvert(ra, setting === 'auto' || setting === 'off' ? (setting as RaSetting) : undefined, ifname, server.dhcp.mode));
     findings.push(...checkFirewall(rules, firewallProbes(needs, ifname, server.tftp.enabled)));
     findings.push(checkRpFilter(rp, ifname, defaultDev));
     findings.push(checkMtu(ifname, link.mtu, server.tftp.maxBlksize));

@@ -225,6 +225,9 @@ describe('doctor: IPv6 router advertisements', () => {
     expect(warn.fix).toContain('server.ipv6RouterAdvert: auto');
     expect(checkRouterAdvert(none, 'off', 'eth0').severity).toBe('warn');
     expect(checkRouterAdvert(none, 'auto', 'eth0')).toMatchObject({ severity: 'ok', summary: expect.stringContaining('handled') });
+    const dhcpOff = checkRouterAdvert(none, 'auto', 'eth0', 'off');
+    expect(dhcpOff.severity).toBe('warn');
+    expect(dhcpOff.fix).toContain('only while its DHCP runs');
     expect(checkRouterAdvert({ method: 'rdisc6', advertisements: parseRdisc6(RDISC6) }, undefined, 'eth0').severity).toBe('ok');
     expect(checkRouterAdvert({ method: 'routes', raRoute: false }, undefined, 'eth0').summary).toContain('install ndisc6');
   });
