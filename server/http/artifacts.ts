@@ -94,7 +94,6 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       const began = ctx.now();
       // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
       reply.hijack();
-      reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string>);
       const record = (result: SendResult) => {
         if (ticket) rootStreams.release(ticket, ctx.now(), result.complete);
         ctx.metrics.served(artifact, result.bytes);
@@ -115,6 +114,8 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
           })
         : null;
       try {
+        // Inside the try: whatever throws, an admitted stream's slot is released below.
+        reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string>);
         await sendFileRange(reply.raw, path, start, end, record);
       } catch (err) {
         request.note.error = (err as Error).message;
