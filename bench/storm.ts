@@ -12,6 +12,7 @@
  *
  *   node --import tsx bench/storm.ts [--machines 200] [--root ram|nbd] [--link-mbit M]
  *        [--only netboot|peer] [--deadline-s 900]
+ *        [--tftp-max-transfers K]   (both stacks' TFTP limit; default max(64, 2N): a size probe and a download per machine)
  *   node --import tsx bench/storm.ts --record-trace      (re-records the NBD trace: QEMU, minutes)
  *
  * --link-mbit shapes the server -> fleet direction of the segment (htb on the bridge port) so
@@ -112,6 +113,9 @@ async function storm(): Promise<void> {
   const only = stringArg('only');
   if (only !== undefined && only !== 'netboot' && only !== 'peer') throw new Error(`--only ${only}: expected netboot or peer`);
   const deadlineMs = numberArg('deadline-s', 900) * 1000;
+  // Firmware asks for the size first (a transfer aborted after the OACK) and at once for the file:
+  // two transfers per machine can be open together, and a refused RRQ fails the firmware's boot.
+  const tftpMaxTransfers = Math.floor(numberArg('tftp-max-transfers', Math.max(64, 2 * n)));
   const macs = Array.from({ length: n }, (_, i) => stormMac(i + 1));
   let reads: [number, number, number][] = [];
   if (root === 'nbd') {
@@ -144,7 +148,7 @@ async function storm(): Promise<void> {
     const planFile = join(workDir, 'plan.json');
     const plan: ClientPlan = { macs, root, reads, deadlineMs };
     await writeFile(planFile, JSON.stringify(plan));
-    const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir };
+    const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir, tftpMaxTransfers };
     for (const name of ['netboot', 'peer'] as const) {
       if (only && only !== name) continue;
       process.stderr.write(`storm: ${name}: starting the stack\n`);
@@ -155,7 +159,7 @@ async function storm(): Promise<void> {
       const usage = await watch.stop();
       await stack.stop();
       stack = null;
-      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits });
+      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds });
     }
   } finally {
     await cleanup();

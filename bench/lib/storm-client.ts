@@ -27,6 +27,8 @@ export interface ClientReport {
   machines: MachineResult[];
   dhcpRetransmits: number;
   tftpRetransmits: number;
+  /** CPU seconds the fleet process used (it shares the cores with the servers). */
+  cpuSeconds: number;
 }
 
 const hyphens = (mac: string) => mac.replace(/:/g, '-');
@@ -158,7 +160,8 @@ async function main(): Promise<void> {
   );
   clearInterval(progress);
   mux.close();
-  const report: ClientReport = { startedAt, machines, dhcpRetransmits: mux.retransmits, tftpRetransmits: tftp.retransmits };
+  const cpu = process.cpuUsage();
+  const report: ClientReport = { startedAt, machines, dhcpRetransmits: mux.retransmits, tftpRetransmits: tftp.retransmits, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
   process.stdout.write(JSON.stringify(report) + '\n');
   process.exit(0);
 }

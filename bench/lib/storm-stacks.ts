@@ -35,6 +35,8 @@ export interface StackSpec {
   imageId: string;
   /** The cache dir holding imageId (bench/lib/storm-image.ts). */
   cacheDir: string;
+  /** netboot's server.tftp.maxTransfers and dnsmasq's --tftp-max. */
+  tftpMaxTransfers: number;
 }
 
 export interface RunningStack {
@@ -95,7 +97,7 @@ export async function startNetboot(spec: StackSpec): Promise<RunningStack> {
         address: SERVER_IP,
         httpPort: HTTP_PORT,
         dhcp: { mode: 'full', pool: { ...POOL, netmask: NETMASK } },
-        tftp: { maxTransfers: Math.max(64, n) },
+        tftp: { maxTransfers: spec.tftpMaxTransfers },
         nbd: { maxConnections: Math.max(256, n) },
         stateDir,
         cacheDir: spec.cacheDir,
@@ -236,7 +238,7 @@ http {
       `--dhcp-boot=tag:ipxe,${BASE}/boot.ipxe`,
       '--enable-tftp',
       `--tftp-root=${tftpRoot}`,
-      `--tftp-max=${Math.max(50, n)}`,
+      `--tftp-max=${spec.tftpMaxTransfers}`,
     ]);
     children.push(dnsmasq);
     logTo(dnsmasq, join(dir, 'dnsmasq.out'));

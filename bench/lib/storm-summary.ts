@@ -25,6 +25,8 @@ export interface StackRun {
   peakRssBytes: number;
   dhcpRetransmits: number;
   tftpRetransmits: number;
+  /** CPU seconds of the simulated fleet (one process, on the same cores). */
+  fleetCpuSeconds?: number;
 }
 
 /** Nearest-rank percentile (p in 0..100) of unsorted values; NaN for none. */
@@ -88,9 +90,10 @@ export function stackTable(runs: readonly StackRun[]): string {
       Number.isNaN(allUpSeconds(r)) ? '-' : allUpSeconds(r).toFixed(1),
       r.cpuSeconds.toFixed(1),
       mib(r.peakRssBytes),
+      r.fleetCpuSeconds === undefined ? '-' : r.fleetCpuSeconds.toFixed(1),
     ];
   });
-  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'all up s', 'server CPU s', 'peak RSS MiB'], rows);
+  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'all up s', 'server CPU s', 'peak RSS MiB', 'fleet CPU s'], rows);
 }
 
 /** The first error of each distinct kind, for the failures list. */
