@@ -16,6 +16,8 @@ export interface VmOptions {
    * so the firmware does real PXE (DHCP arch 7 -> TFTP). uefi-http: OVMF's HTTP Boot client.
    */
   firmware?: 'bios' | 'uefi' | 'uefi-pxe' | 'uefi-http';
+  /** bios/uefi: this option ROM instead of QEMU's (e.g. Debian 13's pxe-virtio.rom, a newer iPXE). */
+  nicRom?: string;
   /** Direct kernel boot (no PXE): kernel, initrd and command line. */
   direct?: { kernel: string; initrd: string; append: string };
   /** Where the timestamped serial log goes. */
@@ -89,6 +91,7 @@ export class Vm {
     const nicModel = options.nic === 'e1000' ? 'e1000' : 'virtio-net-pci';
     const nic = [`${nicModel}`, 'netdev=n0', `mac=${options.mac}`];
     if (firmware === 'uefi-pxe' || firmware === 'uefi-http') nic.push('romfile=', 'bootindex=1');
+    else if (options.nicRom) nic.push(`romfile=${options.nicRom}`);
     const args = [
       '-accel', 'tcg',
       '-m', String(options.memoryMiB ?? 1024),
