@@ -85,7 +85,8 @@ export function parseOffer(packet: Buffer, from: string, xid: number, mac: strin
   if (m.op !== BOOTREPLY || m.xid >>> 0 !== xid >>> 0 || macFromBytes(m.chaddr.subarray(0, 6)) !== mac) return null;
   if (messageType(m) !== MessageType.OFFER) return null;
   const router = getOption(m, Opt.ROUTER);
-  const bootfile = bootfileName(m) || m.file || undefined;
+  // Some servers NUL-terminate option 67 (the PXE spec's habit).
+  const bootfile = (bootfileName(m) || m.file).replace(/\0+$/, '') || undefined;
   return {
     from,
     server: serverId(m) ?? from,

@@ -164,6 +164,8 @@ describe('doctor: DHCP', () => {
     expect(parseOffer(packet, '10.0.0.1', XID + 1, MAC)).toBeNull();
     expect(parseOffer(packet, '10.0.0.1', XID, '02:6e:62:00:00:00')).toBeNull();
     expect(parseOffer(Buffer.from('garbage'), '10.0.0.1', XID, MAC)).toBeNull();
+    const nul = parseOffer(offer({ yiaddr: '10.0.0.50' }, [ipOption(Opt.SERVER_ID, '10.0.0.1'), textOption(Opt.BOOTFILE, 'pxelinux.0\0')]), '10.0.0.1', XID, MAC);
+    expect(nul?.bootfile).toBe('pxelinux.0');
     const proxy = parseOffer(offer({}, [ipOption(Opt.SERVER_ID, '10.0.0.9'), textOption(Opt.VENDOR_CLASS, 'PXEClient')]), '10.0.0.9', XID, MAC);
     expect(proxy).toMatchObject({ address: null, pxe: true });
   });

@@ -128,6 +128,19 @@ describe('netboot doctor on a lab segment (dnsmasq DHCP + router advertisements)
     }
   }, 60_000);
 
+  it('ports held by a running netboot serve count as ours, not as taken', async () => {
+    const config = writeConfig('ours', { address: '10.88.40.2', dhcp: { mode: 'proxy' } });
+    const serve = host.spawn(NETBOOT, ['serve', '--config', config]);
+    try {
+      await waitForOutput(serve, /netboot serving/, 60_000);
+      const { report } = await doctor(host, config, '--wait', '1500');
+      const ports = of(report, 'ports');
+      expect(ports).toEqual([{ check: 'ports', severity: 'ok', summary: 'held by a running netboot serve: 67/udp (DHCP), 4011/udp (PXE), 69/udp (TFTP), 8080/tcp (HTTP)' }]);
+    } finally {
+      await stopChild(serve);
+    }
+  }, 90_000);
+
   it('server.address on no interface: exit 1, the fix lists the host addresses', async () => {
     const config = writeConfig('noaddr', { address: '10.88.40.99' });
     const { code, report } = await doctor(host, config);
