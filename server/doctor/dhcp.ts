@@ -131,7 +131,9 @@ export function checkDhcp(probe: ProbeResult, mode: 'proxy' | 'full' | 'off', ad
         check: 'dhcp',
         severity: 'warn',
         summary: `could not send the DHCPDISCOVER: ${probe.error}`,
-        fix: 'run doctor as root (it binds UDP port 68 to hear the offers)',
+        fix: /EADDRINUSE/.test(probe.error)
+          ? 'a DHCP client on this host holds UDP port 68 without sharing it: give the interface a static address (a boot server wants one anyway) or stop that client while doctor runs'
+          : 'run doctor as root (it binds UDP port 68 to hear the offers)',
       },
     ];
   }

@@ -200,6 +200,7 @@ describe('doctor: DHCP', () => {
     expect(checkDhcp(probe([{ ...lab, bootfile: 'http://10.0.0.2:8080/boot.ipxe' }]), 'off', '10.0.0.2', 8080)[0]!.severity).toBe('ok');
     expect(checkDhcp(probe([lab]), 'off', '10.0.0.2', 8080)[0]!.fix).toContain('http://10.0.0.2:8080/boot.ipxe');
     expect(checkDhcp({ ok: false, error: 'bind EACCES 0.0.0.0:68' }, 'proxy', '10.0.0.2', 8080)[0]).toMatchObject({ severity: 'warn', fix: expect.stringContaining('root') });
+    expect(checkDhcp({ ok: false, error: 'bind EADDRINUSE 0.0.0.0:68' }, 'proxy', '10.0.0.2', 8080)[0]!.fix).toContain('DHCP client on this host');
   });
 });
 
