@@ -28,6 +28,8 @@ export async function startDockerd(options: {
   lockTimeoutMs?: number;
   /** Run the engine inside this network namespace: its host network (`network_mode: host`) is then that namespace. */
   netns?: string;
+  /** vfs (default) works on any filesystem; overlay2 copies nothing per layer, where the kernel allows it. */
+  storageDriver?: 'vfs' | 'overlay2';
 }): Promise<Dockerd> {
   const dataRoot = options.dataRoot;
   await mkdir(dataRoot, { recursive: true });
@@ -61,7 +63,7 @@ export async function startDockerd(options: {
       command[0]!,
       [
         ...command.slice(1),
-        '--storage-driver=vfs',
+        `--storage-driver=${options.storageDriver ?? 'vfs'}`,
         '--iptables=false',
         '--ip6tables=false',
         '--bridge=none',
