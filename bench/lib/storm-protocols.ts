@@ -267,7 +267,7 @@ export interface HttpOptions {
 
 const RETRY_DELAY_MS = 2000;
 
-function once(url: string, o: HttpOptions): Promise<{ status: number; retryAfter: number | null; bytes: number; body: string }> {
+function once(url: string, o: HttpOptions): Promise<{ status: number; retryAfter: number | null; bytes: number; length: number | null; body: string }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(url, { method: o.method ?? 'GET', headers: o.headers, localAddress: o.localAddress, agent: false }, (res) => {
       let bytes = 0;
@@ -278,7 +278,8 @@ function once(url: string, o: HttpOptions): Promise<{ status: number; retryAfter
       });
       res.on('end', () => {
         const retryAfter = res.headers['retry-after'] === undefined ? null : Number(res.headers['retry-after']);
-        resolve({ status: res.statusCode ?? 0, retryAfter: Number.isFinite(retryAfter) ? retryAfter : null, bytes, body: Buffer.concat(chunks).toString('utf8') });
+        const length = res.headers['content-length'] === undefined ? null : Number(res.headers['content-length']);
+        resolve({ status: res.statusCode ?? 0, retryAfter: Number.isFinite(retryAfter) ? retryAfter : null, bytes, length, body: Buffer.concat(chunks).toString('utf8') });
       });
       res.on('error', reject);
     });
@@ -296,7 +297,7 @@ export async function httpFetch(url: string, o: HttpOptions): Promise<{ bytes: n
     let why: string;
     try {
       const r = await once(url, o);
-      if (r.status >= 200 && r.status < 300) return r;
+      if (r.status >= 200 && r.status < 300 && (r.length === null || r.length === r.bytes)) return r;
       if (r.status === 503 && r.retryAfter !== null) {
         const ms = r.retryAfter * 1000 * (1 + 0.5 * o.jitter());
         o.counters.waits++;
@@ -304,7 +305,7 @@ export async function httpFetch(url: string, o: HttpOptions): Promise<{ bytes: n
         await sleep(ms);
         continue;
       }
-      why = `HTTP ${r.status}`;
+      why = r.status >= 200 && r.status < 300 ? `short body: ${r.bytes} of ${r.length} bytes` : `HTTP ${r.status}`;
     } catch (err) {
       why = (err as Error).message;
     }
