@@ -133,7 +133,9 @@ export function checkDhcp(probe: ProbeResult, mode: 'proxy' | 'full' | 'off', ad
         summary: `could not send the DHCPDISCOVER: ${probe.error}`,
         fix: /EADDRINUSE/.test(probe.error)
           ? 'a DHCP client on this host holds UDP port 68 without sharing it: give the interface a static address (a boot server wants one anyway) or stop that client while doctor runs'
-          : 'run doctor as root (it binds UDP port 68 to hear the offers)',
+          : /no IPv4 address/.test(probe.error)
+            ? `put server.address (${address}) on that interface`
+            : 'run doctor as root (it binds UDP port 68 to hear the offers)',
       },
     ];
   }
