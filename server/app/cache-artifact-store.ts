@@ -10,6 +10,6 @@ export function cacheArtifactStore(cache: ImageCache, builds?: ImageBuilds): Art
     artifactPath: (id, name) => (isImageId(id) ? cache.artifactPath(id, name) : null),
     manifest: (id) => cache.manifest(id),
     list: async () => (await cache.list()).map((built) => built.manifest),
-    ...(builds ? { buildState: (name: string) => builds.state(name) } : {}),
+    ...(builds ? { buildState: (name: string) => builds.state(name), buildError: (name: string) => builds.error(name), buildProgress: (name: string) => builds.progress(name) } : {}),
   };
 }

@@ -2,7 +2,7 @@ import { stat } from 'node:fs/promises';
 import type Dockerode from 'dockerode';
 import type { Config, Image } from '../config/types.ts';
 import type { Metrics } from '../events/metrics.ts';
-import type { ImageCache } from '../images/cache.ts';
+import type { BuildProgress, ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
 import { defaultDocker } from '../images/docker-source.ts';
 import { watchDockerTag } from '../images/watch.ts';
@@ -19,7 +19,7 @@ export type BuildState = 'idle' | 'building' | 'failed';
  * Builds run one at a time: they are CPU-heavy and the machines being served come first.
  */
 export class ImageBuilds {
-  readonly #state = new Map<string, { state: BuildState; error?: string }>();
+  readonly #state = new Map<string, { state: BuildState; error?: string; progress?: BuildProgress }>();
   readonly #archiveStamps = new Map<string, string>();
   /** One docker tag watcher per image name, with the source it watches. */
   readonly #tagWatchers = new Map<string, { source: string; stop: () => void }>();
@@ -42,6 +42,12 @@ export class ImageBuilds {
 
   error(name: string): string | undefined {
     return this.#state.get(name)?.error;
+  }
+
+  /** The last progress report of a running build. */
+  progress(name: string): BuildProgress | undefined {
+    const entry = this.#state.get(name);
+    return entry?.state === 'building' ? entry.progress : undefined;
   }
 
   /** Queues a build of every configured image, then watches their sources. */
@@ -122,12 +128,17 @@ export class ImageBuilds {
     if (!image || this.#stopped) return;
     const log = this.log.child({ phase: 'build', image: name });
     const previous = await this.cache.currentId(name);
-    this.#state.set(name, { state: 'building' });
+    const building: { state: BuildState; progress?: BuildProgress } = { state: 'building' };
+    this.#state.set(name, building);
+    const report = progressReporter(this.log, false);
     try {
       const built = await buildImage(this.cache, image, log, {
         docker: this.docker,
         pull,
-        onProgress: progressReporter(this.log, false),
+        onProgress: (p) => {
+          building.progress = p;
+          report(p);
+        },
       });
       this.#state.set(name, { state: 'idle' });
       this.metrics.imageBuilt(name, built.manifest.buildSeconds, built.cached ? 'cached' : 'ok');

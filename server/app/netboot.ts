@@ -119,7 +119,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         bind: config.server.bind,
         onPacket: (type, direction) => metrics.dhcpPacket(type, direction),
         onExchange: (exchange) => {
-          dhcpSightings.note(exchange.mac);
+          dhcpSightings.note(exchange.mac, { arch: exchange.arch, vendorClass: exchange.vendorClass ?? null, address: exchange.offered.ip ?? null });
           if (exchange.replyType && exchange.offered.bootfile) routerAdverts?.bootStarted(exchange.mac);
           recordDhcp(exchange, addressOwners, timeline);
         },

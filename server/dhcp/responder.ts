@@ -47,6 +47,8 @@ export interface DhcpExchange {
   mac: string;
   /** Option 93's first entry; null when the client sent none. */
   arch: number | null;
+  /** Option 60 as sent (e.g. PXEClient:Arch:00007:UNDI:003016), when the client sent one. */
+  vendorClass?: string;
   mode: DhcpMode;
   /** What the client sent: DISCOVER, REQUEST, ... */
   messageType: string;
@@ -94,6 +96,7 @@ export function respond(request: DhcpMessage, ctx: RequestContext): Outcome {
   const exchange: DhcpExchange = {
     mac,
     arch: facts.arch ?? null,
+    ...(facts.vendorClass !== undefined ? { vendorClass: facts.vendorClass.slice(0, 128) } : {}),
     mode,
     messageType: messageTypeName(type),
     replyType: null,

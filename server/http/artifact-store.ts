@@ -36,6 +36,10 @@ export interface ArtifactStore {
   list(): MaybePromise<ImageManifestView[]>;
   /** Optional: whether a build of the image is running or the last one failed. */
   buildState?(imageName: string): 'idle' | 'building' | 'failed';
+  /** Optional: why the image's last build failed (the status page). */
+  buildError?(imageName: string): string | undefined;
+  /** Optional: where a running build is (the status page shows it live). */
+  buildProgress?(imageName: string): { phase: string; bytes: number; totalBytes?: number; rate?: number } | undefined;
 }
 
 /** Ids are content hashes; anything else in that URL segment is refused before touching the disk. */

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { DhcpSightings } from '../../server/boot/dhcp-sightings.ts';
 import { addImage } from '../http/fixtures.ts';
 import { baseYaml, harness, MAC, MAC_HYP, type Harness } from '../http/setup.ts';
 
@@ -46,8 +47,10 @@ describe('status page access', () => {
   });
 
   it('a read session reads everything but cannot add or rebuild, even with its CSRF token', async () => {
-    h = await harness(yaml());
+    const dhcpSightings = new DhcpSightings();
+    h = await harness(yaml(), {}, { dhcpSightings });
     addImage(h.store, 'demo');
+    dhcpSightings.note('52:54:00:aa:bb:cc', { arch: 7, vendorClass: 'PXEClient:Arch:00007:UNDI:003016' });
     h.timeline.record('52:54:00:aa:bb:cc', 'dhcp', { source: 'dhcp', detail: 'DISCOVER -> OFFER 10.88.60.9 undionly.kpxe' });
     const { cookie, csrf } = await login(READ);
     const fleet = await h.app.inject({ url: '/', headers: { cookie } });
@@ -56,6 +59,8 @@ describe('status page access', () => {
     expect(fleet.body).toContain('52:54:00:aa:bb:cc');
     const inbox = await h.app.inject({ url: '/inbox', headers: { cookie } });
     expect(inbox.body).toContain('10.88.60.9');
+    expect(inbox.body).toContain('x86-64 UEFI');
+    expect(inbox.body).toContain('PXEClient:Arch:00007:UNDI:003016');
     expect(inbox.body).not.toContain('action="/inbox/add"');
     const add = await h.app.inject({ method: 'POST', url: '/inbox/add', payload: form({ mac: '52:54:00:aa:bb:cc', hostname: 'x1', image: 'demo', _csrf: csrf }), headers: { ...FORM, cookie } });
     expect(add.statusCode).toBe(403);

@@ -44,10 +44,25 @@ defaults:
 let server: LiveServer;
 let browser: Browser;
 let image: FakeImage;
+/** The image builds as the server reports them (the real ones need docker: tested in test/app/). */
+const build: { state: 'idle' | 'building' | 'failed'; error?: string; progress?: { phase: string; bytes: number; totalBytes?: number; rate?: number }; requested: string[] } = {
+  state: 'idle',
+  requested: [],
+};
 
 beforeAll(async () => {
-  server = await startLiveServer(CONFIG);
-  server.store.current; // the config above is valid
+  server = await startLiveServer(CONFIG, {
+    rebuild: (name) => {
+      build.requested.push(name);
+      build.state = 'building';
+      build.progress = { phase: 'pull', bytes: 10 << 20, totalBytes: 40 << 20, rate: 5 << 20 };
+    },
+  });
+  Object.assign(server.artifacts, {
+    buildState: () => build.state,
+    buildError: () => build.error,
+    buildProgress: () => build.progress,
+  });
   image = addImage(server.artifacts, 'demo');
   browser = await launchChromium();
 }, 60_000);
@@ -226,5 +241,31 @@ describe('status page in chromium', () => {
     expect(decodeURIComponent(again)).toContain('already in the config');
     expect(readFileSync(server.file, 'utf8')).toBe(text);
     await context.close();
+  }, 120_000);
+
+  it('images: an admin rebuilds, a read-only viewer watches the build progress and its error live', async () => {
+    const viewer = await browser.newPage();
+    await login(viewer, READ);
+    await viewer.goto(`${server.url}/images`);
+    await waitLive(viewer);
+    expect(await viewer.$eval('#live', (e) => e.textContent)).toContain('ready');
+    expect(await viewer.$('form[action$="/rebuild"]')).toBeNull();
+
+    const context = await browser.createBrowserContext();
+    const admin = await context.newPage();
+    await login(admin, ADMIN);
+    await admin.goto(`${server.url}/images`);
+    await Promise.all([admin.waitForNavigation(), admin.click('form[action="/images/demo/rebuild"] button')]);
+    expect(build.requested).toEqual(['demo']);
+
+    const progress = 'pull 10.0 MiB / 40.0 MiB · 5.0 MiB/s · ETA 0:06';
+    await viewer.waitForFunction((want: string) => document.getElementById('live')!.textContent!.includes(want), { timeout: 30_000, polling: 100 }, progress);
+    build.state = 'failed';
+    build.error = 'pull docker:netboot/demo:latest: manifest unknown';
+    await viewer.waitForFunction(() => document.querySelector('#live .failure pre')?.textContent?.includes('manifest unknown'), { timeout: 30_000, polling: 100 });
+    expect(await viewer.$eval('#live h2 .state', (e) => e.textContent)).toBe('failed');
+    build.state = 'idle';
+    await context.close();
+    await viewer.close();
   }, 120_000);
 });

@@ -9,17 +9,15 @@ import { hostApiToken } from '../../layers/signing.ts';
 import type { HttpContext } from '../context.ts';
 import { allow, sameOrigin, sessionCookie, UiAccess, type Viewer } from './access.ts';
 import { addMachineToFile, ConfigEditError } from './config-edit.ts';
-import { page, type PageChrome } from './html.ts';
+import { bytes, page, type PageChrome } from './html.ts';
 import { LiveHub, type LiveOptions, type Topic } from './live.ts';
-import { effectiveConfig, fleetMacs, fleetRow, inbox, type CurrentIds, type FleetRow, type SightingInfo } from './model.ts';
-import { fleetBody, fleetRowHtml, imagesLive, inboxBody, loginBody, machineLive, machineStatic, type ImageView, type LayerListing } from './views.ts';
+import { effectiveConfig, fleetMacs, fleetRow, inbox, type CurrentIds, type FleetRow } from './model.ts';
+import { fleetBody, fleetRowHtml, imageActions, imagesLive, inboxBody, loginBody, machineLive, machineStatic, type ImageView, type LayerListing } from './views.ts';
 
 export interface UiOptions {
   live?: Partial<LiveOptions>;
   /** A boot with no new record for this long is shown as stuck. Default 10 minutes. */
   stuckAfterMs?: number;
-  /** What DHCP saw of a MAC beyond its timeline (architecture, vendor class), when the server knows. */
-  sighting?: (mac: string) => SightingInfo | undefined;
 }
 
 const ASSETS = join(dirname(fileURLToPath(import.meta.url)), 'assets');
@@ -51,7 +49,8 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
   };
   const inboxEntries = (config: Config) =>
     inbox(config, ctx.timeline, (mac) => {
-      const info = options.sighting?.(mac);
+      // Architecture and vendor class of its last DHCP packet (the DHCP server feeds the same object).
+      const info = ctx.identity.sightings.info(mac);
       const ageMs = ctx.identity.sightings.ageMs(mac);
       return { ...(ageMs !== undefined ? { ageMs } : {}), ...(info ? { info } : {}) };
     });
@@ -69,7 +68,6 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
       const name = config.machines.get(mac)?.hostname;
       byId.set(boot.imageId, [...(byId.get(boot.imageId) ?? []), name ? `${mac} (${name})` : mac]);
     }
-    const store = ctx.artifacts as typeof ctx.artifacts & { buildError?(name: string): string | undefined; buildProgress?(name: string): string | undefined };
     return [...config.images.values()].map((image) => {
       const currentId = ids.get(image.name) ?? null;
       const building = ctx.artifacts.buildState?.(image.name) ?? 'idle';
@@ -79,8 +77,8 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
         root: image.root,
         currentId,
         state: building === 'building' ? 'building' : building === 'failed' ? 'failed' : currentId ? 'ready' : 'not-built',
-        error: building === 'failed' ? (store.buildError?.(image.name) ?? 'the last build failed (see the server log)') : null,
-        progress: building === 'building' ? (store.buildProgress?.(image.name) ?? null) : null,
+        error: building === 'failed' ? (ctx.artifacts.buildError?.(image.name) ?? 'the last build failed (see the server log)') : null,
+        progress: building === 'building' ? progressText(ctx.artifacts.buildProgress?.(image.name)) : null,
         builds: builds
           .filter((b) => b.name === image.name || b.id === currentId)
           .sort((a, b) => (b.builtAt ?? '').localeCompare(a.builtAt ?? ''))
@@ -98,7 +96,7 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
       },
       machine: (mac) => machineLiveHtml(ctx.getConfig(), mac),
       images: async () => {
-        const html = imagesLive(await imageViews(ctx.getConfig()), false, null);
+        const html = imagesLive(await imageViews(ctx.getConfig()));
         return { html, key: html };
       },
     },
@@ -212,9 +210,9 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
       const config = ctx.getConfig();
       if (!allow(viewer, 'read', config, reply, true)) return reply;
       const csrf = viewer.session ? access.csrf(viewer.session) : null;
-      const body = `<h1>Images</h1><div id="live">${imagesLive(await imageViews(config), viewer.role === 'admin', csrf)}</div>`;
-      // An admin page keeps its own forms: its stream would replace them with read-only HTML.
-      return html(reply, page(chrome(viewer, config, { title: 'Images', nav: 'images', ...(viewer.role === 'admin' ? {} : { live: '/ui/events?topic=images' }) }), body));
+      const images = await imageViews(config);
+      const body = `<h1>Images</h1>${viewer.role === 'admin' ? imageActions(images, csrf) : ''}<div id="live">${imagesLive(images)}</div>`;
+      return html(reply, page(chrome(viewer, config, { title: 'Images', nav: 'images', live: '/ui/events?topic=images' }), body));
     });
 
     app.post<{ Params: { name: string } }>(
@@ -309,6 +307,18 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
       },
     );
   });
+}
+
+/** "pull 120.0 MiB / 300.0 MiB · 12.0 MiB/s · ETA 0:15", as the terminal shows it. */
+export function progressText(p: { phase: string; bytes: number; totalBytes?: number; rate?: number } | undefined): string | null {
+  if (!p) return null;
+  const parts = [`${p.phase} ${bytes(p.bytes)}${p.totalBytes ? ` / ${bytes(p.totalBytes)}` : ''}`];
+  if (p.rate) parts.push(`${bytes(p.rate)}/s`);
+  if (p.rate && p.totalBytes && p.bytes < p.totalBytes) {
+    const seconds = Math.round((p.totalBytes - p.bytes) / p.rate);
+    parts.push(`ETA ${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, '0')}`);
+  }
+  return parts.join(' · ');
 }
 
 declare module 'fastify' {

@@ -110,14 +110,20 @@ export interface ImageView {
   builds: { id: string; builtAt: string | null; current: boolean; machines: string[]; nbdClients: number }[];
 }
 
-export function imagesLive(images: ImageView[], admin: boolean, csrf: string | null): string {
+/** Admin only, outside the live section (the stream's HTML is the same for every viewer). */
+export function imageActions(images: ImageView[], csrf: string | null): string {
+  return `<div class="actions">${images
+    .map((image) => `<form method="post" action="/images/${encodeURIComponent(image.name)}/rebuild" class="inline"><input type="hidden" name="_csrf" value="${esc(csrf ?? '')}"><button type="submit">Rebuild ${esc(image.name)}</button></form>`)
+    .join(' ')}</div>`;
+}
+
+export function imagesLive(images: ImageView[]): string {
   if (!images.length) return '<p>No images configured.</p>';
   return images
     .map(
       (image) => `<section class="image" data-image="${esc(image.name)}"><h2>${esc(image.name)} <span class="state s-${esc(image.state)}">${esc(image.state)}</span></h2>
 <p><code>${esc(image.source)}</code> · root ${esc(image.root)} · current ${shortId(image.currentId)}${image.progress ? ` · <span class="progress">${esc(image.progress)}</span>` : ''}</p>
 ${image.error ? `<div class="failure" role="alert"><h3>Last build error</h3><pre>${esc(image.error)}</pre></div>` : ''}
-${admin ? `<form method="post" action="/images/${encodeURIComponent(image.name)}/rebuild" class="inline"><input type="hidden" name="_csrf" value="${esc(csrf ?? '')}"><button type="submit">Rebuild ${esc(image.name)}</button></form>` : ''}
 <table><thead><tr><th scope="col">Id</th><th scope="col">Built</th><th scope="col">Machines on it</th><th scope="col">NBD clients</th></tr></thead><tbody>${image.builds
         .map(
           (b) => `<tr${b.current ? ' class="current"' : ''}><td>${shortId(b.id)}${b.current ? ' (current)' : ''}</td><td>${time(b.builtAt)}</td><td>${
