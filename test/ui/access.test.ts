@@ -93,6 +93,26 @@ describe('status page access', () => {
     expect((await post({ _csrf: other.csrf })).statusCode).toBe(403);
   });
 
+  it('log out needs the CSRF token and clears the cookie', async () => {
+    h = await harness(yaml());
+    const { cookie, csrf } = await login(READ);
+    expect((await h.app.inject({ method: 'POST', url: '/logout', payload: form({}), headers: { ...FORM, cookie } })).statusCode).toBe(403);
+    const out = await h.app.inject({ method: 'POST', url: '/logout', payload: form({ _csrf: csrf }), headers: { ...FORM, cookie } });
+    expect(out.statusCode).toBe(303);
+    expect(String(out.headers['set-cookie'])).toMatch(/^netboot_session=; .*Max-Age=0/);
+  });
+
+  it('the machine page lists the machine folder (its top layer) and never shows password hashes', async () => {
+    const machines = `  52:54:00:60:50:01:\n    hostname: withfiles\n    users:\n      - name: ops\n        passwordHash: "$6$salt$secrethash"\n`;
+    h = await harness(baseYaml({ server: `  api:\n    readToken: ${READ}\n`, machines }), { withfiles: { 'etc/motd': 'hello\n', 'etc/app/config.toml.tmpl': 'x = 1\n' } });
+    const page = await h.app.inject({ url: '/machines/52-54-00-60-50-01', headers: { authorization: `Bearer ${READ}` } });
+    expect(page.statusCode).toBe(200);
+    expect(page.body).toContain('<code>etc/motd</code>');
+    expect(page.body).toContain('<code>etc/app/config.toml.tmpl</code>');
+    expect(page.body).toContain('ops (password set)');
+    expect(page.body).not.toContain('secrethash');
+  });
+
   it('a session ends when its token is changed in the config', async () => {
     h = await harness(yaml());
     const { cookie } = await login(READ);

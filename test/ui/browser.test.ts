@@ -125,6 +125,9 @@ describe('status page in chromium', () => {
 
   it('a read session watches a machine move through its phases live, and cannot rebuild or add', async () => {
     const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on('console', (m) => void (m.type() === 'error' && errors.push(m.text())));
+    page.on('pageerror', (e) => void errors.push(String(e)));
     await page.setViewport({ width: 1280, height: 800 });
     await login(page, READ);
     expect(page.url()).toBe(`${server.url}/`);
@@ -155,6 +158,12 @@ describe('status page in chromium', () => {
     expect(await page.$eval(`tr[data-mac="${MAC}"]`, (tr) => (tr as HTMLElement).hidden)).toBe(true);
     await page.keyboard.press('Escape');
     expect(await page.$eval(`tr[data-mac="${MAC}"]`, (tr) => (tr as HTMLElement).hidden)).toBe(false);
+    // Keyboard: Tab from the filters reaches the rows' links (the machine pages).
+    await page.focus('#unknown');
+    await page.keyboard.press('Tab');
+    expect(await page.evaluate(() => document.activeElement?.getAttribute('href'))).toMatch(/^\/machines\//);
+    // No script errors, no CSP violations (an inline handler would be one).
+    expect(errors).toEqual([]);
 
     const artifacts = join(server.dir, 'artifacts');
     mkdirSync(artifacts, { recursive: true });

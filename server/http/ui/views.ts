@@ -28,7 +28,7 @@ export function fleetBody(rows: FleetRow[]): string {
   const counts = (['up', 'booting', 'failed', 'never'] as const).map((s) => `${rows.filter((r) => r.state === s).length} ${s}`).join(' · ');
   return `<h1>Fleet</h1>
 <p class="summary" id="summary">${rows.length} machines · ${counts}</p>
-<form class="filters" role="search" onsubmit="return false">
+<form class="filters" role="search">
   <label for="q">Search</label> <input id="q" type="search" placeholder="hostname, MAC, image… (press /)" autocomplete="off">
   <label for="state">State</label> <select id="state"><option value="">any</option><option>booting</option><option>up</option><option>failed</option><option>never</option></select>
   <label><input id="unknown" type="checkbox" checked> unknown MACs</label>

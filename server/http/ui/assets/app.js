@@ -46,6 +46,8 @@
     if (count) count.textContent = String(document.querySelectorAll('#attention tr').length);
   }
   for (const el of [q, stateSel, unknown]) if (el) el.addEventListener('input', filterAll);
+  // Filtering is live; Enter in the search box must not reload the page.
+  for (const form of document.querySelectorAll('form.filters')) form.addEventListener('submit', (e) => e.preventDefault());
   document.addEventListener('keydown', (e) => {
     if (e.key === '/' && q && document.activeElement !== q && !/^(INPUT|SELECT|TEXTAREA)$/.test(document.activeElement.tagName)) {
       e.preventDefault();
