@@ -165,6 +165,16 @@ export const serverSchema = z.strictObject({
       bootWindowSeconds: z.number().int().min(30).default(900),
     })
     .prefault({}),
+  /**
+   * Where machines fetch image artifacts (kernel, initrd, rootfs, manifest) from: an HTTP cache
+   * or mirror in front of this server (e.g. http://cache.lab:8081). Scripts, layers and events
+   * stay on this server. Artifacts never change under an id, so any cache may keep them forever.
+   */
+  artifactBaseUrl: z
+    .string()
+    .regex(/^https?:\/\/[^\s/?#]+(\/[^\s?#]*)?$/, 'expected an http:// or https:// URL without query, e.g. http://cache.lab:8081')
+    .transform((url) => url.replace(/\/+$/, ''))
+    .optional(),
   stateDir: z.string().default('/var/lib/netboot'),
   cacheDir: z.string().default('/var/cache/netboot'),
   /** Older name of api.adminToken, still accepted as an admin token. */

@@ -40,6 +40,17 @@ export interface BootScriptParams {
   rebootDelay: number;
   /** host:port of the NBD server, for images whose root is streamed over NBD. */
   nbd: string;
+  /** server.artifactBaseUrl: kernel, initrd and rootfs come from this HTTP cache instead of `server`. */
+  artifactBase?: string;
+}
+
+/**
+ * Image artifact URLs. From this server they carry ?mac= so each download lands on the
+ * machine's timeline; through a cache they do not, so every machine shares one cache entry.
+ */
+function artifactUrl(p: BootScriptParams, name: string): string {
+  if (p.artifactBase) return `${p.artifactBase}/images/${p.imageId}/${name}`;
+  return `${p.server}/images/${p.imageId}/${name}?mac=${macToHyphens(p.machine.mac)}`;
 }
 
 /** The kernel command line after the kernel URL, per the contract in DESIGN.md. */
@@ -56,6 +67,7 @@ export function kernelArgs(p: BootScriptParams): string {
       `netboot.init=${p.image.init}`,
     );
     if (p.image.root === 'nbd') args.push(`netboot.nbd=${p.nbd}`);
+    if (p.artifactBase) args.push(`netboot.artifacts=${p.artifactBase}`);
     args.push(`netboot.reboot=${p.rebootDelay}`);
   }
   args.push(p.image.cmdline, p.machine.cmdline);
@@ -63,7 +75,6 @@ export function kernelArgs(p: BootScriptParams): string {
 }
 
 export function renderBoot(t: IpxeTemplates, p: BootScriptParams): string {
-  const mac = macToHyphens(p.machine.mac);
   const initrd = p.image.initramfs === 'image' ? 'image-initrd.img' : 'initrd.img';
   return renderTemplate(
     t.machine,
@@ -73,8 +84,8 @@ export function renderBoot(t: IpxeTemplates, p: BootScriptParams): string {
       hostname: p.machine.hostname,
       image: p.image.name,
       imageId: p.imageId,
-      kernelUrl: `${p.server}/images/${p.imageId}/vmlinuz?mac=${mac}`,
-      initrdUrl: `${p.server}/images/${p.imageId}/${initrd}?mac=${mac}`,
+      kernelUrl: artifactUrl(p, 'vmlinuz'),
+      initrdUrl: artifactUrl(p, initrd),
       kernelArgs: kernelArgs(p),
       retryDelay: DOWNLOAD_RETRY_SECONDS,
       rebootDelay: Math.max(p.rebootDelay, 5),

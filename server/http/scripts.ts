@@ -62,6 +62,7 @@ export function registerScriptRoutes(app: FastifyInstance, ctx: HttpContext): vo
       eventToken: eventToken(ctx.layers.installKey, mac, boot.id),
       rebootDelay: config.server.rebootDelay,
       nbd: `${config.server.address}:${config.server.nbd.port}`,
+      artifactBase: config.server.artifactBaseUrl,
     });
   });
 }

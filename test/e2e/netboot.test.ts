@@ -1,4 +1,4 @@
-import { mkdtemp, writeFile, mkdir, readFile } from 'node:fs/promises';
+import { mkdtemp, writeFile, mkdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -92,6 +92,8 @@ interface LabSpec {
   images?: Record<string, Record<string, unknown>>;
   labDhcp?: boolean | { bootUrl?: string };
   files?: Record<string, string>;
+  /** More server.* settings. */
+  server?: Record<string, unknown>;
 }
 
 async function startLab(spec: LabSpec): Promise<{ lab: Lab; configFile: string; config: Record<string, unknown> }> {
@@ -109,6 +111,7 @@ async function startLab(spec: LabSpec): Promise<{ lab: Lab; configFile: string; 
       cacheDir: CACHE_DIR,
       rebootDelay: 0,
       imageCheckSeconds: 2,
+      ...spec.server,
     },
     images: spec.images ?? {
       debian: { source: `docker:${systemdRef}`, cmdline: 'console=ttyS0' },
@@ -239,20 +242,97 @@ describe('netboot end to end (QEMU, TCG)', () => {
     }
   }, 600_000);
 
-  it('hands out the reserved address in full DHCP mode', async () => {
+  it('hands out the reserved address in full DHCP mode; artifacts come through an HTTP cache in front, so a second machine costs netboot no rootfs request', async () => {
+    const cacheDir = await mkdtemp(join(tmpdir(), 'netboot-e2e-nginx-'));
     const { lab } = await startLab({
       name: 'full-dhcp',
       subnet: 203,
       dhcp: { mode: 'full', pool: { start: '10.77.203.50', end: '10.77.203.60', router: '10.77.203.1' } },
-      machines: { '52:54:00:e2:00:21': { hostname: 'reserved', ip: '10.77.203.77' } },
+      machines: { '52:54:00:e2:00:21': { hostname: 'reserved', ip: '10.77.203.77' }, '52:54:00:e2:00:22': { hostname: 'second' } },
+      server: { artifactBaseUrl: 'http://10.77.203.1:8081' },
     });
+    // An admin's nginx cache in front of netboot, in the lab's namespace (so it is on the segment).
+    const accessLog = join(cacheDir, 'access.log');
+    await writeFile(
+      join(cacheDir, 'nginx.conf'),
+      `daemon off; user root; worker_processes 1; pid ${cacheDir}/nginx.pid; error_log ${cacheDir}/error.log;
+events { worker_connections 64; }
+http {
+  client_body_temp_path ${cacheDir}/tmp; proxy_temp_path ${cacheDir}/tmp; fastcgi_temp_path ${cacheDir}/tmp; uwsgi_temp_path ${cacheDir}/tmp; scgi_temp_path ${cacheDir}/tmp;
+  proxy_cache_path ${cacheDir}/cache keys_zone=netboot:10m max_size=2g inactive=30d;
+  log_format cache '$remote_addr $request_method $uri $status $upstream_cache_status';
+  access_log ${accessLog} cache;
+  server {
+    listen 10.77.203.1:8081;
+    location /images/ { proxy_pass http://10.77.203.1:8080; proxy_cache netboot; proxy_cache_lock on; proxy_cache_valid 200 30d; }
+  }
+}
+`,
+    );
+    lab.segment.spawn('nginx', ['-c', join(cacheDir, 'nginx.conf'), '-p', cacheDir], { stdio: 'ignore' });
+    await lab.segment.exec('sh', ['-c', 'for i in $(seq 100); do curl -s -o /dev/null http://10.77.203.1:8081/ && exit 0; sleep 0.1; done; exit 1']);
+    const rootfsRequestsSeenByNetboot = async () =>
+      (await readFile(lab.serverLog, 'utf8')).split('\n').filter((line) => /"url":"\/images\/[0-9a-f]+\/rootfs\.squashfs/.test(line)).length;
     try {
-      const { marker } = await bootAndWait(lab, 'reserved', '52:54:00:e2:00:21');
+      const { vm, marker } = await bootAndWait(lab, 'reserved', '52:54:00:e2:00:21');
       expect(marker).toMatchObject({ hostname: 'reserved', addr: '10.77.203.77/24' });
+      expect(vm.console).toMatch(/netboot: image artifacts from http:\/\/10\.77\.203\.1:8081/);
+      const afterFirst = await rootfsRequestsSeenByNetboot();
+      expect(afterFirst).toBeGreaterThan(0);
+
+      const second = await bootAndWait(lab, 'second', '52:54:00:e2:00:22');
+      expect(second.marker).toMatchObject({ hostname: 'second', image: marker.image });
+      expect(await rootfsRequestsSeenByNetboot()).toBe(afterFirst);
+      // The cache answered the second machine's kernel, initrd and rootfs itself.
+      const secondAddr = second.marker.addr.replace(/\/.*/, '');
+      const served = (await readFile(accessLog, 'utf8')).split('\n').filter((l) => l.startsWith(`${secondAddr} GET /images/${marker.image}/`));
+      expect(served.map((l) => l.split(' ')[2]!.replace(/.*\//, '')).sort()).toEqual(expect.arrayContaining(['initrd.img', 'rootfs.squashfs', 'vmlinuz']));
+      expect(served.filter((l) => l.includes('/rootfs.squashfs')).every((l) => / HIT$/.test(l))).toBe(true);
+      // Layer and events stayed on netboot: the second machine's timeline has its layer and switch_root.
+      const summary = await waitForPhase(lab, '52:54:00:e2:00:22', 'switch_root');
+      expect(phasesOf(summary)).toContain('layer');
+    } finally {
+      await closeLab(lab);
+      await rm(cacheDir, { recursive: true, force: true });
+    }
+  }, 600_000);
+
+  it('six machines boot at once with one root stream allowed: each waits its turn (503 + Retry-After), none fails, all reach userspace', async () => {
+    const macs = [1, 2, 3, 4, 5, 6].map((i) => `52:54:00:e2:00:9${i}`);
+    const { lab } = await startLab({
+      name: 'storm',
+      subnet: 209,
+      dhcp: { mode: 'full', pool: { start: '10.77.209.50', end: '10.77.209.80', router: '10.77.209.1' } },
+      machines: Object.fromEntries(macs.map((mac, i) => [mac, { hostname: `storm${i + 1}` }])),
+      server: { admission: { maxRootStreams: 1, preemptAfterSeconds: 3600 } },
+    });
+    const headers = join(logRoot, 'storm', 'slot-holder.headers');
+    try {
+      // A slow client holds the only slot until we let go, so every machine is sure to queue.
+      const images = await lab.api<{ images: { name: string; currentId: string | null }[] }>('/api/images');
+      const id = images.images.find((i) => i.name === 'busybox')!.currentId!;
+      const holder = lab.segment.spawn('curl', ['-s', '--limit-rate', '4k', '-D', headers, '-o', '/dev/null', `${lab.baseUrl}/images/${id}/rootfs.squashfs?mac=02-00-00-00-00-99`], { stdio: 'ignore' });
+      await lab.segment.exec('sh', ['-c', `for i in $(seq 300); do grep -q '^HTTP/1.1 200' ${headers} 2>/dev/null && exit 0; sleep 0.1; done; exit 1`]);
+
+      const vms = await Promise.all(macs.map((mac, i) => lab.bootVm({ name: `storm${i + 1}`, mac })));
+      for (const mac of macs) await waitForPhase(lab, mac, 'queued', BOOT_TIMEOUT);
+      holder.kill('SIGKILL');
+
+      const markers = await Promise.all(vms.map(async (vm) => parseMarker(await vm.waitFor(MARKER, BOOT_TIMEOUT))));
+      expect(markers.map((m) => m.hostname)).toEqual(macs.map((_, i) => `storm${i + 1}`));
+      for (const vm of vms) expect(vm.console).toMatch(/netboot: rootfs: server busy \(.*\), waiting \d+\.\d s/);
+      for (const mac of macs) {
+        const summary = await waitForPhase(lab, mac, 'switch_root');
+        const queued = summary.lastBoot!.phases.filter((p) => p.phase === 'queued');
+        // One entry when the machine got its place, one with the wait when it was let in.
+        expect(queued.length).toBe(2);
+        expect((queued[1] as { durationMs?: number }).durationMs).toBeGreaterThan(0);
+        expect(phasesOf(summary)).not.toContain('failed');
+      }
     } finally {
       await closeLab(lab);
     }
-  }, 600_000);
+  }, 900_000);
 
   it('applies the unknown-MAC policy: deny is printed on the console, menu times out to the default image', async () => {
     const { lab, config } = await startLab({

@@ -51,6 +51,27 @@ describe('iPXE scripts', () => {
     expect(h.timeline.boots(MAC)).toHaveLength(1);
   });
 
+  it('server.artifactBaseUrl: kernel, initrd and the rootfs base point at the cache, with one URL for every machine; layer and events stay here', async () => {
+    h = await harness(baseYaml({ server: '  artifactBaseUrl: http://cache.lab:8081/netboot/' }));
+    const image = addImage(h.store, 'demo');
+    const script = (await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`)).body;
+    expectWellFormed(script);
+    const kernel = script.split('\n').find((l) => l.startsWith('kernel '))!;
+    expect(kernel).toMatch(new RegExp(`^kernel --name vmlinuz http://cache\\.lab:8081/netboot/images/${image.id}/vmlinuz initrd=initrd\\.img `));
+    expect(kernel).toContain(' netboot.artifacts=http://cache.lab:8081/netboot ');
+    expect(kernel).toContain(` netboot.server=${S} `);
+    expect(kernel).toMatch(new RegExp(`netboot\\.layer=${S}/machines/${MAC_HYP}/layer\\?`));
+    expect(script).toContain(`initrd --name initrd.img http://cache.lab:8081/netboot/images/${image.id}/initrd.img || goto initrd_retry1`);
+    expect(script).not.toContain('?mac=');
+  });
+
+  it('server.artifactBaseUrl must be an http(s) URL without a query: the error names the field', async () => {
+    const { parseConfig } = await import('../../server/config/load.ts');
+    for (const bad of ['ftp://cache.lab/', 'http://cache.lab/x?y=1', 'cache.lab:8081']) {
+      expect(() => parseConfig(baseYaml({ server: `  artifactBaseUrl: "${bad}"` }), '/virtual/netboot.yaml')).toThrow(/artifactBaseUrl[\s\S]*http:\/\/ or https:\/\//);
+    }
+  });
+
   it('an image with its own initramfs gets no netboot.* arguments', async () => {
     h = await harness(baseYaml({ images: '    initramfs: image\n    root: nbd' }));
     const image = addImage(h.store, 'demo');

@@ -54,6 +54,10 @@ describe('initramfs shell helpers under busybox sh', () => {
           } else res.end(payload.subarray(start));
           return;
         }
+        if (req.url === '/images/abc/manifest.json') {
+          const manifest = { id: 'abc', artifacts: { vmlinuz: { size: 5, sha256: 'f'.repeat(64) }, 'rootfs.squashfs': { sha256: 'a1'.repeat(32), size: payload.length } } };
+          return void res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(manifest, null, 2));
+        }
         res.writeHead(404).end('no\n');
       });
     });
@@ -87,6 +91,14 @@ describe('initramfs shell helpers under busybox sh', () => {
     expect(ranges[0]).toBeUndefined();
     expect(ranges.slice(1).every((range) => /^bytes=[1-9]\d*-$/.test(range ?? ''))).toBe(true);
     expect(ranges.length).toBeGreaterThanOrEqual(2);
+  });
+
+  it('takes the rootfs size and sha256 from the manifest (a size probe by GET would queue behind root streams), fetching it once', async () => {
+    requests.length = 0;
+    const out = await sh(`IMAGE=abc; SERVER=${base}; rootfs_size && echo "SIZE $REMOTE_SIZE"; rootfs_size && echo "$(manifest_rootfs sha256)"; IMAGE=nope; rm -f $NETBOOT_RUN/manifest.json; rootfs_size || echo "ERR $DOWNLOAD_ERROR"`);
+    expect(out).toContain(`SIZE ${payload.length}\n${'a1'.repeat(32)}\n`);
+    expect(out).toMatch(/ERR cannot fetch http:\S+\/images\/nope\/manifest\.json: wget: server returned error: HTTP\/1\.1 404/);
+    expect(requests.filter((r) => r.url === '/images/abc/manifest.json')).toHaveLength(1);
   });
 
   it('reports a 404 at once, without retrying', async () => {

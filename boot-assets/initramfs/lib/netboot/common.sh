@@ -204,22 +204,47 @@ check_squashfs() {
 	return 0
 }
 
+# The image's manifest.json (once per boot): small, immutable per id, never queued behind root
+# streams, and it lists each artifact's size and sha256.
+fetch_manifest() {
+	MANIFEST_URL="${ARTIFACTS:-$SERVER}/images/$IMAGE/manifest.json"
+	[ -s "$NETBOOT_RUN/manifest.json" ] && return 0
+	download "$MANIFEST_URL" "$NETBOOT_RUN/manifest.json"
+}
+
+# Prints field $1 (size or sha256) of rootfs.squashfs from the fetched manifest.
+manifest_rootfs() {
+	tr -d ' \n\t\r' <"$NETBOOT_RUN/manifest.json" |
+		sed -n "s/.*\"rootfs\\.squashfs\":{[^}]*\"$1\":\"\\{0,1\\}\\([0-9a-f]*\\).*/\\1/p"
+}
+
+# REMOTE_SIZE of the image's rootfs.squashfs from its manifest. A size probe by GET would be a
+# whole root stream, which a busy server answers with 503 (and busybox wget shows no headers then).
+rootfs_size() {
+	if ! fetch_manifest; then
+		DOWNLOAD_ERROR="cannot fetch $MANIFEST_URL: $DOWNLOAD_ERROR"
+		return 1
+	fi
+	REMOTE_SIZE=$(manifest_rootfs size)
+	case "$REMOTE_SIZE" in
+		'' | *[!0-9]*) DOWNLOAD_ERROR="$MANIFEST_URL lists no size for rootfs.squashfs"; return 1 ;;
+	esac
+}
+
 # netboot.verify=<sha256>, or netboot.verify alone: the sha256 listed for rootfs.squashfs
-# in <server>/images/<id>/manifest.json.
+# in the image's manifest.json.
 verify_sha256() {
-	local url=$1 file=$2 expected actual manifest
+	local url=$1 file=$2 expected actual
 	case "$VERIFY" in
 		[0-9a-f]*) expected=$VERIFY ;;
 		*)
-			manifest="$SERVER/images/$IMAGE/manifest.json"
-			if ! download "$manifest" "$NETBOOT_RUN/manifest.json"; then
-				CHECK_ERROR="cannot fetch $manifest for netboot.verify: $DOWNLOAD_ERROR"
+			if ! fetch_manifest; then
+				CHECK_ERROR="cannot fetch $MANIFEST_URL for netboot.verify: $DOWNLOAD_ERROR"
 				return 1
 			fi
-			expected=$(tr -d ' \n\t\r' <"$NETBOOT_RUN/manifest.json" |
-				sed -n 's/.*"rootfs\.squashfs"[^}]*"sha256":"\([0-9a-f]\{64\}\)".*/\1/p')
-			if [ -z "$expected" ]; then
-				CHECK_ERROR="$manifest lists no sha256 for rootfs.squashfs"
+			expected=$(manifest_rootfs sha256)
+			if [ "${#expected}" != 64 ]; then
+				CHECK_ERROR="$MANIFEST_URL lists no sha256 for rootfs.squashfs"
 				return 1
 			fi
 			;;
