@@ -35,20 +35,25 @@ RUN node --import tsx --input-type=module \
  && cp -a /opt/netboot /out/opt/ && cp -a /usr/local/share/netboot /out/usr/local/share/ && cp -a /tmp/netboot-native /out/tmp/
 
 # Runtime stage: Node, the source (run through tsx, as bin/netboot does), node_modules and the
-# compiled native parts, and the Debian tools `netboot serve` runs: setup-host.sh's `runtime`
-# list minus the compilers (tar2sqfs, busybox for the initramfs, iPXE, zstd/xz, ssh-keygen, ip).
-# It runs as `netboot`, not root, yet DHCP (67) and TFTP (69) are below 1024: Node gets that one
-# capability as a file capability (setcap below), so the container must keep NET_BIND_SERVICE and
-# must not set no-new-privileges (which ignores file capabilities).
+# compiled native parts, and the Debian tools netboot runs: setup-host.sh's `runtime` list minus
+# the compilers (tar2sqfs, busybox for the initramfs, iPXE, zstd/xz, ssh-keygen, ip, ...).
+# It runs as `netboot`, not root, with file capabilities (setcap below) in place of root: Node may
+# bind DHCP (67) and TFTP (69), below 1024 (NET_BIND_SERVICE); the helper that answers iPXE's IPv6
+# router solicitations (server.ipv6RouterAdvert: auto) opens an AF_PACKET socket (NET_RAW). So the
+# container must keep those two capabilities and must not set no-new-privileges (which ignores
+# file capabilities).
 FROM ${BASE}
+COPY scripts/setup-host.sh /tmp/setup-host.sh
 RUN set -eu; missing=; \
-    for p in squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client libcap2-bin; do \
+    for p in $(sed -n 's/^runtime=(\(.*\))$/\1/p' /tmp/setup-host.sh) libcap2-bin; do \
+      case "$p" in gcc|g++|make|python3|libc6-dev) continue ;; esac; \
       dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing="$missing $p"; \
     done; \
     if [ -n "$missing" ]; then \
       apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing \
       && rm -rf /var/lib/apt/lists/*; \
     fi; \
+    rm /tmp/setup-host.sh; \
     groupadd --system --gid 10001 netboot; \
     useradd --system --uid 10001 --gid netboot --home-dir /var/lib/netboot --no-create-home --shell /usr/sbin/nologin netboot; \
     install -d -o netboot -g netboot -m 0700 /var/lib/netboot; \
@@ -57,6 +62,7 @@ RUN set -eu; missing=; \
     setcap cap_net_bind_service=+ep "$(readlink -f "$(command -v node)")"
 # /opt/netboot, the iPXE build in /usr/local/share/netboot, the NBD client in /tmp/netboot-native.
 COPY --from=build /out/ /
+RUN setcap cap_net_raw=+ep /opt/netboot/build/Release/netboot-ra-io
 USER netboot
 WORKDIR /var/lib/netboot
 VOLUME ["/var/lib/netboot", "/var/cache/netboot"]

@@ -78,7 +78,7 @@ describe('deploy/netboot.service', () => {
     expect(broken.output).toMatch(/Unknown key 'LimitNOFLIE'/);
   });
 
-  it('runs netboot serve on /etc/netboot, restarts on failure, keeps state and cache in systemd-made dirs, with one capability', async () => {
+  it('runs netboot serve on /etc/netboot, restarts on failure, keeps state and cache in systemd-made dirs, with two capabilities (bind below 1024, the RA helper\'s packet socket)', async () => {
     const keys = unitKeys(await readFile(UNIT, 'utf8'));
     expect(keys.get('Service.ExecStart')).toEqual(['/opt/netboot/bin/netboot serve --config /etc/netboot/netboot.yaml']);
     expect(keys.get('Service.Restart')).toEqual(['on-failure']);
@@ -91,14 +91,14 @@ describe('deploy/netboot.service', () => {
     expect(config.server.stateDir).toBe('/var/lib/netboot');
     expect(config.server.cacheDir).toBe('/var/cache/netboot');
     expect(keys.get('Service.User')).toEqual(['netboot']);
-    expect(keys.get('Service.AmbientCapabilities')).toEqual(['CAP_NET_BIND_SERVICE']);
-    expect(keys.get('Service.CapabilityBoundingSet')).toEqual(['CAP_NET_BIND_SERVICE']);
+    expect(keys.get('Service.AmbientCapabilities')).toEqual(['CAP_NET_BIND_SERVICE CAP_NET_RAW']);
+    expect(keys.get('Service.CapabilityBoundingSet')).toEqual(['CAP_NET_BIND_SERVICE CAP_NET_RAW']);
     expect(keys.get('Install.WantedBy')).toEqual(['multi-user.target']);
   });
 });
 
 describe('docker-compose.yml', () => {
-  it('is valid for docker-compose v1 and puts netboot on the host network with NET_BIND_SERVICE only, the config read-only, state and cache in volumes', async () => {
+  it('is valid for docker-compose v1 and puts netboot on the host network with NET_BIND_SERVICE and NET_RAW only, the config read-only, state and cache in volumes', async () => {
     const { stdout } = await run('docker-compose', ['-f', join(REPO_ROOT, 'docker-compose.yml'), 'config'], {
       cwd: REPO_ROOT,
       env: { ...process.env, NETBOOT_CONFIG_DIR: '/srv/netboot-config' },
@@ -110,7 +110,7 @@ describe('docker-compose.yml', () => {
     const service = config.services.netboot!;
     expect(service.network_mode).toBe('host');
     expect(service.cap_drop).toEqual(['ALL']);
-    expect(service.cap_add).toEqual(['NET_BIND_SERVICE']);
+    expect(service.cap_add).toEqual(['NET_BIND_SERVICE', 'NET_RAW']);
     expect(service.restart).toBe('unless-stopped');
     expect(service.security_opt).toBeUndefined();
     expect((service.healthcheck as { test: string[] }).test.join(' ')).toContain('/opt/netboot/deploy/healthcheck.mjs');
