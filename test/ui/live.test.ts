@@ -82,4 +82,17 @@ describe('status page live stream', () => {
     while (hub.size > 1) await new Promise((resolve) => setImmediate(resolve));
     expect((await open(base, 'topic=fleet')).status).toBe(200);
   });
+
+  it('a stream ends at its next event once its token is no longer in the config', async () => {
+    h = await harness(baseYaml({ server: `  api:\n    readToken: ${READ}\n` }), {}, { ui: { live: { flushMs: 20 } } });
+    const base = await listen(h);
+    const fleet = await open(base, 'topic=fleet');
+    h.timeline.record(MAC, 'script', { source: 'http' });
+    expect((await fleet.next((events) => events.length > 0)).map((e) => e.event)).toEqual(['rows']);
+    h.setConfig(baseYaml({ server: '  api:\n    readToken: ui-live-another-token-0002\n' }));
+    h.timeline.record(MAC, 'kernel', { source: 'http' });
+    // next() returns when the server ends the stream, with no new event.
+    expect((await fleet.next(() => false)).map((e) => e.event)).toEqual(['rows']);
+    expect(h.app.statusPage!.hub.size).toBe(0);
+  });
 });

@@ -302,7 +302,7 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
           return reply.code(503).header('retry-after', '30').send({ error: `too many live streams open (${hub.options.maxClients})` });
         }
         reply.hijack();
-        hub.open(reply.raw, follow);
+        hub.open(reply.raw, follow, () => viewerOf(request).role !== null);
         return reply;
       },
     );

@@ -40,6 +40,8 @@ export const DEFAULT_LIVE: LiveOptions = {
 interface Client {
   res: ServerResponse;
   topic: Topic;
+  /** Checked before each send: a session whose token left the config loses its stream too. */
+  allowed: () => boolean;
 }
 
 /**
@@ -86,9 +88,9 @@ export class LiveHub {
   }
 
   /** Takes over a response as an event stream; false when the cap is reached (answer 503). */
-  open(res: ServerResponse, topic: Topic): boolean {
+  open(res: ServerResponse, topic: Topic, allowed: () => boolean = () => true): boolean {
     if (this.#clients.size >= this.options.maxClients) return false;
-    const client: Client = { res, topic };
+    const client: Client = { res, topic, allowed };
     this.#clients.add(client);
     res.writeHead(200, { 'content-type': 'text/event-stream; charset=utf-8', 'cache-control': 'no-store', 'x-accel-buffering': 'no', connection: 'keep-alive' });
     res.write('retry: 3000\n\n');
@@ -165,6 +167,11 @@ export class LiveHub {
       if (text === null) continue;
       if (client.res.writableLength > this.options.maxBufferedBytes) {
         client.res.destroy();
+        this.#clients.delete(client);
+        continue;
+      }
+      if (!client.allowed()) {
+        client.res.end();
         this.#clients.delete(client);
         continue;
       }
