@@ -3,7 +3,7 @@
  * one run: a segment with no IPv6 router, one with a router daemon (dnsmasq RA, a ULA prefix),
  * and one with no router where netboot answers the router solicitations itself
  * (server.ipv6RouterAdvert: auto); for QEMU's iPXE ROM path (SeaBIOS + the NIC's ROM: Debian 12's
- * ipxe-qemu, and Debian 13's ROM via romfile=) and the firmware PXE path (OVMF PXE, NIC ROM off,
+ * ipxe-qemu, and Debian 13's ROM via romfile=; e1000) and the firmware PXE path (OVMF PXE, NIC ROM off,
  * -> TFTP snponly.efi: Debian 12's /usr/lib/ipxe, and Debian 13's from scripts/setup-host.sh).
  *
  * Each case: a private lab (netboot serve in a namespace, 10.88.51.0/24, lab dnsmasq for
@@ -34,14 +34,18 @@ interface Path {
   id: string;
   label: string;
   firmware: 'bios' | 'uefi-pxe';
+  nic: 'virtio' | 'e1000';
   nicRom?: () => Promise<string>;
   ipxeDir?: string;
 }
 
-/** Debian 13's ipxe-qemu ROM for virtio-net (BIOS + EFI), fetched once into the temp dir and checksum-checked. */
+/**
+ * Debian 13's ipxe-qemu ROM for e1000 (BIOS), fetched once into the temp dir and checksum-checked.
+ * e1000, not virtio: this host's QEMU 7.2/SeaBIOS does not run Debian 13's virtio ROM ("No bootable device").
+ */
 async function debian13Rom(): Promise<string> {
   const dir = join(tmpdir(), `netboot-bench-ipxe-qemu-${QEMU_ROM_VERSION}`);
-  const rom = join(dir, 'usr/share/qemu/efi-virtio.rom');
+  const rom = join(dir, 'usr/share/qemu/pxe-e1000.rom');
   if (existsSync(rom)) return rom;
   await mkdir(dir, { recursive: true });
   const deb = join(dir, 'ipxe-qemu.deb');
@@ -53,10 +57,10 @@ async function debian13Rom(): Promise<string> {
 }
 
 const PATHS: Path[] = [
-  { id: 'rom12', label: 'iPXE ROM, Debian 12 (2019)', firmware: 'bios' },
-  { id: 'rom13', label: 'iPXE ROM, Debian 13 (2025)', firmware: 'bios', nicRom: debian13Rom },
-  { id: 'pxe12', label: 'OVMF PXE -> snponly.efi, Debian 12', firmware: 'uefi-pxe', ipxeDir: HOST_IPXE_DIR },
-  { id: 'pxe13', label: 'OVMF PXE -> snponly.efi, Debian 13', firmware: 'uefi-pxe', ipxeDir: BUNDLED_IPXE_DIR },
+  { id: 'rom12', label: 'iPXE ROM (e1000), Debian 12 (2019)', firmware: 'bios', nic: 'e1000' },
+  { id: 'rom13', label: 'iPXE ROM (e1000), Debian 13 (2025)', firmware: 'bios', nic: 'e1000', nicRom: debian13Rom },
+  { id: 'pxe12', label: 'OVMF PXE -> snponly.efi (virtio), Debian 12', firmware: 'uefi-pxe', nic: 'virtio', ipxeDir: HOST_IPXE_DIR },
+  { id: 'pxe13', label: 'OVMF PXE -> snponly.efi (virtio), Debian 13', firmware: 'uefi-pxe', nic: 'virtio', ipxeDir: BUNDLED_IPXE_DIR },
 ];
 
 interface Sample {
@@ -90,7 +94,7 @@ async function boot(path: Path, ra: RaMode, dir: string): Promise<Sample> {
   try {
     const nicRom = path.nicRom ? await path.nicRom() : undefined;
     const started = Date.now();
-    const vm = await lab.bootVm({ name: `ipx-${path.id}`, mac: MAC, firmware: path.firmware, memoryMiB: 256, ...(nicRom ? { nicRom } : {}) });
+    const vm = await lab.bootVm({ name: `ipx-${path.id}`, mac: MAC, firmware: path.firmware, nic: path.nic, memoryMiB: 256, ...(nicRom ? { nicRom } : {}) });
     await vm.waitFor(/boot\.ipxe/, 300_000);
     const seconds = (Date.now() - started) / 1000;
     const log = await readFile(lab.serverLog, 'utf8');
