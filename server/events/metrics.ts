@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
 /** Artifact kinds counted in `netboot_http_bytes_total`. */
 export type ArtifactKind = 'vmlinuz' | 'initrd.img' | 'image-initrd.img' | 'rootfs.squashfs' | 'manifest.json' | 'layer' | 'script';
@@ -105,6 +105,54 @@ export class Metrics {
   nbdRead(exportName: string, bytes: number, latencyMs: number): void {
     this.nbdBytes.inc({ export: exportName }, bytes);
     this.nbdReadSeconds.observe(latencyMs / 1000);
+  }
+
+  readonly rootStreamsActive = new Gauge({
+    name: 'netboot_root_streams_active',
+    help: 'Root streams (whole-rootfs HTTP downloads) running, as of the last admission decision or stream end',
+    registers: [this.registry],
+  });
+  readonly rootStreamsQueued = new Gauge({
+    name: 'netboot_root_streams_queued',
+    help: 'Machines holding a place in the root stream queue, as of the last admission decision or stream end',
+    registers: [this.registry],
+  });
+  readonly rootStreamsRefused = new Counter({
+    name: 'netboot_root_stream_503_total',
+    help: 'Root stream requests answered 503 + Retry-After, by reason: wait (queued), queue_full, address_full (no place given)',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
+  readonly rootStreamsPreempted = new Counter({
+    name: 'netboot_root_streams_preempted_total',
+    help: 'Root streams cut for running past the preemption time while machines waited',
+    registers: [this.registry],
+  });
+  readonly rootStreamQueueWait = new Histogram({
+    name: 'netboot_root_stream_queue_wait_seconds',
+    help: 'Time queued machines waited, from their first 503 to being let in',
+    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800],
+    registers: [this.registry],
+  });
+
+  /** Root stream admission: the queue's state after a decision or a stream's end. */
+  rootStreamState(active: number, queued: number): void {
+    this.rootStreamsActive.set(active);
+    this.rootStreamsQueued.set(queued);
+  }
+
+  /** Root stream admission: one 503 handed out. */
+  rootStreamRefused(reason: 'wait' | 'queue_full' | 'address_full'): void {
+    this.rootStreamsRefused.inc({ reason });
+  }
+
+  /** Root stream admission: a queued machine was let in after waiting `ms`. */
+  rootStreamWaited(ms: number): void {
+    this.rootStreamQueueWait.observe(ms / 1000);
+  }
+
+  rootStreamPreempted(): void {
+    this.rootStreamsPreempted.inc();
   }
 
   served(artifact: ArtifactKind, bytes: number): void {

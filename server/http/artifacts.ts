@@ -80,8 +80,10 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       let ticket: Ticket | null = null;
       if (request.method === 'GET' && artifact === 'rootfs.squashfs' && length >= ROOT_STREAM_MIN_BYTES) {
         const decision = rootStreams.request({ address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) }, ctx.now());
+        syncMetrics();
         if (decision.kind !== 'admit') return tellToWait(request, reply, decision, mac, id);
         ticket = decision.ticket;
+        if (decision.waited) ctx.metrics.rootStreamWaited(decision.waited.ms);
         if (mac && decision.waited) {
           const { ms, retries } = decision.waited;
           ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a root stream (${retries} retries)`, imageId: id });
@@ -95,7 +97,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
       reply.hijack();
       const record = (result: SendResult) => {
-        if (ticket) rootStreams.release(ticket, ctx.now(), result.complete);
+        if (ticket) release(ticket, result.complete);
         ctx.metrics.served(artifact, result.bytes);
         if (mac && phase && range.kind === 'none') {
           ctx.timeline.record(mac, phase, {
@@ -110,6 +112,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       const unguard = ticket
         ? rootStreams.guard((ranMs, waiting) => {
             request.note.warning = `root stream cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
+            ctx.metrics.rootStreamPreempted();
             reply.raw.destroy();
           })
         : null;
@@ -122,10 +125,19 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         reply.raw.destroy();
       } finally {
         unguard?.();
-        if (ticket) rootStreams.release(ticket, ctx.now(), false);
+        if (ticket) release(ticket, false);
       }
     },
   });
+
+  function syncMetrics(): void {
+    ctx.metrics.rootStreamState(rootStreams.queue.active, rootStreams.queue.queued);
+  }
+
+  function release(ticket: Ticket, complete: boolean): void {
+    rootStreams.release(ticket, ctx.now(), complete);
+    syncMetrics();
+  }
 
   /** Over budget: 503 + Retry-After, never cached (the artifact headers set so far promised the opposite). */
   function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>, mac: string | null, id: string) {
@@ -133,6 +145,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
     if (mac && decision.kind === 'wait' && decision.first) {
       ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
     }
+    ctx.metrics.rootStreamRefused(decision.kind === 'wait' ? 'wait' : decision.reason === 'queue' ? 'queue_full' : 'address_full');
     if (decision.kind === 'full') request.note.warning = `root stream queue full (${decision.reason}): told to retry without a place`;
     reply.raw.statusMessage = waitStatusMessage(decision);
     return reply
