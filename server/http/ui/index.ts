@@ -143,11 +143,9 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
       app.get(`/ui/${name}`, async (_request, reply) => reply.type(asset.type).header('cache-control', 'no-cache').send(asset.body));
     }
 
-    app.get('/login', async (request, reply) => {
+    app.get('/login', async (_request, reply) => {
       const config = ctx.getConfig();
-      const { admin, read } = access.tokens(config);
-      const closed = admin.length === 0 && config.server.api.readToken === undefined && !config.server.api.public;
-      void read;
+      const closed = access.tokens(config).admin.length === 0 && config.server.api.readToken === undefined && !config.server.api.public;
       return html(reply, page({ title: 'Log in', nav: 'login', role: null, csrf: null }, loginBody(null, closed)));
     });
 
