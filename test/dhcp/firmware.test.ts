@@ -106,14 +106,17 @@ describe('real PXE firmware with a lab DHCP server and our proxy', () => {
     expect(inLabRange(ip!)).toBe(true);
     await vm.waitFor(new RegExp(`http://${segment.serverIp.replace(/\./g, '\\.')}:8080/boot\\.ipxe`), 60_000);
     expect(server.exchanges).toContainEqual(expect.objectContaining({ mac: MACS.ipxe, arch: 0, offered: { bootfile: `http://${segment.serverIp}:8080/boot.ipxe` } }));
-    // iPXE solicited, we answered, and iPXE took the answer: it re-sends its solicitation on a
-    // backoff until an RA comes (src/net/ndp.c), so an accepted answer is its last solicitation
-    // (one more may already be on the wire when ours arrives).
+    // iPXE solicited, we answered, and iPXE took the answer: without one it re-sends its
+    // solicitation on a backoff (1/8 s doubling, src/net/ndp.c) until it gives up, 6 in all
+    // here; an accepted answer stops that. iPXE handles one received frame per main-loop step,
+    // so one or two retransmits may already be due when ours is still queued behind the DHCP
+    // offers (seen: 1 with this ROM, 2 with Debian 13's).
+    
     const fromVm = solicitations.filter((e) => e.mac === MACS.ipxe);
     const firstAnswer = fromVm.findIndex((e) => e.verdict.answer);
     expect(firstAnswer, JSON.stringify(fromVm)).toBeGreaterThanOrEqual(0);
     expect(fromVm[firstAnswer]!.source).toMatch(/^fe80::5054:ff:fe00:f003$/);
-    expect(fromVm.length - firstAnswer - 1, JSON.stringify(fromVm)).toBeLessThanOrEqual(1);
+    expect(fromVm.length - firstAnswer - 1, JSON.stringify(fromVm)).toBeLessThanOrEqual(2);
   }, 180_000);
 });
 
