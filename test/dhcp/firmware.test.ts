@@ -111,7 +111,6 @@ describe('real PXE firmware with a lab DHCP server and our proxy', () => {
     // here; an accepted answer stops that. iPXE handles one received frame per main-loop step,
     // so one or two retransmits may already be due when ours is still queued behind the DHCP
     // offers (seen: 1 with this ROM, 2 with Debian 13's).
-    
     const fromVm = solicitations.filter((e) => e.mac === MACS.ipxe);
     const firstAnswer = fromVm.findIndex((e) => e.verdict.answer);
     expect(firstAnswer, JSON.stringify(fromVm)).toBeGreaterThanOrEqual(0);
