@@ -1,29 +1,13 @@
 import type { Command } from 'commander';
-import { checkHostTools, installCommand } from '../host-tools.ts';
-import { EXIT, loadConfigOrExit, withCommonOptions, type CommonOptions } from './common.ts';
+import { withCommonOptions, type CommonOptions } from './common.ts';
+
+export interface CheckOptions extends CommonOptions {
+  runtimeOnly?: boolean;
+}
 
 export function registerCheck(program: Command): void {
   withCommonOptions(program.command('check'))
     .description('validate the config and report which host tools are present or missing')
     .option('--runtime-only', 'only check the tools the server itself needs, not those for tests/vm/demo')
-    .action(async (options: CommonOptions & { runtimeOnly?: boolean }) => {
-      const config = loadConfigOrExit(options.config);
-      const out = process.stdout;
-      out.write(`config ${config.file}: OK\n`);
-      out.write(`  images:   ${[...config.images.values()].map((i) => `${i.name} (${i.source})`).join(', ') || 'none'}\n`);
-      out.write(`  machines: ${config.machines.size} known; unknown MACs: ${config.defaults.unknown}\n`);
-      out.write(`  dhcp: ${config.server.dhcp.mode}, tftp: ${config.server.tftp.enabled ? `port ${config.server.tftp.port}` : 'off'}, http: ${config.server.address}:${config.server.httpPort}\n`);
-
-      const tools = (await checkHostTools()).filter((tool) => !options.runtimeOnly || tool.need === 'runtime');
-      out.write('host tools:\n');
-      for (const tool of tools) {
-        out.write(`  ${tool.found ? 'ok     ' : 'MISSING'} ${tool.name.padEnd(34)} ${tool.debianPackage.padEnd(18)} ${tool.purpose}\n`);
-      }
-      const missing = tools.filter((tool) => !tool.found);
-      const command = installCommand(missing);
-      if (command) {
-        out.write(`\n${missing.length} missing; install with:\n  ${command}\n(or: scripts/setup-host.sh)\n`);
-        process.exitCode = EXIT.missingTools;
-      }
-    });
+    .action(async (options: CheckOptions) => (await import('./actions/check.ts')).runCheck(options));
 }

@@ -1,9 +1,13 @@
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
-import { createLogger, LOG_LEVELS, type Logger } from '../log.ts';
-import { ConfigError, formatIssue, loadConfig } from '../config/load.ts';
-import type { Config } from '../config/types.ts';
+import type { LOG_LEVELS } from '../log.ts';
+
+/*
+ * Imported by every command's registration, which runs on every `bin/netboot` call, even
+ * `--help`: keep it light (no pino, zod or config loading here; those are in setup.ts, which
+ * the command actions import when they run).
+ */
 
 /** Exit codes shared by every subcommand. */
 export const EXIT = { ok: 0, failure: 1, usage: 2, config: 3, missingTools: 4, timeout: 5 } as const;
@@ -11,6 +15,9 @@ export const EXIT = { ok: 0, failure: 1, usage: 2, config: 3, missingTools: 4, t
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 /** The example config, used when --config is not given. */
 export const DEFAULT_CONFIG = join(REPO_ROOT, 'config/netboot.yaml');
+
+/** log.ts's LOG_LEVELS, spelled out so that registering --log-level does not load pino; `satisfies` keeps the two equal. */
+const LOG_LEVEL_CHOICES = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const satisfies typeof LOG_LEVELS;
 
 export interface CommonOptions {
   config: string;
@@ -20,23 +27,5 @@ export interface CommonOptions {
 export function withCommonOptions(command: Command): Command {
   return command
     .addOption(new Option('-c, --config <path>', 'config file').default(DEFAULT_CONFIG, 'the embedded example config/netboot.yaml'))
-    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'));
-}
-
-export function loggerFor(options: CommonOptions): Logger {
-  return createLogger(options.logLevel);
-}
-
-/** Loads the config or prints every problem (file:line:col) and exits with EXIT.config. */
-export function loadConfigOrExit(path: string): Config {
-  try {
-    return loadConfig(path);
-  } catch (err) {
-    if (err instanceof ConfigError) {
-      process.stderr.write(`${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in ${err.issues[0]?.file}:\n`);
-      for (const issue of err.issues) process.stderr.write(`  ${formatIssue(issue)}\n`);
-      process.exit(EXIT.config);
-    }
-    throw err;
-  }
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVEL_CHOICES).default('info'));
 }

@@ -1,7 +1,11 @@
 import { Option, type Command } from 'commander';
-import { blocksBoot, formatFindings } from '../doctor/finding.ts';
-import { runDoctor } from '../doctor/run.ts';
-import { EXIT, loadConfigOrExit, withCommonOptions, type CommonOptions } from './common.ts';
+import { withCommonOptions, type CommonOptions } from './common.ts';
+
+export interface DoctorOptions extends CommonOptions {
+  interface?: string;
+  json?: boolean;
+  wait: number | string;
+}
 
 export function registerDoctor(program: Command): void {
   withCommonOptions(program.command('doctor'))
@@ -15,17 +19,5 @@ export function registerDoctor(program: Command): void {
     .option('-i, --interface <name>', 'the interface facing the machines (default: the one holding server.address)')
     .option('--json', 'print the findings as JSON')
     .addOption(new Option('--wait <ms>', 'how long to listen for DHCP offers and router advertisements (dnsmasq pings an address for 3 s before it offers it)').default('5000').argParser((v) => Number.parseInt(v, 10)))
-    .action(async (options: CommonOptions & { interface?: string; json?: boolean; wait: number | string }) => {
-      const config = loadConfigOrExit(options.config);
-      const waitMs = Number(options.wait);
-      const report = await runDoctor(config, { interface: options.interface, waitMs: Number.isFinite(waitMs) && waitMs > 0 ? waitMs : 5000 });
-      const blocked = blocksBoot(report.findings);
-      if (options.json) {
-        process.stdout.write(JSON.stringify({ ok: !blocked, ...report }, null, 2) + '\n');
-      } else {
-        process.stdout.write(`netboot doctor: ${report.config}, interface ${report.interface ?? '(none)'}, dhcp ${config.server.dhcp.mode}\n\n`);
-        process.stdout.write(formatFindings(report.findings));
-      }
-      process.exitCode = blocked ? EXIT.failure : EXIT.ok;
-    });
+    .action(async (options: DoctorOptions) => (await import('./actions/doctor.ts')).runDoctorCommand(options));
 }

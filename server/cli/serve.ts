@@ -1,38 +1,8 @@
 import type { Command } from 'commander';
-import { startNetboot } from '../app/netboot.ts';
-import { ConfigStore } from '../config/watch.ts';
-import { EXIT, loadConfigOrExit, loggerFor, withCommonOptions, type CommonOptions } from './common.ts';
+import { withCommonOptions, type CommonOptions } from './common.ts';
 
 export function registerServe(program: Command): void {
   withCommonOptions(program.command('serve'))
     .description('serve DHCP, TFTP and HTTP boot for the machines in the config (reloads the config when it changes)')
-    .action(async (options: CommonOptions) => {
-      const log = loggerFor(options);
-      const store = new ConfigStore(loadConfigOrExit(options.config), log);
-      let netboot;
-      try {
-        netboot = await startNetboot({ store, log });
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException & { address?: string; port?: number };
-        const hint =
-          e.code === 'EADDRINUSE' ? ` — another server uses ${e.address}:${e.port}; stop it or change the port in the config`
-          : e.code === 'EACCES' ? ' — ports below 1024 (DHCP 67, TFTP 69) need root'
-          : e.code === 'EADDRNOTAVAIL' ? ' — server.bind is not an address of this host'
-          : '';
-        log.fatal({ err: e.message, phase: 'serve' }, `cannot start${hint}`);
-        process.exit(EXIT.failure);
-      }
-      store.watch();
-      let stopping = false;
-      const stop = async (signal: string) => {
-        if (stopping) return;
-        stopping = true;
-        log.info({ phase: 'serve', signal }, 'stopping');
-        store.close();
-        await netboot.stop();
-        process.exit(EXIT.ok);
-      };
-      process.once('SIGINT', () => void stop('SIGINT'));
-      process.once('SIGTERM', () => void stop('SIGTERM'));
-    });
+    .action(async (options: CommonOptions) => (await import('./actions/serve.ts')).runServe(options));
 }

@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -18,6 +18,18 @@ async function netboot(...args: string[]): Promise<{ code: number; stdout: strin
     return { code: e.code, stdout: e.stdout, stderr: e.stderr };
   }
 }
+
+const COMMANDS = ['serve', 'check', 'build', 'gc', 'vm', 'demo', 'doctor'];
+/** Each command's own options, as --help shows them (registered without loading the command's code). */
+const OPTIONS: Record<string, string[]> = {
+  serve: [],
+  check: ['--runtime-only'],
+  build: ['[images...]'],
+  gc: ['--keep <n>'],
+  vm: ['--mac <mac>', '--firmware <kind>', '--no-ipv6-router', 'Exit codes: 0 expected text seen'],
+  demo: ['--mac <mac>', '--timeout <seconds>'],
+  doctor: ['-i, --interface <name>', '--json', '--wait <ms>'],
+};
 
 describe('netboot CLI', () => {
   it('check prints every config problem with file:line:col and exits with the config code', async () => {
@@ -49,14 +61,40 @@ machines:
   });
 
   it('answers --help for every command and a usage error for an unknown one', async () => {
-    for (const command of ['serve', 'check']) {
+    const top = await netboot('--help');
+    expect(top.code).toBe(EXIT.ok);
+    const listed = [...top.stdout.matchAll(/^  (\w+)(?: \[options\])?(?: \[images\.\.\.\])? {2,}/gm)].map((m) => m[1]!).filter((c) => c !== 'help');
+    expect(listed).toEqual(COMMANDS);
+    for (const command of COMMANDS) {
       const help = await netboot(command, '--help');
       expect(help.code).toBe(EXIT.ok);
+      expect(help.stdout).toContain(`Usage: netboot ${command} [options]`);
       expect(help.stdout).toContain('--config <path>');
       expect(help.stdout).toContain('--log-level <level>');
+      // Help wraps at 80 columns: compare with the line breaks undone.
+      const text = help.stdout.replace(/\s+/g, ' ');
+      expect(text).toContain('(choices: "fatal", "error", "warn", "info", "debug", "trace", "silent", default: "info")');
+      for (const option of OPTIONS[command]!) expect(text).toContain(option);
     }
     const bad = await netboot('frobnicate');
     expect(bad.code).toBe(EXIT.usage);
     expect(bad.stderr).toContain("unknown command 'frobnicate'");
+  });
+});
+
+describe('CLI start-up', () => {
+  it("registers commands from modules that load none of the commands' code (bin/netboot --help stays fast)", () => {
+    const dir = join(REPO_ROOT, 'server/cli');
+    const registration = ['main.ts', 'common.ts', ...COMMANDS.map((c) => `${c}.ts`)];
+    for (const file of registration) {
+      const source = readFileSync(join(dir, file), 'utf8');
+      const imports = [...source.matchAll(/^import (?!type )[^;]*? from '([^']+)';$/gms)].map((m) => m[1]!);
+      const heavy = imports.filter((from) => from !== 'commander' && !from.startsWith('node:') && !/^\.\/(check|serve|build|gc|vm|demo|doctor|common)\.ts$/.test(from));
+      expect(heavy, file).toEqual([]);
+    }
+    // Each command's action loads its module when it runs.
+    for (const command of COMMANDS) {
+      expect(readFileSync(join(dir, `${command}.ts`), 'utf8'), command).toContain(`await import('./actions/${command}.ts')`);
+    }
   });
 });
