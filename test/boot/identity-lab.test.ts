@@ -23,12 +23,20 @@ const READ_TOKEN = 'read-token-for-the-identity-test';
 const FORGE_DISCOVER = `
 import socket, sys
 mac = bytes.fromhex(sys.argv[1].replace(':', ''))
-p = bytes([1, 1, 6, 0]) + b'\\x12\\x34\\x56\\x78' + bytes(8) + bytes(16) + mac + bytes(10) + bytes(192)
+# op htype hlen hops, xid, secs flags, ciaddr yiaddr siaddr giaddr, chaddr (16), sname + file (192): cookie at 236
+p = bytes([1, 1, 6, 0]) + b'\\x12\\x34\\x56\\x78' + bytes(4) + bytes(16) + mac + bytes(10) + bytes(192)
+assert len(p) == 236
 p += b'\\x63\\x82\\x53\\x63' + bytes([53, 1, 1, 60, 9]) + b'PXEClient' + bytes([255])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
 s.bind(('0.0.0.0', 68))
 s.sendto(p, ('255.255.255.255', 67))
+s.settimeout(10)
+while True:
+    reply = s.recv(1500)
+    if reply[4:8] == b'\\x12\\x34\\x56\\x78' and reply[28:34] == mac:
+        print('answered')
+        break
 `;
 
 describe.each([
@@ -103,7 +111,8 @@ describe.each([
     const v = victim!;
     const script = `/machines/${VICTIM_HYP}/boot.ipxe`;
     // The attacker forges DHCP from the victim's MAC first: the neighbour table still names it.
-    await a.exec('python3', ['-c', FORGE_DISCOVER, VICTIM]);
+    // The server took it for the victim's DHCP packet (it answered): the forgery is real.
+    expect((await a.exec('python3', ['-c', FORGE_DISCOVER, VICTIM])).stdout).toBe('answered\n');
     const stolenScript = await get(a, script);
     expect(stolenScript.status).toBe(403);
     expect(stolenScript.body).not.toMatch(/netboot\.layer=|netboot\.token=/);
