@@ -9,6 +9,8 @@ export interface HostTool {
   purpose: string;
   /** runtime: `netboot serve/build` needs it; test: the test suite, `vm` and `demo` need it. */
   need: 'runtime' | 'test';
+  /** Nothing fails without it (a command falls back to a weaker way): `netboot check` lists it but does not fail. */
+  optional?: true;
 }
 
 export const HOST_TOOLS: readonly HostTool[] = [
@@ -22,6 +24,7 @@ export const HOST_TOOLS: readonly HostTool[] = [
   { name: 'cc', debianPackage: 'gcc', purpose: 'compile the initramfs NBD client (root: nbd)', need: 'runtime' },
   { name: '/usr/include/stdio.h', debianPackage: 'libc6-dev', purpose: 'compile the initramfs NBD client (root: nbd)', need: 'runtime' },
   { name: 'ip', debianPackage: 'iproute2', purpose: 'private lab networks', need: 'runtime' },
+  { name: 'rdisc6', debianPackage: 'ndisc6', purpose: 'doctor: ask routers for IPv6 advertisements (one RS)', need: 'runtime', optional: true },
   { name: 'qemu-system-x86_64', debianPackage: 'qemu-system-x86', purpose: 'boot test VMs (netboot vm, demo)', need: 'test' },
   { name: '/usr/lib/ipxe/qemu/efi-virtio.rom', debianPackage: 'ipxe-qemu', purpose: "QEMU NICs' iPXE ROMs", need: 'test' },
   { name: '/usr/share/OVMF/OVMF_CODE_4M.fd', debianPackage: 'ovmf', purpose: 'UEFI firmware for VMs', need: 'test' },

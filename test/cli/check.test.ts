@@ -1,17 +1,22 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { EXIT, REPO_ROOT } from '../../server/cli/common.ts';
+import { findTool, HOST_TOOLS } from '../../server/host-tools.ts';
 
 const run = promisify(execFile);
 const NETBOOT = join(REPO_ROOT, 'bin/netboot');
 
 async function netboot(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return netbootWithEnv({}, ...args);
+}
+
+async function netbootWithEnv(env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await run(NETBOOT, args, { timeout: 20_000 });
+    const { stdout, stderr } = await run(NETBOOT, args, { timeout: 20_000, env: { ...process.env, ...env } });
     return { code: 0, stdout, stderr };
   } catch (err) {
     const e = err as { code: number; stdout: string; stderr: string };
@@ -58,6 +63,22 @@ machines:
     expect(result.stdout).toMatch(/tar2sqfs\s+squashfs-tools-ng/);
     // The runtime tools are installed by scripts/setup-host.sh before the tests run.
     expect(result.code).toBe(EXIT.ok);
+  });
+
+  it('lists rdisc6 as optional: absent, it is shown with its package and check still passes', async () => {
+    const listed = await netboot('check', '--runtime-only');
+    expect(listed.stdout).toMatch(/^ {2}ok {6}rdisc6 +ndisc6 +doctor: .*\(optional\)$/m);
+
+    // A PATH with every runtime tool but rdisc6 (and what bin/netboot itself runs).
+    const bin = mkdtempSync(join(tmpdir(), 'netboot-cli-path-'));
+    const names = [...HOST_TOOLS.filter((t) => t.need === 'runtime' && !t.optional && !t.name.startsWith('/')).map((t) => t.name), 'node', 'dirname', 'readlink'];
+    for (const name of names) symlinkSync((await findTool(name))!, join(bin, name));
+    const { stdout, code } = await netbootWithEnv({ PATH: bin }, 'check', '--runtime-only').finally(() => rmSync(bin, { recursive: true, force: true }));
+    expect(stdout).toMatch(/^ {2}absent {2}rdisc6 +ndisc6 +doctor: .*\(optional\)$/m);
+    expect(stdout).not.toContain('MISSING');
+    expect(stdout).toContain('optional tools absent (nothing fails without them); install with:\n  ');
+    expect(stdout).toMatch(/apt-get install -y --no-install-recommends ndisc6\n$/);
+    expect(code).toBe(EXIT.ok);
   });
 
   it('answers --help for every command and a usage error for an unknown one', async () => {

@@ -14,12 +14,15 @@ export async function runCheck(options: CheckOptions): Promise<void> {
   const tools = (await checkHostTools()).filter((tool) => !options.runtimeOnly || tool.need === 'runtime');
   out.write('host tools:\n');
   for (const tool of tools) {
-    out.write(`  ${tool.found ? 'ok     ' : 'MISSING'} ${tool.name.padEnd(34)} ${tool.debianPackage.padEnd(18)} ${tool.purpose}\n`);
+    const status = tool.found ? 'ok     ' : tool.optional ? 'absent ' : 'MISSING';
+    out.write(`  ${status} ${tool.name.padEnd(34)} ${tool.debianPackage.padEnd(18)} ${tool.purpose}${tool.optional ? ' (optional)' : ''}\n`);
   }
-  const missing = tools.filter((tool) => !tool.found);
+  const missing = tools.filter((tool) => !tool.found && !tool.optional);
   const command = installCommand(missing);
   if (command) {
     out.write(`\n${missing.length} missing; install with:\n  ${command}\n(or: scripts/setup-host.sh)\n`);
     process.exitCode = EXIT.missingTools;
   }
+  const absent = installCommand(tools.filter((tool) => !tool.found && tool.optional));
+  if (absent) out.write(`\noptional tools absent (nothing fails without them); install with:\n  ${absent}\n`);
 }

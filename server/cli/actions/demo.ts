@@ -29,7 +29,7 @@ export async function runDemo(options: DemoOptions): Promise<void> {
     process.stderr.write('netboot demo needs root (network namespaces, QEMU taps, a Docker engine): run it with sudo\n');
     process.exit(EXIT.usage);
   }
-  const missing = (await checkHostTools()).filter((tool) => !tool.found && tool.name !== 'nbd-client');
+  const missing = (await checkHostTools()).filter((tool) => !tool.found && !tool.optional && tool.name !== 'nbd-client');
   if (missing.length) {
     say(`installing ${missing.map((t) => t.debianPackage).join(' ')}`);
     await run('bash', [join(REPO_ROOT, 'scripts/setup-host.sh'), 'all'], { maxBuffer: 64 << 20 }).catch((err) => {
