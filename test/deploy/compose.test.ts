@@ -29,7 +29,8 @@ const run = promisify(execFile);
  * - a QEMU VM boots over the network from the containerised server to userspace;
  * - `docker-compose down` and `up -d` again: the machine keeps its machine-id and SSH host keys
  *   (the state volume), seen in its top layer fetched before and after by a client namespace
- *   with the machine's MAC (identity evidence as for the machine itself).
+ *   with the machine's MAC (identity evidence as for the machine itself); with the state volume
+ *   removed they change.
  */
 
 const SERVER = '10.88.30.1';
@@ -210,7 +211,7 @@ afterAll(async () => {
 });
 
 describe('docker-compose deployment', () => {
-  it('serves from the container on the host network: a VM boots to userspace; after down/up the machine keeps its machine-id and SSH host keys', async () => {
+  it('serves from the container on the host network: a VM boots to userspace; after down/up the machine keeps its machine-id and SSH host keys, which a fresh state volume changes', async () => {
     await timed('docker-compose up -d', () => compose(['up', '-d']));
     const id = await timed('until healthy', () => waitHealthy());
 
@@ -255,5 +256,14 @@ describe('docker-compose deployment', () => {
     expect(after.machineId).toBe(before.machineId);
     expect(after.hostKeyFiles).toEqual(before.hostKeyFiles);
     expect(after.hostKeys).toBe(before.hostKeys);
+
+    // What the volume carries: without it (`down -v`) the same MAC gets another identity.
+    await compose(['down']);
+    await removeStateVolume();
+    await compose(['up', '-d']);
+    await waitHealthy();
+    const fresh = await machineIdentity();
+    expect(fresh.machineId).not.toBe(before.machineId);
+    expect(fresh.hostKeys).not.toBe(before.hostKeys);
   }, 1_800_000);
 });
