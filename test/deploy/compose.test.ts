@@ -150,6 +150,9 @@ async function startEngine(netns: string): Promise<Dockerd> {
 }
 
 beforeAll(async () => {
+  await run('docker-compose', ['version']).catch((err: Error) => {
+    throw new Error(`docker-compose (Debian 12's compose v1) is needed: bash scripts/setup-host.sh test (${err.message})`);
+  });
   dir = await mkdtemp(join(tmpdir(), 'netboot-dep-'));
   process.stdout.write(`compose test logs: ${dir}\n`);
   segment = await createSegment({ serverIp: SERVER });
