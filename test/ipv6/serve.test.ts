@@ -55,10 +55,14 @@ describe('netboot serve answers router solicitations of the machines it boots', 
   const serverLog = () => readFile(lab.serverLog, 'utf8');
 
   it('opens a window on the PXE DHCP answer and answers that MAC with an RA that advertises nothing', async () => {
-    // One DISCOVER as BIOS PXE firmware would send it (no address server here: udhcpc gives up).
-    await booting.exec('busybox', ['udhcpc', '-i', 'eth0', '-n', '-q', '-f', '-t', '1', '-T', '1', '-s', '/bin/true', '-V', 'PXEClient:Arch:00000:UNDI:002001']).catch(() => undefined);
+    // A DISCOVER as BIOS PXE firmware would send it (no address server here: udhcpc gives up),
+    // until the server has logged its answer (a frame sent while the new veth comes up may be lost).
+    const answeredDhcp = new RegExp(`"mac":"${BOOTING}".*undionly\\.kpxe`);
+    for (let attempt = 0; attempt < 5 && !answeredDhcp.test(await serverLog()); attempt++) {
+      await booting.exec('busybox', ['udhcpc', '-i', 'eth0', '-n', '-q', '-f', '-t', '1', '-T', '1', '-s', '/bin/true', '-V', 'PXEClient:Arch:00000:UNDI:002001']).catch(() => undefined);
+    }
+    expect(await serverLog()).toMatch(answeredDhcp);
     const { stdout } = await booting.exec('rdisc6', ['-1', '-n', '-r', '5', '-w', '2000', 'eth0']);
-    expect(await serverLog()).toMatch(new RegExp(`"mac":"${BOOTING}".*undionly\\.kpxe`));
     expect(stdout).toMatch(/Router lifetime\s*:\s*0 \(0x00000000\) seconds/);
     expect(stdout).not.toMatch(/Prefix/);
     const answered = (await serverLog()).split('\n').filter((line) => line.includes('answered a router solicitation'));
