@@ -12,6 +12,7 @@
  *
  *   node --import tsx bench/storm.ts [--machines 200] [--root ram|nbd] [--link-mbit M]
  *        [--only netboot|peer] [--deadline-s 900]
+ *        [--max-root-streams K]     (netboot's server.admission.maxRootStreams; default: netboot's own; 0 = no limit)
  *        [--tftp-max-transfers K]   (both stacks' TFTP limit; default max(64, 2N): a size probe and a download per machine)
  *   node --import tsx bench/storm.ts --record-trace      (re-records the NBD trace: QEMU, minutes)
  *
@@ -116,6 +117,9 @@ async function storm(): Promise<void> {
   // Firmware asks for the size first (a transfer aborted after the OACK) and at once for the file:
   // two transfers per machine can be open together, and a refused RRQ fails the firmware's boot.
   const tftpMaxTransfers = Math.floor(numberArg('tftp-max-transfers', Math.max(64, 2 * n)));
+  const rootStreamsArg = stringArg('max-root-streams');
+  const maxRootStreams = rootStreamsArg === undefined ? undefined : Number(rootStreamsArg);
+  if (maxRootStreams !== undefined && !(Number.isInteger(maxRootStreams) && maxRootStreams >= 0)) throw new Error(`--max-root-streams ${rootStreamsArg}: expected an integer >= 0`);
   const macs = Array.from({ length: n }, (_, i) => stormMac(i + 1));
   let reads: [number, number, number][] = [];
   if (root === 'nbd') {
@@ -148,7 +152,7 @@ async function storm(): Promise<void> {
     const planFile = join(workDir, 'plan.json');
     const plan: ClientPlan = { macs, root, reads, deadlineMs };
     await writeFile(planFile, JSON.stringify(plan));
-    const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir, tftpMaxTransfers };
+    const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir, tftpMaxTransfers, maxRootStreams };
     for (const name of ['netboot', 'peer'] as const) {
       if (only && only !== name) continue;
       process.stderr.write(`storm: ${name}: starting the stack\n`);
@@ -167,7 +171,7 @@ async function storm(): Promise<void> {
   }
 
   const out: string[] = [];
-  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}, image ${STORM_IMAGE_ID} (e2e busybox)`);
+  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}${maxRootStreams === undefined ? '' : `, netboot admission.maxRootStreams ${maxRootStreams}`}, image ${STORM_IMAGE_ID} (e2e busybox)`);
   out.push('per phase, over the machines that finished it (script = boot.ipxe + per-MAC script; root waits in a queue count in the phase)\n');
   out.push(phaseTable(runs));
   out.push('');

@@ -37,6 +37,8 @@ export interface StackSpec {
   cacheDir: string;
   /** netboot's server.tftp.maxTransfers and dnsmasq's --tftp-max. */
   tftpMaxTransfers: number;
+  /** netboot's server.admission.maxRootStreams; undefined: its default. */
+  maxRootStreams?: number;
 }
 
 export interface RunningStack {
@@ -98,6 +100,7 @@ export async function startNetboot(spec: StackSpec): Promise<RunningStack> {
         httpPort: HTTP_PORT,
         dhcp: { mode: 'full', pool: { ...POOL, netmask: NETMASK } },
         tftp: { maxTransfers: spec.tftpMaxTransfers },
+        ...(spec.maxRootStreams === undefined ? {} : { admission: { maxRootStreams: spec.maxRootStreams } }),
         nbd: { maxConnections: Math.max(256, n) },
         stateDir,
         cacheDir: spec.cacheDir,
