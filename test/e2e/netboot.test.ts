@@ -16,6 +16,8 @@ import { startDockerd, type Dockerd } from '../lab/dockerd.ts';
 import { busyboxImage, e2eImage } from '../fixtures/images/e2e.ts';
 import { FIXTURE_DIR } from '../fixtures/cache.ts';
 import { EXIT, REPO_ROOT } from '../../server/cli/common.ts';
+import puppeteer, { type Browser } from 'puppeteer-core';
+import { CHROMIUM } from '../ui/live-server.ts';
 
 const run = promisify(execFile);
 
@@ -157,13 +159,21 @@ async function waitForPhase(lab: Lab, mac: string, phase: string, timeoutMs = 60
   }
 }
 
+/** Debian's chromium, run inside the lab's namespace (the server is reachable only there). */
+async function chromiumIn(lab: Lab): Promise<Browser> {
+  const wrapper = join(logRoot, `chromium-in-${lab.segment.ns}`);
+  await writeFile(wrapper, `#!/bin/sh\nexec ip netns exec ${lab.segment.ns} ${CHROMIUM} "$@"\n`, { mode: 0o755 });
+  return puppeteer.launch({ executablePath: wrapper, headless: true, pipe: true, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage', '--no-first-run'] });
+}
+
 async function closeLab(lab: Lab): Promise<void> {
   await lab.close();
   labs.splice(labs.indexOf(lab), 1);
 }
 
 describe('netboot end to end (QEMU, TCG)', () => {
-  it('boots two machines from the same systemd image at once, each with its own top layer, while the server is fuzzed', async () => {
+  it('boots two machines from the same systemd image at once, each with its own top layer, while the server is fuzzed and the status page follows them live', async () => {
+    const readToken = 'e2e-status-page-read-token';
     const { lab } = await startLab({
       name: 'two-machines',
       subnet: 201,
@@ -171,8 +181,28 @@ describe('netboot end to end (QEMU, TCG)', () => {
         '52:54:00:e2:00:01': { hostname: 'alpha', image: 'debian' },
         '52:54:00:e2:00:02': { hostname: 'beta', image: 'debian' },
       },
+      server: { api: { readToken } },
     });
+    const browser = await chromiumIn(lab);
     try {
+      // The fleet page, opened once before the boots: every state a row shows arrives over the live stream.
+      const page = await browser.newPage();
+      await page.goto(`${lab.baseUrl}/login`);
+      await page.type('#token', readToken);
+      await Promise.all([page.waitForNavigation(), page.click('.login button')]);
+      await page.evaluate(() => {
+        const seen: Record<string, string[]> = {};
+        const look = () => {
+          for (const row of document.querySelectorAll<HTMLElement>('tr[data-mac]')) {
+            const label = row.querySelector('.state')?.textContent ?? '';
+            const list = (seen[row.dataset.mac!] ??= []);
+            if (list.at(-1) !== label) list.push(label);
+          }
+        };
+        look();
+        new MutationObserver(look).observe(document.body, { subtree: true, childList: true, characterData: true });
+        (window as unknown as { seenStates: typeof seen }).seenStates = seen;
+      });
       // Hostile HTTP traffic (test/http/fuzz-requests.ts, a fixed seed) from inside the segment while both machines boot.
       const fuzz = lab.segment
         .exec('node', ['--import', 'tsx', join(REPO_ROOT, 'test/http/fuzz-child.ts'), lab.baseUrl, '1301', '3000', JSON.stringify({ macs: ['52:54:00:e2:00:01', '52:54:00:e2:00:02'], imageNames: ['debian', 'busybox'] })], { timeoutMs: 600_000 })
@@ -195,7 +225,18 @@ describe('netboot end to end (QEMU, TCG)', () => {
         expect(downloads.map((p) => p.bytes)).toEqual([expect.any(Number)]);
         expect(downloads[0]!.bytes).toBeGreaterThan(10_000_000);
       }
+      await page.waitForFunction(() => [...document.querySelectorAll('tr[data-mac]')].filter((r) => (r as HTMLElement).dataset.state === 'up').length >= 2, { timeout: 60_000 });
+      const seen = await page.evaluate(() => (window as unknown as { seenStates: Record<string, string[]> }).seenStates);
+      await page.screenshot({ path: join(logRoot, 'two-machines', 'status-page.png'), fullPage: true });
+      for (const mac of ['52:54:00:e2:00:01', '52:54:00:e2:00:02']) {
+        const states = seen[mac] ?? [];
+        expect(states[0]).toBe('never');
+        expect(states.at(-1)).toBe('up');
+        // The row moved through the boot's phases while the page stayed open (how many it shows depends on when updates batch).
+        expect(states.filter((s) => s.startsWith('booting · ')).length).toBeGreaterThanOrEqual(2);
+      }
     } finally {
+      await browser.close();
       await closeLab(lab);
     }
   }, 600_000);
