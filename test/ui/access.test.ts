@@ -93,6 +93,20 @@ describe('status page access', () => {
     expect((await post({ _csrf: other.csrf })).statusCode).toBe(403);
   });
 
+  it('the inbox never shows words taken from its URL; a refused Add says why on the page itself (409)', async () => {
+    h = await harness(yaml());
+    const read = { authorization: `Bearer ${READ}` };
+    const crafted = await h.app.inject({ url: `/inbox?added=${encodeURIComponent('Your token expired: call 555')}&error=${encodeURIComponent('Send your token to evil')}`, headers: read });
+    expect(crafted.statusCode).toBe(200);
+    expect(crafted.body).not.toMatch(/555|evil|was written into/);
+    const added = await h.app.inject({ url: '/inbox?added=52-54-00-AA-BB-CC', headers: read });
+    expect(added.body).toContain('52:54:00:aa:bb:cc was written into');
+    // MAC is already in the config: the editor refuses, the page says so, nothing is written.
+    const refused = await h.app.inject({ method: 'POST', url: '/inbox/add', payload: form({ mac: MAC, hostname: 'again', image: 'demo' }), headers: { ...FORM, authorization: `Bearer ${ADMIN}` } });
+    expect(refused.statusCode).toBe(409);
+    expect(refused.body).toContain(`Not added: ${MAC} is already in the config`);
+  });
+
   it('log out needs the CSRF token and clears the cookie', async () => {
     h = await harness(yaml());
     const { cookie, csrf } = await login(READ);

@@ -228,17 +228,23 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
       },
     );
 
-    app.get<{ Querystring: { added?: string; error?: string } }>(
+    /** The inbox page; `notice` is only ever text this server wrote (never echoed from a URL). */
+    const inboxPage = (request: FastifyRequest, reply: FastifyReply, notice: string | null) => {
+      const viewer = viewerOf(request);
+      const config = ctx.getConfig();
+      if (!allow(viewer, 'read', config, reply, true)) return reply;
+      const csrf = viewer.session ? access.csrf(viewer.session) : null;
+      const body = inboxBody(inboxEntries(config), [...config.images.keys()], config.defaults.image, viewer.role === 'admin', csrf, notice);
+      return html(reply, page(chrome(viewer, config, { title: 'Inbox', nav: 'inbox' }), body));
+    };
+
+    app.get<{ Querystring: { added?: string } }>(
       '/inbox',
-      { schema: { querystring: { type: 'object', properties: { added: { type: 'string', maxLength: 64 }, error: { type: 'string', maxLength: 600 } } } } },
+      { schema: { querystring: { type: 'object', properties: { added: { type: 'string', maxLength: 64 } } } } },
       async (request, reply) => {
-        const viewer = viewerOf(request);
-        const config = ctx.getConfig();
-        if (!allow(viewer, 'read', config, reply, true)) return reply;
-        const csrf = viewer.session ? access.csrf(viewer.session) : null;
-        const notice = request.query.added ? `${request.query.added} was written into ${config.file}; the server picks it up on its reload.` : (request.query.error ?? null);
-        const body = inboxBody(inboxEntries(config), [...config.images.keys()], config.defaults.image, viewer.role === 'admin', csrf, notice);
-        return html(reply, page(chrome(viewer, config, { title: 'Inbox', nav: 'inbox' }), body));
+        // Only a MAC is shown back from the URL: a crafted link cannot put words on an admin's page.
+        const added = request.query.added ? normalizeMac(request.query.added) : null;
+        return inboxPage(request, reply, added ? `${added} was written into ${ctx.getConfig().file}; the server picks it up on its reload.` : null);
       },
     );
 
@@ -268,7 +274,7 @@ export async function registerUiRoutes(root: FastifyInstance, ctx: HttpContext, 
         } catch (err) {
           if (!(err instanceof ConfigEditError)) throw err;
           request.note.warning = `status page: add refused: ${err.message}`;
-          return reply.code(303).header('location', `/inbox?error=${encodeURIComponent(err.message.slice(0, 500))}`).send();
+          return inboxPage(request, reply.code(409), `Not added: ${err.message.slice(0, 500)}`);
         }
         ctx.log.info({ phase: 'config', mac: normalizeMac(mac), hostname, image, file: config.file }, 'status page: machine added to the config');
         return reply.code(303).header('location', `/inbox?added=${encodeURIComponent(normalizeMac(mac)!)}`).send();
