@@ -245,9 +245,10 @@ describe('status page in chromium', () => {
     const again = await page.evaluate(async (mac: string) => {
       const csrf = (document.querySelector('input[name=_csrf]') as HTMLInputElement).value;
       const res = await fetch('/inbox/add', { method: 'POST', body: new URLSearchParams({ _csrf: csrf, mac, hostname: 'new2', image: 'demo' }) });
-      return res.url;
+      return { status: res.status, text: await res.text() };
     }, STRANGER);
-    expect(decodeURIComponent(again)).toContain('already in the config');
+    expect(again.status).toBe(409);
+    expect(again.text).toContain(`Not added: ${STRANGER} is already in the config`);
     expect(readFileSync(server.file, 'utf8')).toBe(text);
     await context.close();
   }, 120_000);
