@@ -48,6 +48,9 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
     squashfsSize = (await stat(fixture.squashfs)).size;
     const sha256 = createHash('sha256').update(await readFile(fixture.squashfs)).digest('hex');
     await writeFile(join(work, 'manifest.json'), JSON.stringify({ kernelVersion: fixture.kernelVersion, artifacts: { 'rootfs.squashfs': { size: squashfsSize, sha256 } } }, null, 2));
+    // The size /init downloads comes from the manifest: trunc's says what is served (a broken build), norootfs's points at nothing.
+    await writeFile(join(work, 'trunc.json'), JSON.stringify({ artifacts: { 'rootfs.squashfs': { size: Math.floor(squashfsSize / 2), sha256 } } }));
+    await writeFile(join(work, 'norootfs.json'), JSON.stringify({ artifacts: { 'rootfs.squashfs': { size: squashfsSize, sha256 } } }));
     await writeFile(join(work, 'virtio.tar'), await testLayerTar('vm-virtio'));
     await writeFile(join(work, 'e1000.tar'), await testLayerTar('vm-e1000'));
     await writeFile(join(work, 'fail.tar'), await testLayerTar('vm-fail'));
@@ -55,6 +58,8 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
       '/images/img1/rootfs.squashfs': { file: fixture.squashfs },
       '/images/img1/manifest.json': { file: join(work, 'manifest.json') },
       '/images/trunc/rootfs.squashfs': { file: fixture.squashfs, truncate: Math.floor(squashfsSize / 2) },
+      '/images/trunc/manifest.json': { file: join(work, 'trunc.json') },
+      '/images/norootfs/manifest.json': { file: join(work, 'norootfs.json') },
       [`/machines/${hyphens(VIRTIO_MAC)}/layer`]: { file: join(work, 'virtio.tar') },
       [`/machines/${hyphens(E1000_MAC)}/layer`]: { file: join(work, 'e1000.tar') },
       [`/machines/${hyphens(FAIL_MAC)}/layer`]: { file: join(work, 'fail.tar') },
@@ -123,8 +128,8 @@ describe('netboot initramfs boots a real kernel in QEMU', () => {
     };
 
     it('rootfs URL 404', async () => {
-      const { lines, events } = await bootToFailure(`netboot.mac=${FAIL_MAC} netboot.image=missing`);
-      expect(lines).toEqual([`netboot: FAILED at rootfs: ${lab.serverUrl}/images/missing/rootfs.squashfs?mac=${FAIL_MAC_HYPHENS}: wget: server returned error: HTTP/1.1 404 Not Found`]);
+      const { lines, events } = await bootToFailure(`netboot.mac=${FAIL_MAC} netboot.image=norootfs`);
+      expect(lines).toEqual([`netboot: FAILED at rootfs: ${lab.serverUrl}/images/norootfs/rootfs.squashfs?mac=${FAIL_MAC_HYPHENS}: wget: server returned error: HTTP/1.1 404 Not Found`]);
       expect(events.map((e) => e.phase)).toEqual(['init', 'net', 'layer', 'failed']);
       expect(events.at(-1)!.detail).toContain('404');
     }, BOOT_TIMEOUT + 10_000);
