@@ -11,6 +11,10 @@ import { ErrorCode, errorPacket, parsePacket, type RequestPacket } from './codec
 import { normaliseTftpPath, type TftpClient, type TftpFile, type TftpFileSource } from './files.ts';
 import { defaultSessionLimits, ReadSession, type DataBlock, type SessionAction, type SessionLimits, type TransferOutcome } from './session.ts';
 
+/** RRQs of one client dropped while the server is at maxTransfers before it gets the ERROR. */
+export const BUSY_SILENT_RETRIES = 3;
+const MAX_DEFERRED_CLIENTS = 4096;
+
 export interface TransferEvent {
   client: TftpClient;
   /** The normalised path, or the raw requested name when it was refused before normalising. */
@@ -338,6 +342,8 @@ export class TftpServer {
   private readonly perAddress = new Map<string, number>();
   private readonly limits: SessionLimits;
   private readonly maxTransfers: number;
+  /** Clients whose RRQ was dropped while busy, and how often (oldest first; bounded). */
+  private readonly deferred = new Map<string, number>();
   private readonly maxTransfersPerAddress: number;
   private readonly log: Logger;
 
@@ -424,8 +430,19 @@ export class TftpServer {
     if (!normalised.ok) return this.refuse(rinfo, request.filename, ErrorCode.AccessViolation, `Access violation: ${normalised.reason}`);
     const path = normalised.path;
     if (this.activeTransfers >= this.maxTransfers) {
+      // PXE firmware takes an ERROR as the end of its boot, but retransmits an unanswered RRQ:
+      // a full server stays quiet the first times, so a boot storm queues on the clients' retries.
+      const times = (this.deferred.get(key) ?? 0) + 1;
+      this.deferred.delete(key);
+      if (times <= BUSY_SILENT_RETRIES) {
+        this.deferred.set(key, times);
+        if (this.deferred.size > MAX_DEFERRED_CLIENTS) this.deferred.delete(this.deferred.keys().next().value!);
+        this.log.debug({ client, path, times }, 'tftp request deferred: server busy, the client will retransmit');
+        return;
+      }
       return this.refuse(rinfo, path, ErrorCode.NotDefined, `Server busy: ${this.maxTransfers} transfers in progress (the limit), retry later`);
     }
+    this.deferred.delete(key);
     if (this.transfersFrom(rinfo.address) >= this.maxTransfersPerAddress) {
       return this.refuse(
         rinfo,

@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { TftpPacket } from '../../server/tftp/codec.ts';
 import { dirSource, generatedSource, mountSources } from '../../server/tftp/files.ts';
-import { TftpServer, type TransferEvent } from '../../server/tftp/server.ts';
+import { BUSY_SILENT_RETRIES, TftpServer, type TransferEvent } from '../../server/tftp/server.ts';
 import { RawPeer, runClient, sha256, sha256File } from './helpers.ts';
 
 let dir: string;
@@ -217,9 +217,14 @@ describe('protocol rules', () => {
     }
   });
 
-  it('a flood of RRQs over the limit is refused with a clear error, and the server keeps serving', async () => {
+  it('over the limit an RRQ is first left unanswered (firmware retransmits; an ERROR would end its boot), then refused clearly; a retransmission after slots free is served', async () => {
     const holders = await Promise.all(Array.from({ length: 4 }, () => RawPeer.open()));
-    const flood = await Promise.all(Array.from({ length: 20 }, () => RawPeer.open()));
+    const flood = await Promise.all(Array.from({ length: 5 }, () => RawPeer.open()));
+    const deferrals = (clientPort: number) => logLines.filter((l) => l.client?.port === clientPort && /deferred: server busy/.test(l.msg)).length;
+    const deferredTimes = async (clientPort: number, times: number) => {
+      for (let i = 0; i < 200 && deferrals(clientPort) < times; i++) await new Promise((r) => setTimeout(r, 25));
+      expect(deferrals(clientPort)).toBe(times);
+    };
     try {
       // Four transfers that never ACK fill the limit.
       const firsts = [];
@@ -229,14 +234,33 @@ describe('protocol rules', () => {
       }
       expect(firsts.every((f) => f?.packet.op === 'DATA')).toBe(true);
       expect(server.activeTransfers).toBe(4);
+      // A client retransmitting its RRQ: silence BUSY_SILENT_RETRIES times, then the ERROR.
+      for (const f of flood) {
+        for (let times = 1; times <= BUSY_SILENT_RETRIES; times++) {
+          await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+          await deferredTimes(f.port, times);
+        }
+      }
       for (const f of flood) await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
       for (const f of flood) {
         const r = await f.next();
         expect(r?.packet).toMatchObject({ op: 'ERROR', code: 0 });
         expect(r?.packet.op === 'ERROR' && r.packet.message).toMatch(/busy.*4 transfers/i);
       }
+      // A client that was told to wait once, then retransmits after a holder gave up, is served.
+      const patient = await RawPeer.open();
+      try {
+        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+        await deferredTimes(patient.port, 1);
+        await holders[0]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[0]!.from.port);
+        await waitForEvent(holders[0]!.port);
+        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+        expect((await patient.next())?.packet).toMatchObject({ op: 'DATA', block: 1 });
+      } finally {
+        patient.close();
+      }
       // The holders give up; their slots free and a real client is served again.
-      for (let i = 0; i < holders.length; i++) await holders[i]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[i]!.from.port);
+      for (let i = 1; i < holders.length; i++) await holders[i]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[i]!.from.port);
       for (const h of holders) await waitForEvent(h.port);
       const file = join(out, 'after-flood');
       await runClient('curl', ['-sS', '-m', '30', '-o', file, `tftp://127.0.0.1:${port}/small.bin`]);
