@@ -1,4 +1,4 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -40,8 +40,11 @@ describe('netboot initramfs into a systemd image', () => {
     expect(built.modules).not.toContain('e1000');
     initrd = built.path;
     await writeFile(join(work, 'layer.tar'), await testLayerTar('vm-systemd'));
+    // /init takes the rootfs size from the image's manifest.
+    await writeFile(join(work, 'manifest.json'), JSON.stringify({ artifacts: { 'rootfs.squashfs': { size: (await stat(fixture.squashfs)).size } } }));
     lab = await createBootLab({
       '/images/sd/rootfs.squashfs': { file: fixture.squashfs },
+      '/images/sd/manifest.json': { file: join(work, 'manifest.json') },
       [`/machines/${MAC.replace(/:/g, '-')}/layer`]: { file: join(work, 'layer.tar') },
     });
   }, 1_200_000);
