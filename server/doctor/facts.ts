@@ -91,6 +91,9 @@ export async function containerFacts(): Promise<ContainerFacts> {
 /** One Router Solicitation on the interface (rdisc6), else the kernel's routes learnt from RAs. */
 export async function routerAdvertisements(ifname: string, waitMs: number): Promise<RaObservation> {
   if (await findTool('rdisc6')) {
+    // A link-local address still in duplicate address detection cannot send the RS ("Cannot
+    // assign requested address"): an interface brought up a moment ago needs a second or two.
+    await linkLocalReady(ifname, 5000);
     const result = await output('rdisc6', ['-1', '-r', '1', '-w', String(waitMs), ifname], waitMs + 5000);
     if (!result) return { method: 'none', reason: 'rdisc6 could not run' };
     const advertisements = parseRdisc6(result.stdout);
@@ -100,6 +103,15 @@ export async function routerAdvertisements(ifname: string, waitMs: number): Prom
   const routes = await json<{ protocol?: string }[]>('ip', ['-j', '-6', 'route', 'show', 'dev', ifname]);
   if (routes === null) return { method: 'none', reason: 'no rdisc6 (package ndisc6) and no IPv6 routes readable' };
   return { method: 'routes', raRoute: routes.some((r) => r.protocol === 'ra') };
+}
+
+/** Waits (at most `timeoutMs`) until `ifname` has an IPv6 link-local address out of DAD. */
+async function linkLocalReady(ifname: string, timeoutMs: number): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(100)) {
+    const addrs = await json<{ addr_info?: { scope?: string; tentative?: boolean }[] }[]>('ip', ['-j', '-6', 'addr', 'show', 'dev', ifname]);
+    const linkLocal = addrs?.flatMap((a) => a.addr_info ?? []).filter((a) => a.scope === 'link') ?? [];
+    if (addrs === null || linkLocal.length === 0 || linkLocal.some((a) => !a.tentative)) return;
+  }
 }
 
 /** Sends one DHCPDISCOVER to `destination` and collects the offers for `waitMs`. */

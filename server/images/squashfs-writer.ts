@@ -63,7 +63,16 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const exited = new Promise<number>((resolve, reject) => {
     child.once('error', reject);
-    child.once('close', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
+    // 'close' (stderr read to its end) gives the whole message; 'exit' alone must be enough too:
+    // a pipe left open by anything the child left behind must not hang the build.
+    child.once('exit', (code, signal) => {
+      const status = code ?? (signal ? 128 : 1);
+      const timer = setTimeout(() => resolve(status), 2000);
+      child.once('close', () => {
+        clearTimeout(timer);
+        resolve(status);
+      });
+    });
   });
   let childGone = false;
   exited.then(() => (childGone = true), () => (childGone = true));

@@ -345,7 +345,8 @@ http {
       subnet: 209,
       dhcp: { mode: 'full', pool: { start: '10.77.209.50', end: '10.77.209.80', router: '10.77.209.1' } },
       machines: Object.fromEntries(macs.map((mac, i) => [mac, { hostname: `storm${i + 1}` }])),
-      server: { admission: { maxRootStreams: 1, preemptAfterSeconds: 3600 } },
+      // Short Retry-After: machines ask again often, so the test does not sit out long estimated waits.
+      server: { admission: { maxRootStreams: 1, preemptAfterSeconds: 3600, maxRetryAfterSeconds: 2 } },
     });
     const headers = join(logRoot, 'storm', 'slot-holder.headers');
     try {
