@@ -204,7 +204,7 @@ function bearer(request: FastifyRequest): string | null {
 }
 
 /** Constant-time: both sides are hashed first, so neither length nor content leaks through timing. */
-function matchesAny(given: string, tokens: readonly string[]): boolean {
+export function matchesAny(given: string, tokens: readonly string[]): boolean {
   const digest = (s: string) => createHash('sha256').update(s).digest();
   const g = digest(given);
   let found = false;

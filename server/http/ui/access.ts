@@ -1,4 +1,5 @@
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { matchesAny } from '../api.ts';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Config } from '../../config/types.ts';
 
@@ -135,14 +136,6 @@ export function cookie(request: FastifyRequest, name: string): string | null {
   return null;
 }
 
-/** Constant-time, as in the API: both sides hashed first. */
-function matchesAny(given: string, tokens: readonly string[]): boolean {
-  const digest = (s: string) => createHash('sha256').update(s).digest();
-  const g = digest(given);
-  let found = false;
-  for (const token of tokens) found = timingSafeEqual(g, digest(token)) || found;
-  return found;
-}
 
 /** Refuses a request without the role; returns true when it may go on. */
 export function allow(viewer: Viewer, need: Role, config: Config, reply: FastifyReply, html: boolean): boolean {
