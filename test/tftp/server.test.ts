@@ -5,8 +5,10 @@ import { join } from 'node:path';
 import { pino } from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { TftpPacket } from '../../server/tftp/codec.ts';
-import { dirSource, generatedSource, mountSources } from '../../server/tftp/files.ts';
+import { dirSource, generatedSource, mountSources, type TftpFileSource } from '../../server/tftp/files.ts';
 import { BUSY_SILENT_RETRIES, TftpServer, type TransferEvent } from '../../server/tftp/server.ts';
+import type { SessionLimits } from '../../server/tftp/session.ts';
+import { waitUntil } from '../lab/wait-until.ts';
 import { RawPeer, runClient, sha256, sha256File } from './helpers.ts';
 
 let dir: string;
@@ -30,13 +32,10 @@ function eventFor(clientPort: number): TransferEvent | undefined {
   return events.slice(firstEventOfThisTest).find((e) => e.client.port === clientPort);
 }
 
+/** The transfer's end event; the silent-client case takes the whole backoff (0.3+0.6+1.2+2.4 s) to get there. */
 async function waitForEvent(clientPort: number): Promise<TransferEvent> {
-  for (let i = 0; i < 100; i++) {
-    const e = eventFor(clientPort);
-    if (e) return e;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`no transfer event for client port ${clientPort}`);
+  await waitUntil(() => eventFor(clientPort) !== undefined, `transfer event for client port ${clientPort}`);
+  return eventFor(clientPort)!;
 }
 
 beforeAll(async () => {
@@ -53,17 +52,22 @@ beforeAll(async () => {
     '': dirSource(dir),
     'machines/': generatedSource(async (path) => (path === '52-54-00-12-34-56/boot.ipxe' ? bootScript : null)),
   });
-  server = new TftpServer({
+  server = serverOn(source, { timeoutMs: 300, maxRetries: 3 });
+  port = (await server.start()).port;
+});
+
+/** A server on this file's tree, 4 transfers at most, reporting into `events` and `logLines`. */
+function serverOn(source: TftpFileSource, limits: Partial<SessionLimits>): TftpServer {
+  return new TftpServer({
     host: '127.0.0.1',
     port: 0,
     source,
     maxTransfers: 4,
-    limits: { timeoutMs: 300, maxRetries: 3 },
+    limits,
     onTransfer: (e) => events.push(e),
     log: pino({ level: 'debug' }, { write: (line: string) => void logLines.push(JSON.parse(line)) }),
   });
-  port = (await server.start()).port;
-});
+}
 
 afterAll(async () => {
   await server?.stop();
@@ -218,30 +222,34 @@ describe('protocol rules', () => {
   });
 
   it('over the limit an RRQ is first left unanswered (firmware retransmits; an ERROR would end its boot), then refused clearly; a retransmission after slots free is served', async () => {
+    // Its own server, whose transfers wait a minute before a retransmission: the holders keep
+    // their slots however long the rest of the test takes on a busy machine.
+    const busy = serverOn(dirSource(dir), { timeoutMs: 60_000, maxTimeoutMs: 60_000, maxRetries: 3 });
+    const busyPort = (await busy.start()).port;
     const holders = await Promise.all(Array.from({ length: 4 }, () => RawPeer.open()));
     const flood = await Promise.all(Array.from({ length: 5 }, () => RawPeer.open()));
     const deferrals = (clientPort: number) => logLines.filter((l) => l.client?.port === clientPort && /deferred: server busy/.test(l.msg)).length;
     const deferredTimes = async (clientPort: number, times: number) => {
-      for (let i = 0; i < 200 && deferrals(clientPort) < times; i++) await new Promise((r) => setTimeout(r, 25));
+      await waitUntil(() => deferrals(clientPort) >= times, `deferral ${times} of client port ${clientPort}`);
       expect(deferrals(clientPort)).toBe(times);
     };
     try {
       // Four transfers that never ACK fill the limit.
       const firsts = [];
       for (const h of holders) {
-        await h.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+        await h.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
         firsts.push(await h.next());
       }
       expect(firsts.every((f) => f?.packet.op === 'DATA')).toBe(true);
-      expect(server.activeTransfers).toBe(4);
+      expect(busy.activeTransfers).toBe(4);
       // A client retransmitting its RRQ: silence BUSY_SILENT_RETRIES times, then the ERROR.
       for (const f of flood) {
         for (let times = 1; times <= BUSY_SILENT_RETRIES; times++) {
-          await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+          await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
           await deferredTimes(f.port, times);
         }
       }
-      for (const f of flood) await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+      for (const f of flood) await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
       for (const f of flood) {
         const r = await f.next();
         expect(r?.packet).toMatchObject({ op: 'ERROR', code: 0 });
@@ -250,11 +258,11 @@ describe('protocol rules', () => {
       // A client that was told to wait once, then retransmits after a holder gave up, is served.
       const patient = await RawPeer.open();
       try {
-        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
         await deferredTimes(patient.port, 1);
         await holders[0]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[0]!.from.port);
         await waitForEvent(holders[0]!.port);
-        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, port);
+        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
         expect((await patient.next())?.packet).toMatchObject({ op: 'DATA', block: 1 });
       } finally {
         patient.close();
@@ -263,10 +271,11 @@ describe('protocol rules', () => {
       for (let i = 1; i < holders.length; i++) await holders[i]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[i]!.from.port);
       for (const h of holders) await waitForEvent(h.port);
       const file = join(out, 'after-flood');
-      await runClient('curl', ['-sS', '-m', '30', '-o', file, `tftp://127.0.0.1:${port}/small.bin`]);
+      await runClient('curl', ['-sS', '-m', '30', '-o', file, `tftp://127.0.0.1:${busyPort}/small.bin`]);
       expect(await sha256File(file)).toBe(sha256(small));
     } finally {
       for (const p of [...holders, ...flood]) p.close();
+      await busy.stop();
     }
   });
 
@@ -278,8 +287,9 @@ describe('protocol rules', () => {
       await peer.send(rrq, port);
       const first = await peer.next();
       expect(first?.packet).toMatchObject({ op: 'DATA', block: 1 });
-      // Only one transfer exists: nothing else arrives before that transfer's own retransmission.
-      const second = await peer.next(1000);
+      // Only one transfer exists: nothing else arrives before that transfer's own retransmission
+      // (due after 300 ms; the wait only guards against a hang, the next packet ends it).
+      const second = await peer.next(30_000);
       expect(second?.from.port).toBe(first?.from.port);
       await peer.send({ op: 'ERROR', code: 0, message: 'done' }, first!.from.port);
     } finally {
