@@ -112,8 +112,14 @@ export async function startNetboot(spec: StackSpec): Promise<RunningStack> {
       defaults: { unknown: 'deny' },
     }),
   );
-  const log = join(dir, 'serve.log');
-  const child = spec.segment.spawn(join(REPO, 'bin/netboot'), ['serve', '--config', configFile], { env: { ...process.env, ...NO_DOCKER_ENV } });
+  // Not beside netboot.yaml: the server watches its config's folder, and every log line would wake the watcher.
+  const log = join(spec.workDir, 'netboot-serve.log');
+  // STORM_NETBOOT_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`, which NODE_OPTIONS refuses): node flags for the server only.
+  const nodeArgs = process.env.STORM_NETBOOT_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+  const command = nodeArgs.length > 0
+    ? ['node', ...nodeArgs, '--import', `file://${REPO}/node_modules/tsx/dist/loader.mjs`, join(REPO, 'server/cli/main.ts')]
+    : [join(REPO, 'bin/netboot')];
+  const child = spec.segment.spawn(command[0]!, [...command.slice(1), 'serve', '--config', configFile], { env: { ...process.env, ...NO_DOCKER_ENV } });
   logTo(child, log);
   await waitForLog(log, /"msg":"netboot serving"/, child, 60_000);
   return { name: 'netboot', stop: () => stopChild(child, 5000) };

@@ -136,6 +136,9 @@ export class ConfigStore extends EventEmitter<ConfigStoreEvents> {
 
   async #reloadNow(): Promise<void> {
     const file = this.#current.file;
+    // Events for other files in the folder (a log written there) change nothing: skip the parse.
+    const text = this.#readText();
+    if (text !== null && this.#fingerprint(text) === this.#lastFingerprint) return;
     let loaded: LoadedConfig | null = null;
     let error: Error | null = null;
     try {
