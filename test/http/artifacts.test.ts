@@ -5,6 +5,7 @@ import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitUntil } from '../lab/wait-until.ts';
 import { addImage, sha256, type FakeImage } from './fixtures.ts';
 import { harness, MAC, MAC_HYP, type Harness } from './setup.ts';
 
@@ -112,7 +113,7 @@ describe('artifacts over a real socket with curl', () => {
     writeFileSync(h.store.artifactPath('b16b16b16b16b16b', 'rootfs.squashfs')!, big);
     const url = `${base}/images/b16b16b16b16b16b/rootfs.squashfs?mac=${MAC_HYP}`;
     await expect(curl(['--limit-rate', '50k', '--max-time', '1', '-o', '/dev/null', url])).rejects.toThrow(/timed out/i);
-    for (let i = 0; i < 100 && !h.timeline.current(MAC)?.phases.some((p) => p.phase === 'rootfs'); i++) await new Promise((r) => setTimeout(r, 100));
+    await waitUntil(() => h.timeline.current(MAC)?.phases.some((p) => p.phase === 'rootfs') === true, 'the aborted download on the timeline');
     const rootfs = h.timeline.current(MAC)!.phases.find((p) => p.phase === 'rootfs')!;
     expect(rootfs.detail).toMatch(new RegExp(`^aborted after \\d+ of ${big.length} bytes$`));
     expect(rootfs.bytes).toBeLessThan(big.length);

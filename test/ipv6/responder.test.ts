@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addClientNamespace, createSegment, type ClientNamespace, type Segment } from '../lab/netns.ts';
+import { waitUntil } from '../lab/wait-until.ts';
 import { silentLogger } from '../../server/log.ts';
 import { buildRouterAdvertisement, checksum, ipv6Bytes, linkLocalFromMac } from '../../server/ipv6/ndp.ts';
 import { RouterAdvertResponder, RA_IO_HELPER, type SolicitationEvent } from '../../server/ipv6/responder.ts';
@@ -112,10 +113,13 @@ describe('router solicitation responder (real frames, real peers)', () => {
 
 /** Waits (event-driven by polling the kernel's state) until the client's link-local address has finished DAD. */
 async function linkLocalReady(client: ClientNamespace): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    const { stdout } = await client.exec('ip', ['-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link']);
-    if (stdout.includes('fe80::') && !stdout.includes('tentative')) return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('no link-local address on eth0');
+  await waitUntil(
+    async () => {
+      const { stdout } = await client.exec('ip', ['-6', '-o', 'addr', 'show', 'dev', 'eth0', 'scope', 'link']);
+      return stdout.includes('fe80::') && !stdout.includes('tentative');
+    },
+    'a link-local address on eth0 past DAD',
+    60_000,
+    50,
+  );
 }

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeCpio, type CpioEntry } from '../../server/initramfs/cpio.ts';
 import { compileNbdClient, nbdClientFiles, nbdClientFingerprint, NBD_CLIENT_PATH, NBD_CLIENT_SOURCE, type InitramfsFile } from '../../server/initramfs/nbd-client.ts';
 import { startServer, type ServerFixture } from './helpers.ts';
+import { waitUntil } from '../lab/wait-until.ts';
 
 const run = promisify(execFile);
 
@@ -87,11 +88,9 @@ describe('netboot-nbd, our initramfs NBD client', () => {
       const config = join(dir, 'config');
       await writeFile(config, `[generic]\nport = ${port}\nlistenaddr = 127.0.0.1\n[disk]\nexportname = ${image}\nreadonly = true\n`);
       server = spawn('nbd-server', ['-C', config, '-d'], { stdio: 'ignore' });
+      // nbd-server forks into the background: ask until it listens (the wait only guards against a hang).
       let result = await check(binary, port, 'disk');
-      for (let i = 0; i < 50 && result.code !== 0; i++) {
-        await new Promise((r) => setTimeout(r, 100));
-        result = await check(binary, port, 'disk');
-      }
+      await waitUntil(async () => result.code === 0 || (result = await check(binary, port, 'disk')).code === 0, `nbd-server listening on ${port}`, 60_000, 100);
       expect(result.stdout).toMatch(/^disk: 1048576 bytes/m);
     } finally {
       server?.kill('SIGKILL');
