@@ -120,6 +120,31 @@ describe('hostile and unusual images', () => {
     expect(await leftovers()).toEqual([]);
   }, 180_000);
 
+  it('`netboot build` of PAX entries carrying POSIX ACLs (what GNU tar --xattrs records) exits 0, not the silent exit 13', async () => {
+    // The issue's case: tar2sqfs refused the ACL xattr and quit while the layer was still being
+    // written; the write waited for a 'drain' that never came and Node exited 13 with nothing said.
+    // The ACL entries are in the top layer, so the whole base still has to go down the dead pipe.
+    const acl = '\x02\x00\x00\x00\x01\x00\x06\x00\xff\xff\xff\xff\x02\x00\x04\x00\xd2\x04\x00\x00\x04\x00\x04\x00\xff\xff\xff\xff\x10\x00\x04\x00\xff\xff\xff\xff\x20\x00\x04\x00\xff\xff\xff\xff';
+    const entries: RawEntry[] = Array.from({ length: 200 }, (_, i) => ({
+      name: `srv/acl/file-${i}`,
+      pax: { 'SCHILY.xattr.system.posix_acl_access': acl, 'SCHILY.xattr.user.n': String(i) },
+      data: `acl ${i}\n`,
+    }));
+    const path = await archive([base, rawTar(entries)]);
+    const config = join(work, 'netboot-acl.yaml');
+    await writeFile(config, `server:\n  cacheDir: ${cacheDir}\n  stateDir: ${join(work, 'state')}\nimages:\n  hostile-cli-acl:\n    source: oci-archive:${path}\n    initramfs: image\n`);
+    const result = await netboot('build', '--config', config, '--log-level', 'warn');
+    expect(result.stderr).toBe('');
+    expect(result.code).toBe(0);
+    const id = (await cache.currentId('hostile-cli-acl'))!;
+    const squashfs = cache.artifactPath(id, 'rootfs.squashfs');
+    expect((await readSquashfsFile(squashfs, '/srv/acl/file-199')).toString()).toBe('acl 199\n');
+    const { stdout } = await run('rdsquashfs', ['-x', '/srv/acl/file-7', squashfs]);
+    expect(stdout).toMatch(/user\.n/);
+    expect(stdout).not.toMatch(/posix_acl/);
+    expect(await leftovers()).toEqual([]);
+  }, 120_000);
+
   it('`netboot build` on a hostile image exits non-zero with the entry and step named, and leaves the good build current', async () => {
     const path = await archive(withLayer([{ name: 'a', data: 'A' }, { name: 'h', type: 'link', linkname: '../a' }]));
     const config = join(work, 'netboot-bad.yaml');
