@@ -5,7 +5,8 @@ import type { NeighbourLookup } from './neighbours.ts';
 /**
  * Is the peer of a request the machine whose MAC it names? A MAC in a URL is a claim; the
  * evidence is what the server itself saw:
- * - full DHCP: the peer address is the one leased to that MAC;
+ * - full DHCP: the peer address is the one leased to that MAC, and the kernel's neighbour entry
+ *   for it, if it has one (none: the peer is behind a relay or router), is that MAC;
  * - proxy DHCP: the kernel's neighbour entry for the peer address is that MAC, and our DHCP
  *   server saw a packet from that MAC within the boot window;
  * - DHCP off: the neighbour entry alone.
@@ -35,8 +36,13 @@ export async function verifyIdentity(evidence: IdentityEvidence, mac: string, pe
 
   if (mode === 'full') {
     const leased = evidence.leaseOf?.(mac);
-    if (leased === peer) return { ok: true, evidence: `lease ${leased}` };
-    return { ok: false, reason: `request from ${peer}, but ${mac} ${leased ? `holds the lease ${leased}` : 'holds no lease'}`, peerMac: await evidence.neighbours(peer) };
+    const neighbour = await evidence.neighbours(peer);
+    if (leased !== peer) return { ok: false, reason: `request from ${peer}, but ${mac} ${leased ? `holds the lease ${leased}` : 'holds no lease'}`, peerMac: neighbour };
+    // A lease alone is not enough: anyone can put M's address on their own NIC once M is off
+    // the segment, or forge DHCP with M's chaddr to have an address bound to M. On the
+    // segment the kernel knows the peer's real MAC; no entry: a relay or router in between.
+    if (neighbour !== undefined && neighbour !== mac) return { ok: false, reason: `request from ${peer}, leased to ${mac}, but its MAC is ${neighbour}`, peerMac: neighbour };
+    return { ok: true, evidence: neighbour ? `lease ${leased}, neighbour ${neighbour}` : `lease ${leased} (no neighbour entry: relayed)` };
   }
 
   const neighbour = await evidence.neighbours(peer);
