@@ -31,7 +31,10 @@ describe('lock files', () => {
       const release = await acquireLockFile(path, { timeoutMs: 5_000, onTakeover: (reason) => told.push(reason) });
       expect(await readFile(path, 'utf8')).toBe(`${process.pid}\n`);
       expect(told).toHaveLength(1);
-      expect(told[0]).toMatch(/^took over the stale lock .*: it has held no pid for (29|30|31) s/);
+      // At least the 30 s it was aged by; a busy machine only adds to it.
+      const seconds = Number(/^took over the stale lock .*: it has held no pid for (\d+) s/.exec(told[0]!)?.[1]);
+      expect(seconds).toBeGreaterThanOrEqual(29);
+      expect(seconds).toBeLessThan(30 + 60);
       await release();
       expect(await readdir(dir)).not.toContain(path.slice(dir.length + 1));
     }

@@ -49,8 +49,8 @@ describe('initramfs shell helpers under busybox sh', () => {
           res.writeHead(start ? 206 : 200, headers);
           // The first two responses die a third of the way through: the download must resume.
           if (flaky++ < 2) {
-            res.write(payload.subarray(start, start + 100_000));
-            setTimeout(() => res.socket?.destroy(), 50);
+            // Cut once the bytes are handed to the kernel (a timer could cut before any left).
+            res.write(payload.subarray(start, start + 100_000), () => res.socket?.destroy());
           } else res.end(payload.subarray(start));
           return;
         }
