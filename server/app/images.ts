@@ -2,7 +2,7 @@ import type Dockerode from 'dockerode';
 import type { Config, Image } from '../config/types.ts';
 import type { Logger } from '../log.ts';
 import { ImageCache, type BuildProgress, type BuiltImage } from '../images/cache.ts';
-import { initrdBuilderFingerprint, makeInitrd } from '../initramfs/index.ts';
+import { findBusybox, initrdBuilderFingerprint, makeInitrd } from '../initramfs/index.ts';
 import { nbdClientFiles, nbdClientFingerprint } from '../initramfs/nbd-client.ts';
 
 export function openImageCache(config: Config, log: Logger): ImageCache {
@@ -17,7 +17,8 @@ export interface BuildImageOptions {
   signal?: AbortSignal;
 }
 
-let fingerprint: Promise<string> | null = null;
+/** Per platform: the busybox (host's or foreign) is part of the fingerprint. */
+const fingerprints = new Map<string, Promise<string>>();
 let nbdFingerprint: Promise<string> | null = null;
 
 /**
@@ -27,7 +28,12 @@ let nbdFingerprint: Promise<string> | null = null;
  */
 export async function buildImage(cache: ImageCache, image: Image, log: Logger, options: BuildImageOptions = {}): Promise<BuiltImage> {
   const ours = image.initramfs === 'netboot';
-  fingerprint ??= initrdBuilderFingerprint();
+  let fingerprint = fingerprints.get(image.platform);
+  if (ours && !fingerprint) {
+    fingerprint = findBusybox(image.platform).then((busybox) => initrdBuilderFingerprint(busybox));
+    fingerprint.catch(() => fingerprints.delete(image.platform));
+    fingerprints.set(image.platform, fingerprint);
+  }
   const nbd = ours && image.root === 'nbd';
   if (nbd) nbdFingerprint ??= nbdClientFingerprint();
   return cache.build(image, {

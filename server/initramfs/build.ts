@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { writeCpio, type CpioEntry } from './cpio.ts';
+import { appletNamesFromBinary } from './busybox.ts';
 import { canonicalModuleName, decompressModule, ModuleIndex, type ModuleRef } from './modules.ts';
 
 const run = promisify(execFile);
@@ -14,7 +15,9 @@ const run = promisify(execFile);
 export const BOOT_ASSETS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'boot-assets');
 
 /** Modules /init needs for the root filesystem, whatever the hardware. */
-export const BASE_MODULES = ['af_packet', 'squashfs', 'overlay', 'loop', 'nbd'];
+/** For machines with a disk (config `disk:`, boot-assets/initramfs/lib/netboot/disk.sh): its filesystem and common disk controllers. */
+export const DISK_MODULES = ['ext4', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
+export const BASE_MODULES = ['af_packet', 'squashfs', 'overlay', 'loop', 'nbd', ...DISK_MODULES];
 
 /**
  * NIC drivers shipped when the image does not name its own: VMs (virtio needs its PCI
@@ -65,7 +68,7 @@ export interface InitrdSources {
   kernelVersion: string;
   /** NIC driver modules; default DEFAULT_NIC_MODULES. */
   nics?: readonly string[];
-  /** Static busybox for the image's architecture. Default /bin/busybox (the host's busybox-static). */
+  /** Static busybox for the image's architecture (busybox.ts findBusybox). Default /bin/busybox (the host's busybox-static). */
   busybox?: string;
   assetsDir?: string;
   /** Default: from the kernel config (zstd when CONFIG_RD_ZSTD=y, else gzip). */
@@ -99,13 +102,11 @@ export function compressionForKernelConfig(config: string | null): InitrdCompres
   return config !== null && /^CONFIG_RD_ZSTD=y$/m.test(config) ? 'zstd' : 'gzip';
 }
 
-async function applets(busybox: string): Promise<string[]> {
-  const { stdout } = await run(busybox, ['--list']);
-  return stdout
-    .split('\n')
-    .map((name) => name.trim())
-    .filter((name) => /^[A-Za-z0-9._[\]-]+$/.test(name) && name !== 'busybox')
-    .sort();
+/** Applet names for the /bin symlinks: from the binary's name table, else (a busybox laid out differently) by running it. */
+async function applets(busybox: string, binary: Buffer): Promise<string[]> {
+  const fromTable = appletNamesFromBinary(binary);
+  const names = fromTable ?? (await run(busybox, ['--list'])).stdout.split('\n').map((name) => name.trim());
+  return names.filter((name) => /^[A-Za-z0-9._[\]-]+$/.test(name) && name !== 'busybox').sort();
 }
 
 async function walkFiles(dir: string): Promise<string[]> {
@@ -189,7 +190,25 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
   const wanted = [...new Set([...BASE_MODULES, ...(sources.nics ?? DEFAULT_NIC_MODULES)].map(canonicalModuleName))];
   const builtin = wanted.filter((name) => index.has(name) === 'builtin');
   const unavailable = wanted.filter((name) => index.has(name) === null);
-  const refs: ModuleRef[] = index.closure(wanted);
+  // A disk module whose files (or a dependency's) the image left out is skipped, not fatal: a
+  // slimmed image that dropped drivers/scsi still builds, its machines just boot diskless.
+  const optional = new Set(DISK_MODULES.map(canonicalModuleName));
+  const unreadable = new Map<string, Error>();
+  const readModule = async (ref: ModuleRef): Promise<Buffer | null> =>
+    sources.readImageFile(`${index.dir}/${ref.path}`).catch((err: Error) => {
+      unreadable.set(ref.name, new Error(`module ${ref.name} listed in ${index.dir}/modules.dep but unreadable (${ref.path}): ${err.message}`));
+      return null;
+    });
+  const rawModules = new Map<string, Buffer | null>();
+  for (const [i, raw] of (await mapLimit(index.closure(wanted), 4, readModule)).entries()) rawModules.set(index.closure(wanted)[i]!.name, raw);
+  const complete = (name: string) => index.closure([name]).every((ref) => !unreadable.has(ref.name));
+  const dropped = wanted.filter((name) => optional.has(name) && !complete(name));
+  const kept = wanted.filter((name) => !dropped.includes(name));
+  const missing = index.closure(kept).find((ref) => unreadable.has(ref.name));
+  if (missing) throw unreadable.get(missing.name)!;
+  unavailable.push(...dropped);
+  const refs: ModuleRef[] = index.closure(kept);
+  const busyboxBinary = await readFile(busybox);
 
   const entries: CpioEntry[] = [
     { type: 'dir', path: 'dev' },
@@ -205,19 +224,14 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
     { type: 'symlink', path: 'sbin', target: 'bin' },
     { type: 'symlink', path: 'usr/bin', target: '../bin' },
     { type: 'symlink', path: 'usr/sbin', target: '../bin' },
-    { type: 'file', path: 'bin/busybox', data: await readFile(busybox), mode: 0o755 },
-    ...(await applets(busybox)).map((name): CpioEntry => ({ type: 'symlink', path: `bin/${name}`, target: 'busybox' })),
+    { type: 'file', path: 'bin/busybox', data: busyboxBinary, mode: 0o755 },
+    ...(await applets(busybox, busyboxBinary)).map((name): CpioEntry => ({ type: 'symlink', path: `bin/${name}`, target: 'busybox' })),
     ...(await assetEntries(sources.assetsDir ?? BOOT_ASSETS_DIR)),
     ...(sources.extraFiles ?? []).map((file): CpioEntry => ({ type: 'file', path: file.path, data: file.data, mode: file.mode & 0o7777 })),
   ];
 
   const modulesDir = `lib/modules/${kver}`;
-  const moduleData = await mapLimit(refs, 4, async (ref) => {
-    const raw = await sources.readImageFile(`${index.dir}/${ref.path}`).catch((err: Error) => {
-      throw new Error(`module ${ref.name} listed in ${index.dir}/modules.dep but unreadable (${ref.path}): ${err.message}`);
-    });
-    return decompressModule(raw, ref.compression, `module ${ref.name} (${index.dir}/${ref.path})`);
-  });
+  const moduleData = await mapLimit(refs, 4, async (ref) => decompressModule(rawModules.get(ref.name)!, ref.compression, `module ${ref.name} (${index.dir}/${ref.path})`));
   refs.forEach((ref, i) => entries.push({ type: 'file', path: `${modulesDir}/${ref.shippedPath}`, data: moduleData[i]! }));
   entries.push(
     { type: 'file', path: `${modulesDir}/modules.dep`, data: Buffer.from(index.trimmedDep(refs)) },

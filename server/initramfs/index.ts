@@ -6,12 +6,14 @@ import { silentLogger } from '../log.ts';
 import { readSquashfsFile } from '../images/squashfs-reader.ts';
 import { buildInitrd, type InitrdBuild, type InitrdSources } from './build.ts';
 import { canonicalModuleName } from './modules.ts';
+import { findBusybox, isHostPlatform } from './busybox.ts';
 
 export { buildInitrd, initrdBuilderFingerprint, INITRD_BUILDER_VERSION, BASE_MODULES, DEFAULT_NIC_MODULES, BOOT_ASSETS_DIR } from './build.ts';
 export type { InitrdBuild, InitrdSources, InitrdCompression } from './build.ts';
 export { ModuleIndex, decompressModule, moduleRefFromPath, canonicalModuleName } from './modules.ts';
 export type { ModuleRef, ModuleCompression, ModuleAlias } from './modules.ts';
 export { writeCpio } from './cpio.ts';
+export { busyboxPath, findBusybox, debianArch, isHostPlatform, appletNamesFromBinary, NETBOOT_SHARE_DIR } from './busybox.ts';
 export type { CpioEntry } from './cpio.ts';
 
 export interface MakeInitrdOptions {
@@ -27,8 +29,6 @@ export interface MakeInitrdOptions {
 
 export type InitrdInfo = Omit<InitrdBuild, 'image'> & { path: string; size: number };
 
-const HOST_PLATFORM: Record<string, string> = { x64: 'linux/amd64', arm64: 'linux/arm64' };
-
 /**
  * The image pipeline's hook (`BuildOptions.makeInitrd`): writes `<outDir>/initrd.img` (our
  * /init, busybox, the image's own kernel modules) atomically (temp file + rename).
@@ -39,12 +39,12 @@ export async function makeInitrd(options: MakeInitrdOptions): Promise<void> {
 
 /** makeInitrd that also says what it shipped (modules, compression, size). */
 export async function writeInitrd({ squashfs, kernelVersion, image, outDir, log = silentLogger, extraFiles }: MakeInitrdOptions): Promise<InitrdInfo> {
-  const host = HOST_PLATFORM[process.arch];
-  if (image.platform && host && image.platform !== host) {
-    // The busybox we ship is the host's (busybox-static): it only runs on the host's architecture.
-    throw new Error(`initramfs for ${image.platform} needs a busybox for that architecture; this host has ${host} only`);
+  if (image.root === 'nbd' && !isHostPlatform(image.platform)) {
+    // The NBD client is compiled with the host's C compiler: it would not run on the image's CPU.
+    throw new Error(`image ${image.name}: root: nbd needs the initramfs NBD client built for ${image.platform}; only the host's architecture is supported for nbd, use root: ram`);
   }
   const build = await buildInitrd({
+    busybox: await findBusybox(image.platform),
     readImageFile: (path) => readSquashfsFile(squashfs, path),
     kernelVersion,
     nics: image.nics,

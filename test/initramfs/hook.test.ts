@@ -45,8 +45,11 @@ describe('makeInitrd, the image pipeline hook', () => {
     await expect(
       writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, nics: ['nope1', 'nope2'] }, outDir: out }),
     ).rejects.toThrow(/none of the NIC drivers configured for image debian \(nope1, nope2\) exist in kernel 6\./);
-    await expect(writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, platform: 'linux/arm64' }, outDir: out })).rejects.toThrow(
-      /linux\/arm64 needs a busybox/,
+    await expect(writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, platform: 'linux/s390x' }, outDir: out })).rejects.toThrow(
+      /platform linux\/s390x is not supported/,
+    );
+    await expect(writeInitrd({ squashfs: fixture.squashfs, kernelVersion: fixture.kernelVersion, image: { ...IMAGE, platform: 'linux/arm64', root: 'nbd' }, outDir: out })).rejects.toThrow(
+      /root: nbd needs the initramfs NBD client built for linux\/arm64/,
     );
     await expect(writeInitrd({ squashfs: fixture.squashfs, kernelVersion: '0.0.0-none', image: IMAGE, outDir: out })).rejects.toThrow(
       /no modules\.dep for kernel 0\.0\.0-none \(looked for \/usr\/lib\/modules\/0\.0\.0-none\/modules\.dep, \/lib\/modules/,
