@@ -140,6 +140,8 @@ export class UdpPeer {
   readonly inbox: Received[] = [];
   #waiters = new Set<() => void>();
   #echoes: string[] = [];
+  /** Markers of send() calls: each one is echoed back by the peer once its datagrams are out. */
+  #echoCount = 0;
 
   private constructor(readonly child: ChildProcess) {}
 
@@ -173,7 +175,7 @@ export class UdpPeer {
     for (const bytes of packets) {
       if (!stdin.write(JSON.stringify({ send: bytes.toString('hex'), to, port }) + '\n')) await once(stdin, 'drain');
     }
-    const marker = `m${Math.random()}`;
+    const marker = `m${++this.#echoCount}`;
     stdin.write(JSON.stringify({ echo: marker }) + '\n');
     await this.#waitFor(() => this.#echoes.includes(marker), 60_000);
   }
