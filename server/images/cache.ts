@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, rmSync } from 'node:fs';
 import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Dockerode from 'dockerode';
@@ -112,6 +112,8 @@ export class ImageCache {
   readonly imagesDir: string;
   private readonly log: Logger;
   private readonly inflight = new Map<string, Promise<BuiltImage>>();
+  /** Locks and temp dirs of this process's builds in progress (see abandonSync). */
+  private readonly scratch = new Set<string>();
 
   constructor(options: { cacheDir: string; log: Logger }) {
     this.imagesDir = join(options.cacheDir, 'images');
@@ -275,10 +277,12 @@ export class ImageCache {
   private async buildOnce(image: Image, id: string, source: ResolvedSource, options: BuildOptions, started: number): Promise<BuiltImage> {
     await mkdir(this.imagesDir, { recursive: true });
     const log = this.log.child({ image: image.name, id });
-    const unlock = await acquireLockFile(join(this.imagesDir, `.${id}.lock`), {
+    const lockPath = join(this.imagesDir, `.${id}.lock`);
+    const unlock = await acquireLockFile(lockPath, {
       signal: options.signal,
       onTakeover: (reason) => log.warn({ phase: 'lock' }, reason),
     });
+    this.scratch.add(lockPath);
     const finalDir = join(this.imagesDir, id);
     try {
       const already = await this.manifest(id);
@@ -287,22 +291,39 @@ export class ImageCache {
       await this.removeStaleTemps();
       const tmp = join(this.imagesDir, `.tmp-${id}-${process.pid}-${randomBytes(4).toString('hex')}`);
       await mkdir(tmp);
+      this.scratch.add(tmp);
       try {
         const manifest = await this.produce(image, id, source, options, tmp, log, started);
         await writeFile(join(tmp, 'manifest.json'), JSON.stringify(manifest, null, 2) + '\n');
         // Every artifact on disk before the name appears: a crash must not publish an id with torn files.
         await fsyncTree(tmp);
         await renameDurable(tmp, finalDir);
+        this.scratch.delete(tmp);
         log.info({ phase: 'done', kernel: manifest.kernelVersion, seconds: manifest.buildSeconds }, 'image built');
         options.onProgress?.({ image: image.name, phase: 'done', bytes: manifest.artifacts['rootfs.squashfs']?.size ?? 0 });
         return { id, dir: finalDir, manifest, cached: false };
       } catch (err) {
         await rm(tmp, { recursive: true, force: true });
+        this.scratch.delete(tmp);
         throw err;
       }
     } finally {
       await unlock();
+      this.scratch.delete(lockPath);
     }
+  }
+
+  /**
+   * Removes, at once and synchronously, the temp dirs and locks of this process's unfinished
+   * builds, and returns them. Only for a process about to exit with a build that can no longer
+   * finish (stall-guard.ts): it then leaves nothing behind, as a failed build does.
+   */
+  abandonSync(): string[] {
+    const removed = [...this.scratch];
+    // Newest first: a temp dir goes before the lock that guards it.
+    for (const path of [...removed].reverse()) rmSync(path, { recursive: true, force: true });
+    this.scratch.clear();
+    return removed;
   }
 
   private async produce(image: Image, id: string, source: ResolvedSource, options: BuildOptions, tmp: string, log: Logger, started: number): Promise<Manifest> {

@@ -156,6 +156,19 @@ describe('hostile and unusual images', () => {
     expect(await cache.currentId('hostile')).toBe(goodId);
   }, 120_000);
 
+  it('a build that stalls (the event loop runs dry mid-build) exits 1 naming the image, and leaves no temp dir or lock', async () => {
+    const path = await archive([base, rawTar([{ name: 'stall-case', data: 'x' }])]);
+    const result = await run(process.execPath, ['--import', 'tsx', join(REPO_ROOT, 'test/images/stall-child.ts'), cacheDir, path], { cwd: REPO_ROOT, timeout: 120_000 }).then(
+      ({ stdout, stderr }) => ({ code: 0, stdout, stderr }),
+      (err: { code: number; stdout: string; stderr: string }) => err,
+    );
+    expect(result.stdout).toBe('');
+    expect(result.stderr).toMatch(/^stalled: build failed: the build stopped without finishing or reporting an error \(a stream stalled\); nothing was published and its temp dir and lock were removed/);
+    expect(result.code).toBe(1);
+    expect(await leftovers()).toEqual([]);
+    expect(await cache.currentId('stalled')).toBe(null);
+  }, 120_000);
+
   it('refuses hard links that leave the root (.., absolute) and entry names with ..', async () => {
     expect(await buildFails(withLayer([{ name: 'x', data: 'x' }, { name: 'h2', type: 'link', linkname: 'x/../../x' }]))).toMatch(
       /tar entry "h2" at offset \d+: hard link target "x\/\.\.\/\.\.\/x" is outside the root/,

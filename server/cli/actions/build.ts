@@ -1,5 +1,6 @@
 import { buildImage, openImageCache } from '../../app/images.ts';
 import { formatBytes, progressReporter } from '../../app/progress.ts';
+import { guardAgainstStalledBuilds } from '../../images/stall-guard.ts';
 import { EXIT, type CommonOptions } from '../common.ts';
 import { loadConfigOrExit, loggerFor } from '../setup.ts';
 
@@ -14,17 +15,10 @@ export async function runBuild(names: string[], options: CommonOptions): Promise
   const cache = openImageCache(config, log);
   const images = names.length ? names.map((name) => config.images.get(name)!) : [...config.images.values()];
   let failed = 0;
-  // A build that stops with nothing pending and nothing rejected (a stalled stream) would end
-  // the process with Node's silent exit 13: say which image it was and fail properly instead.
-  let building: string | null = null;
-  const stalled = () => {
-    if (building === null) return;
-    process.stderr.write(`${building}: build failed: the build stopped without finishing or reporting an error (a stream stalled); nothing was published, the next build cleans up — please report this\n`);
-    process.exit(EXIT.failure);
-  };
-  process.on('beforeExit', stalled);
+  // A build that stalls would end the process with Node's silent exit 13: name it, clean up, fail.
+  const guard = guardAgainstStalledBuilds(cache, EXIT.failure);
   for (const image of images) {
-    building = image.name;
+    guard.building(image.name);
     try {
       const built = await buildImage(cache, image, log, { onProgress: progressReporter(log) });
       const { manifest } = built;
@@ -37,7 +31,7 @@ export async function runBuild(names: string[], options: CommonOptions): Promise
       process.stderr.write(`${image.name}: build failed: ${(err as Error).message}\n`);
     }
   }
-  building = null;
-  process.off('beforeExit', stalled);
+  guard.building(null);
+  guard.dispose();
   if (failed) process.exitCode = EXIT.failure;
 }
