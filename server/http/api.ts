@@ -29,6 +29,9 @@ export interface MachineSummary {
   lastBoot: Boot | null;
 }
 
+/** /init phases that come only after its layer download (or end the boot): its signed URL is retired then. */
+const PAST_THE_LAYER = new Set<string>(['layer', 'switch_root', 'up', 'failed']);
+
 /** Every /api route, behind one access check: an onRequest hook, so a refused body is never even read. */
 export function registerApiRoutes(root: FastifyInstance, ctx: HttpContext): void {
   const hostToken = hostApiToken(ctx.layers.installKey);
@@ -107,6 +110,11 @@ function registerRoutes(app: FastifyInstance, ctx: HttpContext, eventBoot: (requ
       ...(event.bytes !== undefined ? { bytes: event.bytes } : {}),
       ...(event.durationMs !== undefined ? { durationMs: event.durationMs } : {}),
     });
+    // /init is past its layer: the boot's signed URL (in the machine's /proc/cmdline) delivers no more.
+    if (PAST_THE_LAYER.has(event.phase)) {
+      const unrecorded = ctx.layers.signer.retire(mac, bootId, ctx.layerTtlSeconds);
+      if (unrecorded) ctx.log.error({ mac, phase: event.phase, err: unrecorded.message }, 'layer URL retired, but the used-URL ledger could not be written (until a restart only)');
+    }
     // The same redaction as the stored detail: a signed layer URL never reaches the log either.
     if (event.phase === 'failed') request.note.warning = `boot failed: ${redactSignatures(event.detail ?? 'no detail').slice(0, 512)}`;
     return reply.code(202).send({ boot: boot.id, state: boot.state });

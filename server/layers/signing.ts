@@ -7,7 +7,8 @@ import { appendDurableSync, writeFileAtomicSync } from '../fs/atomic-write.ts';
  * few deliveries per boot. The signature binds MAC, boot id, image id and expiry. While a
  * fetch is in flight, others are refused; a fetch that breaks off releases it, and one that
  * completed on our side may still have been cut off on the wire (the data sat in the send
- * buffer), so /init may fetch the same boot's layer again, up to MAX_DELIVERIES times. Only
+ * buffer), so /init may fetch the same boot's layer again, up to MAX_DELIVERIES times, until
+ * it reports its layer (retire). Only
  * the machine itself gets that far (the route checks its identity first). Deliveries are kept
  * until they expire, in memory and (given a ledger path in the state dir) in an append-only,
  * fsynced file read back at start-up, so a server restart does not reset them.
@@ -125,6 +126,28 @@ export class LayerSigner {
         this.#inFlight.delete(id);
       },
     };
+  }
+
+  /**
+   * The boot is past its layer (/init reported it): no further delivery for it, even before it
+   * expires, so a local user of the booted machine who reads the URL in /proc/cmdline cannot
+   * fetch the secrets again. `ttlSeconds` bounds the expiry of any grant of that boot. Returns
+   * the error when the ledger could not be written (the retirement stays in memory).
+   */
+  retire(mac: string, boot: string, ttlSeconds: number): Error | null {
+    const id = `${mac}\0${boot}`;
+    const seen = this.#delivered.get(id);
+    const missing = MAX_DELIVERIES - (seen?.count ?? 0);
+    if (missing <= 0) return null;
+    const exp = seen?.exp ?? Math.floor(this.#now() / 1000) + ttlSeconds;
+    this.#delivered.set(id, { exp, count: MAX_DELIVERIES });
+    if (!this.#ledger) return null;
+    try {
+      appendDurableSync(this.#ledger, `${JSON.stringify({ id, exp })}\n`.repeat(missing), 0o600);
+      return null;
+    } catch (err) {
+      return err as Error;
+    }
   }
 
   #mac(mac: string, boot: string, image: string, exp: number): string {

@@ -131,6 +131,30 @@ describe('boot events need the event token of their MAC', () => {
   });
 });
 
+describe("a boot's signed layer URL closes once /init reported its layer", () => {
+  it('a second fetch (a local user reading /proc/cmdline) gets 410 after the layer event; a failed boot closes it too', async () => {
+    h = await harness(twoMachines());
+    addImage(h.store, 'demo');
+    const base = await listen(h);
+    const api = client(base);
+    const layerPath = (url: string) => url.replace(/^http:\/\/[^/]+/, '');
+    const boot = await api.script(MAC_HYP);
+    expect((await fetch(`${base}${layerPath(boot.layer)}`)).status).toBe(200);
+    expect((await api.post(`/api/machines/${MAC_HYP}/events`, { phase: 'layer', t: 2, detail: '12 entries' }, boot.token)).status).toBe(202);
+    const again = await fetch(`${base}${layerPath(boot.layer)}`);
+    expect(again.status).toBe(410);
+    expect(await again.text()).not.toContain('PRIVATE KEY');
+
+    const failed = await api.script(MAC_HYP);
+    expect((await api.post(`/api/machines/${MAC_HYP}/events`, { phase: 'failed', t: 1, detail: 'no link' }, failed.token)).status).toBe(202);
+    expect((await fetch(`${base}${layerPath(failed.layer)}`)).status).toBe(410);
+    // Events before the layer leave it open.
+    const early = await api.script(MAC_HYP);
+    expect((await api.post(`/api/machines/${MAC_HYP}/events`, { phase: 'net', t: 1 }, early.token)).status).toBe(202);
+    expect((await fetch(`${base}${layerPath(early.layer)}`)).status).toBe(200);
+  });
+});
+
 describe('the timeline is bounded', () => {
   it('1,000 unknown MACs over HTTP (ten times the LRU) do not push a configured machine out', async () => {
     // The harness's config decides what is configured; this timeline's LRU is small to keep the test short.

@@ -84,6 +84,33 @@ describe('LayerSigner', () => {
   });
 });
 
+describe('LayerSigner.retire: /init is past its layer', () => {
+  it('no delivery after the boot reported its layer, across a restart too; other boots are untouched', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'layer-ledger-'));
+    try {
+      const ledger = join(dir, 'used-layer-urls.jsonl');
+      const now = 1_000_000;
+      const signer = new LayerSigner(key, () => now, ledger);
+      const delivered = query(signer.sign(MAC, 'b1', 'img', 900));
+      const neverFetched = query(signer.sign(MAC, 'b2', 'img', 900));
+      const other = query(signer.sign(MAC, 'b3', 'img', 900));
+      const first = signer.redeem(MAC, delivered);
+      if (first.ok) first.commit();
+      expect(signer.retire(MAC, 'b1', 900)).toBeNull();
+      expect(signer.retire(MAC, 'b2', 900)).toBeNull();
+      expect(signer.retire(MAC, 'b1', 900)).toBeNull();
+      for (const signers of [signer, new LayerSigner(key, () => now, ledger)]) {
+        expect(signers.redeem(MAC, delivered)).toMatchObject({ ok: false, status: 410 });
+        expect(signers.redeem(MAC, neverFetched)).toMatchObject({ ok: false, status: 410 });
+      }
+      expect(new LayerSigner(key, () => now, ledger).redeem(MAC, other).ok).toBe(true);
+      expect(readFileSync(ledger, 'utf8').trim().split('\n')).toHaveLength(2 * MAX_DELIVERIES);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('event tokens', () => {
   it('name their boot, verify for their MAC and key only, and are not layer signatures', () => {
     const token = eventToken(key, MAC, '0123456789abcdef');
