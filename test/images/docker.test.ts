@@ -9,6 +9,7 @@ import { silentLogger } from '../../server/log.ts';
 import { ImageCache, type BuiltImage } from '../../server/images/cache.ts';
 import { watchDockerTag } from '../../server/images/watch.ts';
 import { startDockerd, type Dockerd } from '../lab/dockerd.ts';
+import { waitUntil } from '../lab/wait-until.ts';
 import { debianImage } from '../fixtures/images/debian.ts';
 import { diffListings, squashfsListing, tarListing, type Listing } from './listing.ts';
 
@@ -151,15 +152,18 @@ describe('docker: and docker save -> oci-archive: with a real engine and a Debia
     const base = (await dockerd.docker.listImages({ filters: { reference: ['netboot-test/debian-base'] } }))[0]!;
     await dockerd.cli(['tag', base.Id, moving]);
     const seen: string[] = [];
-    const stop = watchDockerTag({ docker: dockerd.docker, ref: moving, log: silentLogger, pollMs: 200 }, (change) => {
+    const engine = countingInspects(dockerd.docker);
+    const stop = watchDockerTag({ docker: engine.docker, ref: moving, log: silentLogger, pollMs: 200 }, (change) => {
       seen.push(change.id);
     });
     try {
-      await new Promise((r) => setTimeout(r, 500));
+      // The first look records the current image (the tag must not move before it, or the move
+      // is what it records); a second look finds it unchanged and reports nothing.
+      await waitUntil(() => engine.looks() >= 2, 'two looks at the tag');
       expect(seen).toEqual([]);
       await dockerd.cli(['tag', tag, moving]);
       const target = (await dockerd.docker.getImage(tag).inspect()).Id;
-      for (let i = 0; i < 100 && seen.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      await waitUntil(() => seen.length > 0, 'the tag move reported');
       expect(seen).toEqual([target]);
     } finally {
       stop();
@@ -167,3 +171,22 @@ describe('docker: and docker save -> oci-archive: with a real engine and a Debia
     }
   });
 });
+
+/** The engine as the watcher sees it, counting its finished looks at a tag (image inspects). */
+function countingInspects(docker: Dockerode): { docker: Dockerode; looks: () => number } {
+  let looks = 0;
+  const counted = Object.create(docker) as Dockerode;
+  counted.getImage = (name: string) => {
+    const img = docker.getImage(name);
+    const inspect = img.inspect.bind(img) as () => Promise<Dockerode.ImageInspectInfo>;
+    (img as { inspect: () => Promise<Dockerode.ImageInspectInfo> }).inspect = async () => {
+      try {
+        return await inspect();
+      } finally {
+        looks++;
+      }
+    };
+    return img;
+  };
+  return { docker: counted, looks: () => looks };
+}
