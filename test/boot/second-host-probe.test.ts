@@ -1,4 +1,4 @@
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -100,6 +100,17 @@ describe.each([
     await c.exec('ip', ['route', 'replace', '255.255.255.255/32', 'dev', 'eth0']);
     await c.exec('ip', ['neigh', 'flush', 'dev', 'eth0']);
   };
+  /** Waits until the server log has a warn line naming the victim as claimed and the attacker as the peer. */
+  async function warnLinesNamingBoth(count: number): Promise<void> {
+    const needle = `claimed ${VICTIM}, peer ${ATTACKER}`;
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const lines = (await readFile(lab!.serverLog, 'utf8')).split('\n').filter((l) => l.includes(needle) && l.includes('"level":40'));
+      if (lines.length >= count) return;
+      if (Date.now() > deadline) throw new Error(`${lines.length} warn lines name both MACs, expected ${count}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
   const securityKinds = async () =>
     (JSON.parse((await get(attacker!, `/api/machines/${VICTIM_HYP}`, [`Authorization: Bearer ${READ_TOKEN}`])).body) as { security: { kind: string }[] }).security.map((s) => s.kind);
 
@@ -154,6 +165,7 @@ describe.each([
     expect(own.status).toBe(200);
     victimLayer = /netboot\.layer=(\S+)/.exec(own.body)![1]!.slice(base.length);
     expect((await get(a, victimLayer)).status).toBe(403);
+    await warnLinesNamingBoth(2);
 
     expect((await get(a, '/api/machines')).status).toBe(401);
     expect((await get(a, `/api/machines/${VICTIM_HYP}`)).status).toBe(401);
@@ -203,6 +215,7 @@ describe.each([
     const kinds = await securityKinds();
     expect(kinds.filter((k) => k === 'identity-script')).toHaveLength(2);
     expect(kinds.filter((k) => k === 'identity-layer')).toHaveLength(2);
+    await warnLinesNamingBoth(4);
   });
 
   it.runIf(mode === 'full')("forged DISCOVER/REQUEST with the victim's chaddr bind an address to its MAC; from the attacker's NIC that address gets nothing", async () => {
