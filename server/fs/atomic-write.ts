@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
-import { open, readdir, rename, rm, stat } from 'node:fs/promises';
+import { link, open, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /*
@@ -68,6 +68,35 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array, mod
     throw err;
   }
   fsyncDirSync(dirname(path));
+}
+
+/**
+ * Creates `path` with `data` unless it exists (then returns false and leaves it alone). The name
+ * appears only once the data is on disk (temp file, fsync, link, fsync dir): a crash leaves no
+ * file or the whole file, never an empty one that later reads would take for the real thing.
+ */
+export async function createFileDurable(path: string, data: string | Uint8Array, mode = 0o644): Promise<boolean> {
+  // Nothing to write when it exists (a read-only directory holding the file is fine).
+  if (await stat(path).then(() => true, () => false)) return false;
+  const temp = tempPathFor(path);
+  const handle = await open(temp, 'wx', mode);
+  try {
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    // link(2) never replaces an existing name, unlike rename(2): the first creator wins.
+    await link(temp, path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    await rm(temp, { force: true });
+  }
+  await fsyncDir(dirname(path));
+  return true;
 }
 
 /**

@@ -1,9 +1,10 @@
 import { execFile } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { macToHyphens } from '../config/mac.ts';
+import { createFileDurable, fsyncTree, renameDurable } from '../fs/atomic-write.ts';
 
 const run = promisify(execFile);
 
@@ -19,11 +20,8 @@ const KEY_FILE = 'netboot.key';
 export async function loadInstallKey(stateDir: string): Promise<Buffer> {
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const file = join(stateDir, KEY_FILE);
-  try {
-    await writeFile(file, randomBytes(32), { flag: 'wx', mode: 0o600 });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-  }
+  // Durable before it is used: a power cut must not leave an empty key (the server would refuse to start).
+  await createFileDurable(file, randomBytes(32), 0o600);
   const key = await readFile(file);
   if (key.length < 32) throw new Error(`${file} is shorter than 32 bytes: delete it to generate a new one (machine-ids and host keys signatures change)`);
   return key;
@@ -107,8 +105,10 @@ async function readOrCreateHostKeys(dir: string): Promise<HostKey[]> {
     for (const type of HOST_KEY_TYPES) {
       await run('ssh-keygen', ['-q', '-N', '', '-C', 'root@netboot', '-t', type, '-f', join(tmp, `ssh_host_${type}_key`)]);
     }
+    // The keys reach the disk before their name appears: a power cut must not leave empty key files.
+    await fsyncTree(tmp);
     try {
-      await rename(tmp, dir);
+      await renameDurable(tmp, dir);
     } catch (err) {
       // Another server process won the race: its keys are the machine's keys.
       if (!['EEXIST', 'ENOTEMPTY'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err;

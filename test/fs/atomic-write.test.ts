@@ -5,6 +5,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   appendDurable,
   appendDurableSync,
+  createFileDurable,
   fsyncTree,
   renameDurable,
   writeFileAtomic,
@@ -76,5 +77,29 @@ describe('fsyncTree + renameDurable', () => {
     await renameDurable(tmp, join(dir, 'final'));
     expect(await readFile(join(dir, 'final', 'sub', 'b'), 'utf8')).toBe('B');
     expect(await readdir(dir)).toEqual(['final']);
+  });
+});
+
+describe('createFileDurable', () => {
+  it('creates the file once, leaves no temp; an existing file is kept as it is', async () => {
+    const path = join(dir, 'netboot.key');
+    expect(await createFileDurable(path, 'first', 0o600)).toBe(true);
+    expect(await readFile(path, 'utf8')).toBe('first');
+    expect((await stat(path)).mode & 0o777).toBe(0o600);
+    expect(await createFileDurable(path, 'second')).toBe(false);
+    expect(await readFile(path, 'utf8')).toBe('first');
+    expect(await readdir(dir)).toEqual(['netboot.key']);
+  });
+
+  it('concurrent creators: exactly one wins, every one reads the winner\'s content', async () => {
+    const path = join(dir, 'race');
+    const results = await Promise.all(Array.from({ length: 8 }, (_, i) => createFileDurable(path, `writer ${i}`)));
+    expect(results.filter(Boolean)).toHaveLength(1);
+    expect(await readFile(path, 'utf8')).toBe(`writer ${results.indexOf(true)}`);
+    expect(await readdir(dir)).toEqual(['race']);
+  });
+
+  it('fails cleanly when the directory is missing', async () => {
+    await expect(createFileDurable(join(dir, 'nope', 'f'), 'x')).rejects.toThrow(/ENOENT/);
   });
 });
