@@ -3,6 +3,7 @@ import { fileURLToPath } from 'node:url';
 import type { Image, Machine } from '../config/types.ts';
 import { macToHyphens } from '../config/mac.ts';
 import { renderTemplate } from '../layers/template.ts';
+import { ipxeArchCheck } from '../boot/ipxe-arch.ts';
 
 /**
  * iPXE scripts, rendered from the templates in boot-assets/ipxe/ (plain `{{name}}`
@@ -87,6 +88,8 @@ export function renderBoot(t: IpxeTemplates, p: BootScriptParams): string {
       kernelUrl: artifactUrl(p, 'vmlinuz'),
       initrdUrl: artifactUrl(p, initrd),
       kernelArgs: kernelArgs(p),
+      archCheck: ipxeArchCheck(p.image.platform),
+      platform: p.image.platform,
       retryDelay: DOWNLOAD_RETRY_SECONDS,
       rebootDelay: Math.max(p.rebootDelay, 5),
     },

@@ -14,6 +14,7 @@ import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
 import { writeSquashfs } from './squashfs-writer.ts';
 import { IMAGE_ID_PATTERN } from './image-id.ts';
+import { kernelArchitecture, platformArchitecture } from './kernel-arch.ts';
 import { BadTarError, TruncatedTarError, type TarEntry } from './tar-reader.ts';
 
 /** Bump when the artifacts a build makes change, so every id changes with it. */
@@ -60,6 +61,8 @@ export interface Manifest {
   initramfs: 'netboot' | 'image';
   compression: string;
   platform: string;
+  /** The CPU architecture the kernel is built for, read from its headers (absent: not recognised, or built before this field). */
+  architecture?: string;
   artifacts: Partial<Record<Artifact, ArtifactInfo>>;
   /** Entries in the root filesystem. */
   files: number;
@@ -365,6 +368,12 @@ export class ImageCache {
       if (err instanceof ImageProblem) throw new ImageError(err.message);
       throw err;
     }
+    const architecture = kernelArchitecture(kernel.kernel);
+    if (architecture && architecture !== platformArchitecture(image.platform)) {
+      throw new ImageError(
+        `${label}: its kernel ${kernel.kernelPath} is built for ${architecture}, but the image's platform is ${image.platform}: set platform: linux/${architecture} for it (machines of that architecture only), or use an image built for ${image.platform}`,
+      );
+    }
     await writeFile(join(tmp, 'vmlinuz'), kernel.kernel);
     if (kernel.config) await writeFile(join(tmp, 'config'), kernel.config);
     if (kernel.imageInitrd) await writeFile(join(tmp, 'image-initrd.img'), kernel.imageInitrd);
@@ -391,6 +400,7 @@ export class ImageCache {
       initramfs: image.initramfs,
       compression: image.compression,
       platform: image.platform,
+      ...(architecture ? { architecture } : {}),
       artifacts,
       files: inspector.pathCount,
       buildSeconds: (Date.now() - started) / 1000,
