@@ -7,6 +7,11 @@ import { stopChild, type Segment } from './netns.ts';
 export interface VmOptions {
   name: string;
   mac: string;
+  /**
+   * x86_64 (default) or aarch64: QEMU's `virt` board with Debian's AAVMF (UEFI) firmware, serial
+   * console ttyAMA0. aarch64 boots uefi-pxe (default) or uefi-http only: it has no BIOS and no NIC ROM.
+   */
+  arch?: 'x86_64' | 'aarch64';
   /** virtio-net (default, fast link-up) or e1000 (what many real NICs look like). */
   nic?: 'virtio' | 'e1000';
   memoryMiB?: number;
@@ -20,6 +25,8 @@ export interface VmOptions {
   nicRom?: string;
   /** Direct kernel boot (no PXE): kernel, initrd and command line. */
   direct?: { kernel: string; initrd: string; append: string };
+  /** Raw disk image files attached as virtio disks (/dev/vda, /dev/vdb ...), e.g. for `disk:` machines. */
+  disks?: string[];
   /** Where the timestamped serial log goes. */
   logDir: string;
   /** Also copy the console here as it arrives (e.g. process.stdout for `netboot vm`). */
@@ -33,6 +40,9 @@ export interface VmOptions {
 
 const OVMF_CODE = '/usr/share/OVMF/OVMF_CODE_4M.fd';
 const OVMF_VARS = '/usr/share/OVMF/OVMF_VARS_4M.fd';
+/** Debian's qemu-efi-aarch64: 64 MiB pflash images, as the virt board wants them. */
+const AAVMF_CODE = '/usr/share/AAVMF/AAVMF_CODE.fd';
+const AAVMF_VARS = '/usr/share/AAVMF/AAVMF_VARS.fd';
 
 /**
  * A QEMU VM (TCG: nested KVM is not reliable here) on a tap of a lab segment. Its serial
@@ -73,11 +83,12 @@ export class Vm {
       ? `tap,id=n0,ifname=${await segment.addTap(`tap-${options.name}`.slice(0, 15))},script=no,downscript=no`
       : `user,id=n0${options.userNetBootUrl ? `,bootfile=${options.userNetBootUrl}` : ''}`;
     const args = await this.#qemuArgs(netdev);
+    const qemu = `qemu-system-${options.arch ?? 'x86_64'}`;
     this.#log = await open(this.logPath, 'w');
-    await this.#log.write(`# qemu-system-x86_64 ${args.join(' ')}\n`);
+    await this.#log.write(`# ${qemu} ${args.join(' ')}\n`);
     this.#started = Date.now();
     const stdio: SpawnOptions = { stdio: ['ignore', 'pipe', 'pipe'] };
-    const child = segment ? segment.spawn('qemu-system-x86_64', args, stdio) : spawn('qemu-system-x86_64', args, stdio);
+    const child = segment ? segment.spawn(qemu, args, stdio) : spawn(qemu, args, stdio);
     this.#child = child;
     this.#exit = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
     child.stdout!.on('data', (chunk: Buffer) => this.#onOutput(chunk.toString('latin1')));
@@ -87,12 +98,18 @@ export class Vm {
 
   async #qemuArgs(netdev: string): Promise<string[]> {
     const { options } = this;
-    const firmware = options.firmware ?? 'bios';
+    const arm = options.arch === 'aarch64';
+    const firmware = options.firmware ?? (arm ? 'uefi-pxe' : 'bios');
+    if (arm && firmware !== 'uefi-pxe' && firmware !== 'uefi-http' && !options.direct) {
+      throw new Error(`${options.name}: an aarch64 VM boots through AAVMF's own PXE or HTTP Boot (firmware uefi-pxe or uefi-http), not ${firmware}`);
+    }
     const nicModel = options.nic === 'e1000' ? 'e1000' : 'virtio-net-pci';
     const nic = [`${nicModel}`, 'netdev=n0', `mac=${options.mac}`];
     if (firmware === 'uefi-pxe' || firmware === 'uefi-http') nic.push('romfile=', 'bootindex=1');
     else if (options.nicRom) nic.push(`romfile=${options.nicRom}`);
     const args = [
+      // cortex-a72, not max: max emulates pointer authentication, which makes TCG several times slower.
+      ...(arm ? ['-machine', 'virt', '-cpu', 'cortex-a72'] : []),
       '-accel', 'tcg',
       '-m', String(options.memoryMiB ?? 1024),
       '-nographic',
@@ -100,14 +117,15 @@ export class Vm {
       '-netdev', netdev,
       '-device', nic.join(','),
     ];
-    if (firmware !== 'bios') {
-      const vars = join(options.logDir, `${options.name}-OVMF_VARS.fd`);
-      await copyFile(OVMF_VARS, vars);
-      args.push('-drive', `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${vars}`);
+    if (firmware !== 'bios' && !(arm && options.direct)) {
+      const vars = join(options.logDir, `${options.name}-${arm ? 'AAVMF' : 'OVMF'}_VARS.fd`);
+      await copyFile(arm ? AAVMF_VARS : OVMF_VARS, vars);
+      args.push('-drive', `if=pflash,format=raw,readonly=on,file=${arm ? AAVMF_CODE : OVMF_CODE}`, '-drive', `if=pflash,format=raw,file=${vars}`);
     }
     if (firmware === 'uefi-http') {
       args.push('-fw_cfg', 'name=opt/org.tianocore/IPv4PXESupport,string=n', '-fw_cfg', 'name=opt/org.tianocore/IPv6PXESupport,string=n');
     }
+    for (const file of options.disks ?? []) args.push('-drive', `file=${file},format=raw,if=virtio`);
     if (options.direct) {
       args.push('-kernel', options.direct.kernel, '-initrd', options.direct.initrd, '-append', options.direct.append);
     } else if (firmware === 'bios') {
