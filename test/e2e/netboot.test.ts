@@ -311,7 +311,7 @@ http {
 `,
     );
     lab.segment.spawn('nginx', ['-c', join(cacheDir, 'nginx.conf'), '-p', cacheDir], { stdio: 'ignore' });
-    await lab.segment.exec('sh', ['-c', 'for i in $(seq 100); do curl -s -o /dev/null http://10.77.203.1:8081/ && exit 0; sleep 0.1; done; exit 1']);
+    await lab.segment.exec('sh', ['-c', 'for i in $(seq 600); do curl -s -o /dev/null http://10.77.203.1:8081/ && exit 0; sleep 0.1; done; exit 1'], { timeoutMs: 120_000 });
     const rootfsRequestsSeenByNetboot = async () =>
       (await readFile(lab.serverLog, 'utf8')).split('\n').filter((line) => /"url":"\/images\/[0-9a-f]+\/rootfs\.squashfs/.test(line)).length;
     try {
@@ -354,7 +354,7 @@ http {
       const images = await lab.api<{ images: { name: string; currentId: string | null }[] }>('/api/images');
       const id = images.images.find((i) => i.name === 'busybox')!.currentId!;
       const holder = lab.segment.spawn('curl', ['-s', '--limit-rate', '4k', '-D', headers, '-o', '/dev/null', `${lab.baseUrl}/images/${id}/rootfs.squashfs?mac=02-00-00-00-00-99`], { stdio: 'ignore' });
-      await lab.segment.exec('sh', ['-c', `for i in $(seq 300); do grep -q '^HTTP/1.1 200' ${headers} 2>/dev/null && exit 0; sleep 0.1; done; exit 1`]);
+      await lab.segment.exec('sh', ['-c', `for i in $(seq 1200); do grep -q '^HTTP/1.1 200' ${headers} 2>/dev/null && exit 0; sleep 0.1; done; exit 1`], { timeoutMs: 180_000 });
 
       const vms = await Promise.all(macs.map((mac, i) => lab.bootVm({ name: `storm${i + 1}`, mac })));
       for (const mac of macs) await waitForPhase(lab, mac, 'queued', BOOT_TIMEOUT);
@@ -429,7 +429,7 @@ http {
         await new Promise((r) => setTimeout(r, 3000));
       }
       const newId = images.images.find((i) => i.name === 'updating')?.currentId;
-      expect(newId).toBeTruthy();
+      expect(newId).toMatch(/^[0-9a-f]{16}$/);
       expect(newId).not.toBe(oldId);
 
       // The old id is still served to machines that booted it.
