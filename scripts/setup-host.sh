@@ -10,7 +10,7 @@ profile=${1:-all}
 runtime=(squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client gcc g++ make python3 libc6-dev ndisc6)
 test=(qemu-system-x86 ipxe-qemu ovmf docker.io docker-compose debootstrap atftp tftp-hpa curl
       dnsmasq-base tshark libarchive-tools iptables nbd-client libnbd-bin qemu-utils
-      tftpd-hpa nbd-server nginx-light wrk cpio chromium
+      tftpd-hpa nbd-server nginx-light wrk cpio chromium strace
       qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support)   # arm64: VMs, AAVMF, debootstrap --arch arm64
 case "$profile" in
   runtime) want=("${runtime[@]}") ;;
