@@ -66,6 +66,8 @@ describe('router solicitation responder (real frames, real peers)', () => {
     );
     expect(outcome.code).not.toBe(0);
     expect(outcome.out).toMatch(/No response/);
+    // rdisc6 may give up before the responder has handled its solicitations: wait for the verdict.
+    await waitUntil(() => events.some((e) => e.mac === STRANGER), 'a verdict on the stranger', 30_000);
     expect(events).toContainEqual(expect.objectContaining({ mac: STRANGER, verdict: { answer: false, reason: 'not-booting' } }));
   }, 30_000);
 
@@ -93,6 +95,7 @@ describe('router solicitation responder (real frames, real peers)', () => {
       await heard;
       const before = events.length;
       await booting.exec('rdisc6', ['-1', '-n', '-r', '1', '-w', '500', 'eth0']).catch(() => undefined);
+      await waitUntil(() => events.slice(before).some((e) => e.mac === BOOTING), 'a verdict on the booting machine', 20_000);
       expect(events.slice(before)).toContainEqual(expect.objectContaining({ mac: BOOTING, verdict: { answer: false, reason: 'router-present' } }));
     } finally {
       sender.stdin!.end();

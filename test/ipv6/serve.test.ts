@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addClientNamespace, type ClientNamespace } from '../lab/netns.ts';
+import { waitUntil } from '../lab/wait-until.ts';
 import { Lab } from '../../server/lab/lab.ts';
 
 const BOOTING = '52:54:00:88:52:01';
@@ -65,6 +66,8 @@ describe('netboot serve answers router solicitations of the machines it boots', 
     const { stdout } = await booting.exec('rdisc6', ['-1', '-n', '-r', '5', '-w', '2000', 'eth0']);
     expect(stdout).toMatch(/Router lifetime\s*:\s*0 \(0x00000000\) seconds/);
     expect(stdout).not.toMatch(/Prefix/);
+    // The RA can reach rdisc6 before the server's log line reaches the file.
+    await waitUntil(async () => (await serverLog()).includes('answered a router solicitation'), 'the answer in the server log', 30_000);
     const answered = (await serverLog()).split('\n').filter((line) => line.includes('answered a router solicitation'));
     expect(answered.length).toBeGreaterThan(0);
     expect(answered.every((line) => line.includes(`"mac":"${BOOTING}"`))).toBe(true);
