@@ -150,7 +150,7 @@ async function storm(): Promise<void> {
     segment = await createSegment({ serverIp: SERVER_IP });
     const client = await wireSegment(segment, linkMbit);
     const planFile = join(workDir, 'plan.json');
-    const plan: ClientPlan = { macs, root, reads, deadlineMs };
+    const plan: ClientPlan = { macs, root, reads, deadlineMs, serverNs: segment.ns };
     await writeFile(planFile, JSON.stringify(plan));
     const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir, tftpMaxTransfers, maxRootStreams };
     for (const name of ['netboot', 'peer'] as const) {

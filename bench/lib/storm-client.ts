@@ -9,6 +9,7 @@
  *
  *   node --import tsx bench/lib/storm-client.ts PLAN.json      -> one JSON line (ClientReport) on stdout
  */
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
 import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
@@ -20,6 +21,29 @@ export interface ClientPlan {
   reads: [number, number, number][];
   /** A machine that is not up by then has failed. */
   deadlineMs: number;
+  /**
+   * The servers' namespace: each machine's leased address gets a permanent neighbour entry
+   * there with the machine's own MAC. The fleet shares one NIC, and netboot's identity check
+   * (full DHCP) wants the neighbour entry of the leased address to be the machine's MAC; a real
+   * machine's ARP gives it that. Done for both stacks alike.
+   */
+  serverNs?: string;
+}
+
+/** `ip -batch` in the servers' namespace, fed one `neigh replace` per lease (one process for the whole fleet). */
+class NeighbourPins {
+  readonly #child: ChildProcess | null;
+  constructor(ns: string | undefined, dev = 'br0') {
+    this.#dev = dev;
+    this.#child = ns ? spawn('ip', ['-n', ns, '-force', '-batch', '-'], { stdio: ['pipe', 'ignore', 'inherit'] }) : null;
+  }
+  readonly #dev: string;
+  pin(ip: string, mac: string): void {
+    this.#child?.stdin!.write(`neigh replace ${ip} lladdr ${mac} nud permanent dev ${this.#dev}\n`);
+  }
+  close(): void {
+    this.#child?.stdin!.end();
+  }
 }
 
 export interface ClientReport {
@@ -62,7 +86,7 @@ function kernelArg(args: string[], name: string): string | undefined {
   return args.filter((a) => a.startsWith(`${name}=`)).map((a) => a.slice(name.length + 1)).at(-1);
 }
 
-async function bootOne(plan: ClientPlan, mux: DhcpMux, index: number, t0: number, tftp: { retransmits: number }): Promise<MachineResult> {
+async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, index: number, t0: number, tftp: { retransmits: number }): Promise<MachineResult> {
   const mac = plan.macs[index]!;
   const phases: Partial<Record<Phase, number>> = {};
   const counters: HttpCounters = { waits: 0, waitMs: 0, retries: 0 };
@@ -78,6 +102,7 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, index: number, t0: number
   try {
     const xid = (0x5e000000 + index * 16) >>> 0;
     const firmware = await dhcpBoot(mux, 'firmware', mac, xid);
+    pins.pin(firmware.ip, mac);
     done('dhcp-pxe');
     phase = 'tftp';
     await tftpFirmwareGet(firmware.ip, firmware.server, firmware.bootfile, tftp);
@@ -140,6 +165,7 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, index: number, t0: number
 async function main(): Promise<void> {
   const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
   const mux = await DhcpMux.open();
+  const pins = new NeighbourPins(plan.serverNs);
   const tftp = { retransmits: 0 };
   const startedAt = Date.now();
   const t0 = performance.now();
@@ -148,7 +174,7 @@ async function main(): Promise<void> {
   const machines = await Promise.all(
     plan.macs.map((_, i) =>
       Promise.race([
-        bootOne(plan, mux, i, t0, tftp).then((r) => {
+        bootOne(plan, mux, pins, i, t0, tftp).then((r) => {
           if (!r.failed) up++;
           return r;
         }),
@@ -160,6 +186,7 @@ async function main(): Promise<void> {
   );
   clearInterval(progress);
   mux.close();
+  pins.close();
   const cpu = process.cpuUsage();
   const report: ClientReport = { startedAt, machines, dhcpRetransmits: mux.retransmits, tftpRetransmits: tftp.retransmits, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
   process.stdout.write(JSON.stringify(report) + '\n');

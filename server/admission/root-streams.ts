@@ -1,5 +1,5 @@
 import type { ServerConfig } from '../config/types.ts';
-import { AdmissionQueue, type AdmissionDecision, type AdmissionLimits, type Requester, type Ticket } from './queue.ts';
+import { AdmissionQueue, requesterKey, type AdmissionDecision, type AdmissionLimits, type Requester, type Ticket } from './queue.ts';
 
 /**
  * Bodies smaller than this are not root streams: they leave in a few socket writes, and a
@@ -9,14 +9,32 @@ export const ROOT_STREAM_MIN_BYTES = 1 << 20;
 
 type AdmissionConfig = ServerConfig['admission'];
 
-/** The admission queue of HTTP root streams, following config reloads (read on every request). */
+type WaitDecision = Extract<AdmissionDecision, { kind: 'wait' }>;
+type AdmitDecision = Extract<AdmissionDecision, { kind: 'admit' }>;
+
+/** How a held request ended: let in, told to come back (its hold ran out), or its client went away. */
+export type HoldOutcome = AdmitDecision | WaitDecision | { kind: 'gone' };
+
+/**
+ * The admission queue of HTTP root streams, following config reloads (read on every request).
+ *
+ * A request told to wait is not answered at once: it is held open (hold()) for up to
+ * maxRetryAfterSeconds, and a slot that frees goes to it in the same tick. Only when the hold
+ * runs out is it answered 503 + Retry-After (1 s: come back and be held again). Polling alone
+ * left a freed slot idle until its owner's next retry; holding costs one open connection per
+ * queue place, which maxQueued bounds.
+ */
 export class RootStreams {
   readonly #config: () => AdmissionConfig;
+  readonly #now: () => number;
   #applied: AdmissionConfig;
   readonly #queue: AdmissionQueue;
+  /** Held requests by queue key: how to hand each its slot. */
+  readonly #held = new Map<string, (decision: AdmitDecision) => void>();
 
-  constructor(config: () => AdmissionConfig) {
+  constructor(config: () => AdmissionConfig, now: () => number = Date.now) {
     this.#config = config;
+    this.#now = now;
     this.#applied = config();
     this.#queue = new AdmissionQueue(limitsOf(this.#applied));
   }
@@ -25,17 +43,68 @@ export class RootStreams {
     return this.#queue;
   }
 
+  /** Requests being held open now. */
+  get held(): number {
+    return this.#held.size;
+  }
+
   request(who: Requester, now: number): AdmissionDecision {
     const current = this.#config();
     if (current !== this.#applied) {
       this.#applied = current;
       this.#queue.setLimits(limitsOf(current));
+      queueMicrotask(() => this.#drain());
     }
     return this.#queue.request(who, now);
   }
 
+  /**
+   * Holds a request whose decision was `wait`: resolves with its admission as soon as a slot is
+   * its, or with a `wait` (Retry-After 1 s) once maxRetryAfterSeconds have passed without one.
+   * `gone` is called with a function the caller runs when the client goes away (the place is
+   * kept; the request resolves `gone`).
+   */
+  hold(who: Requester, gone: (cancel: () => void) => void): Promise<HoldOutcome> {
+    const key = requesterKey(who);
+    return new Promise<HoldOutcome>((resolve) => {
+      let done = false;
+      const finish = (outcome: HoldOutcome) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (this.#held.get(key) === admit) this.#held.delete(key);
+        resolve(outcome);
+      };
+      // A second request of the same machine took over the hold (its client retried): this one has nothing left to wait for.
+      const letGo = (): WaitDecision | { kind: 'gone' } =>
+        (this.#held.get(key) === admit ? this.#queue.letGo(who, this.#now()) : null) ?? { kind: 'gone' };
+      const admit = (decision: AdmitDecision) => finish(decision);
+      const timer = setTimeout(() => finish(letGo()), this.#config().maxRetryAfterSeconds * 1000);
+      gone(() => {
+        if (done) return;
+        letGo();
+        finish({ kind: 'gone' });
+      });
+      this.#held.set(key, admit);
+      this.#queue.hold(who);
+      this.#drain();
+    });
+  }
+
   release(ticket: Ticket, now: number, complete: boolean): void {
     this.#queue.release(ticket, now, complete);
+    this.#drain();
+  }
+
+  /** Hands free slots to held requests, in queue order. */
+  #drain(): void {
+    for (;;) {
+      const next = this.#queue.admitNext(this.#now());
+      if (!next) return;
+      const admit = this.#held.get(next.key);
+      if (admit) admit(next.decision);
+      else this.#queue.release(next.decision.ticket, this.#now(), false);
+    }
   }
 
   /**

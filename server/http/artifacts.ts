@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AdmissionDecision, Ticket } from '../admission/queue.ts';
-import { ROOT_STREAM_MIN_BYTES, RootStreams, waitBody, waitStatusMessage } from '../admission/root-streams.ts';
+import { ROOT_STREAM_MIN_BYTES, RootStreams, waitBody, waitStatusMessage, type HoldOutcome } from '../admission/root-streams.ts';
 import { peerAddress } from '../boot/identity.ts';
 import { normalizeMac } from '../config/mac.ts';
 import type { Phase } from '../events/timeline.ts';
@@ -27,7 +27,7 @@ const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
  */
 export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): void {
   const manifests = new Map<string, ImageManifestView>();
-  const rootStreams = new RootStreams(() => ctx.getConfig().server.admission);
+  const rootStreams = new RootStreams(() => ctx.getConfig().server.admission, ctx.now);
   const manifestOf = async (id: string): Promise<ImageManifestView | null> => {
     const cached = manifests.get(id);
     if (cached) return cached;
@@ -79,9 +79,26 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       const length = info.size === 0 ? 0 : end - start + 1;
       let ticket: Ticket | null = null;
       if (request.method === 'GET' && artifact === 'rootfs.squashfs' && length >= ROOT_STREAM_MIN_BYTES) {
-        const decision = rootStreams.request({ address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) }, ctx.now());
+        const who = { address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) };
+        let decision: AdmissionDecision | HoldOutcome = rootStreams.request(who, ctx.now());
         syncMetrics();
-        if (decision.kind !== 'admit') return tellToWait(request, reply, decision, mac, id);
+        if (decision.kind === 'wait') {
+          if (mac && decision.first) {
+            ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
+          }
+          // Held open until a slot is ours (or the hold runs out: then the 503 below).
+          decision = await rootStreams.hold(who, (cancel) => reply.raw.once('close', cancel));
+          syncMetrics();
+          if (decision.kind === 'gone') {
+            reply.raw.destroy();
+            return reply;
+          }
+        }
+        if (decision.kind !== 'admit') return tellToWait(request, reply, decision);
+        if (reply.raw.destroyed) {
+          release(decision.ticket, false);
+          return reply;
+        }
         ticket = decision.ticket;
         if (decision.waited) ctx.metrics.rootStreamWaited(decision.waited.ms);
         if (mac && decision.waited) {
@@ -140,11 +157,8 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
   }
 
   /** Over budget: 503 + Retry-After, never cached (the artifact headers set so far promised the opposite). */
-  function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>, mac: string | null, id: string) {
+  function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>) {
     for (const name of ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-length']) reply.removeHeader(name);
-    if (mac && decision.kind === 'wait' && decision.first) {
-      ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
-    }
     ctx.metrics.rootStreamRefused(decision.kind === 'wait' ? 'wait' : decision.reason === 'queue' ? 'queue_full' : 'address_full');
     if (decision.kind === 'full') request.note.warning = `root stream queue full (${decision.reason}): told to retry without a place`;
     reply.raw.statusMessage = waitStatusMessage(decision);

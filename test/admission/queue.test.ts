@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { AdmissionQueue, EXPIRY_GRACE_MS, INITIAL_STREAM_MS, type AdmissionDecision, type AdmissionLimits, type Ticket } from '../../server/admission/queue.ts';
+import { AdmissionQueue, EXPIRY_GRACE_MS, INITIAL_STREAM_MS, RETRY_AFTER_HELD_SECONDS, type AdmissionDecision, type AdmissionLimits, type Ticket } from '../../server/admission/queue.ts';
 
 const limits = (over: Partial<AdmissionLimits> = {}): AdmissionLimits => ({ maxActive: 1, maxQueued: 64, maxQueuedPerAddress: 4, maxRetryAfterSeconds: 30, ...over });
 const machine = (n: number) => ({ address: `10.0.0.${n}`, machine: `52:54:00:00:00:${n.toString(16).padStart(2, '0')}` });
@@ -23,52 +23,105 @@ describe('AdmissionQueue', () => {
     expect(q.queued).toBe(2);
   });
 
-  it('a freed slot is kept for the head of the queue: a newcomer and a later waiter asking first are not let in', () => {
+  it('held waiters get a freed slot at once, in queue order; a newcomer never goes ahead of them', () => {
     const q = new AdmissionQueue(limits());
     const first = ticketOf(q.request(machine(1), 0));
-    expect(q.request(machine(2), 10).kind).toBe('wait');
-    expect(q.request(machine(3), 20).kind).toBe('wait');
+    expect(q.request(machine(2), 10)).toMatchObject({ kind: 'wait', position: 1 });
+    q.hold(machine(2));
+    expect(q.request(machine(3), 20)).toMatchObject({ kind: 'wait', position: 2 });
+    q.hold(machine(3));
+    expect(q.present).toBe(2);
+    expect(q.admitNext(30)).toBeNull();
     q.release(first, 5000);
-    expect(q.request(machine(9), 5001)).toMatchObject({ kind: 'wait', position: 3 });
-    expect(q.request(machine(3), 5002)).toMatchObject({ kind: 'wait', position: 2 });
-    const second = q.request(machine(2), 6000);
-    expect(second).toMatchObject({ kind: 'admit', waited: { ms: 5990, retries: 0 } });
-    q.release(ticketOf(second), 7000);
-    expect(q.request(machine(3), 7500)).toMatchObject({ kind: 'admit', waited: { ms: 7480, retries: 1 } });
-    expect(q.request(machine(9), 7600)).toMatchObject({ kind: 'wait', position: 1 });
+    // A newcomer asking first is queued behind the held ones.
+    expect(q.request(machine(9), 5000)).toMatchObject({ kind: 'wait', position: 3 });
+    const next = q.admitNext(5001);
+    expect(next).toMatchObject({ key: '10.0.0.2 52:54:00:00:00:02', decision: { kind: 'admit', waited: { ms: 4991, retries: 0 } } });
+    expect(q.admitNext(5001)).toBeNull();
+    q.release(next!.decision.ticket, 7000);
+    expect(q.admitNext(7000)).toMatchObject({ key: '10.0.0.3 52:54:00:00:00:03' });
+    expect(q.request(machine(9), 7100)).toMatchObject({ kind: 'wait', position: 1 });
   });
 
-  it('no starvation: with newcomers arriving all the time, every machine is served, in arrival order', () => {
-    // Budget 2, a new machine every second, streams of 3 s, every waiter comes back exactly when told.
-    const q = new AdmissionQueue(limits({ maxActive: 2, maxQueued: 1000, maxRetryAfterSeconds: 5 }));
+  it('an absent waiter keeps its place; a slot freed while it is away goes to a present one behind it, and the next is kept for it', () => {
+    const q = new AdmissionQueue(limits());
+    const first = ticketOf(q.request(machine(1), 0));
+    expect(q.request(machine(2), 10)).toMatchObject({ kind: 'wait', position: 1 }); // polls: never held
+    q.request(machine(3), 20);
+    q.hold(machine(3));
+    q.release(first, 1000);
+    const third = q.admitNext(1000);
+    expect(third).toMatchObject({ key: '10.0.0.3 52:54:00:00:00:03' });
+    q.request(machine(4), 1100);
+    q.hold(machine(4));
+    q.release(third!.decision.ticket, 2000);
+    // Machine 2 was overtaken once while away: this slot is kept for it, the held machine 4 waits.
+    expect(q.admitNext(2000)).toBeNull();
+    expect(q.request(machine(5), 2001)).toMatchObject({ kind: 'wait', position: 3 });
+    expect(q.request(machine(2), 2500)).toMatchObject({ kind: 'admit', waited: { ms: 2490, retries: 0 } });
+    expect(q.request(machine(5), 2600)).toMatchObject({ kind: 'wait', position: 2 });
+  });
+
+  it('a hold that runs out keeps the place, says come back in 1 s, and the place expires if nobody does', () => {
+    const q = new AdmissionQueue(limits());
+    ticketOf(q.request(machine(1), 0));
+    q.request(machine(2), 0);
+    q.hold(machine(2));
+    // Held: never expires, however long.
+    expect(q.request(machine(3), 600_000)).toMatchObject({ kind: 'wait', position: 2 });
+    const told = q.letGo(machine(2), 600_000);
+    expect(told).toEqual({ kind: 'wait', position: 1, queued: 2, retryAfterSeconds: RETRY_AFTER_HELD_SECONDS, first: false });
+    const deadline = 600_000 + 2 * RETRY_AFTER_HELD_SECONDS * 1000 + EXPIRY_GRACE_MS;
+    expect(q.request(machine(3), deadline - 1)).toMatchObject({ kind: 'wait', position: 2 });
+    expect(q.request(machine(3), deadline + 60_000)).toMatchObject({ kind: 'wait', position: 1 });
+    expect(q.letGo(machine(2), deadline + 60_000)).toBeNull();
+  });
+
+  it('no starvation: newcomers all the time, waiters held 5 s then back after 1 s: all served, each overtaken at most once, held ones in order', () => {
+    // Budget 2, a new machine every second for 100 s, streams of 3 s.
+    const q = new AdmissionQueue(limits({ maxActive: 2, maxQueued: 1000 }));
     const running: { ticket: Ticket; ends: number }[] = [];
-    const retryAt = new Map<number, number>();
-    const servedOrder: number[] = [];
-    const arrivedAt = new Map<number, number>();
+    const heldUntil = new Map<number, number>();
+    const backAt = new Map<number, number>();
+    const served: number[] = [];
     let next = 0;
-    for (let now = 0; now <= 400_000; now += 250) {
+    const start = (id: number, ticket: Ticket, now: number) => {
+      served.push(id);
+      running.push({ ticket, ends: now + 3000 });
+    };
+    for (let now = 0; now <= 600_000; now += 250) {
       for (const r of running.filter((r) => r.ends <= now)) {
         q.release(r.ticket, now);
         running.splice(running.indexOf(r), 1);
       }
-      const askers: number[] = [];
-      if (now % 1000 === 0 && now <= 100_000) {
-        arrivedAt.set(next, now);
-        askers.push(next++);
+      for (let n = q.admitNext(now); n; n = q.admitNext(now)) {
+        const id = [...heldUntil.keys()].find((i) => n!.key.endsWith(machine(i).machine))!;
+        heldUntil.delete(id);
+        start(id, n.decision.ticket, now);
       }
-      for (const [id, at] of retryAt) if (at <= now) askers.push(id);
+      for (const [id, until] of heldUntil) {
+        if (until > now) continue;
+        heldUntil.delete(id);
+        backAt.set(id, now + q.letGo(machine(id), now)!.retryAfterSeconds * 1000);
+      }
+      const askers: number[] = [];
+      if (now % 1000 === 0 && now < 100_000) askers.push(next++);
+      for (const [id, at] of backAt) if (at <= now) askers.push(id);
       for (const id of askers) {
-        const decision = q.request(machine(id % 250), now);
-        retryAt.delete(id);
-        if (decision.kind === 'admit') {
-          servedOrder.push(id);
-          running.push({ ticket: decision.ticket, ends: now + 3000 });
-        } else {
-          retryAt.set(id, now + decision.retryAfterSeconds * 1000);
+        backAt.delete(id);
+        const decision = q.request(machine(id), now);
+        if (decision.kind === 'admit') start(id, decision.ticket, now);
+        else {
+          q.hold(machine(id));
+          heldUntil.set(id, now + 5000);
         }
       }
     }
-    expect(servedOrder).toEqual([...Array(next).keys()]);
+    expect([...served].sort((a, b) => a - b)).toEqual([...Array(next).keys()]);
+    // Overtaken: served after a machine that arrived later.
+    const overtakenBy = served.map((id, i) => served.slice(0, i).filter((other) => other > id).length);
+    expect(Math.max(...overtakenBy)).toBeLessThanOrEqual(1);
+    expect(overtakenBy.some((n) => n === 1)).toBe(true); // the absent gaps do cost places, once
     expect(q.queued).toBe(0);
   });
 

@@ -58,6 +58,48 @@ describe('RootStreams', () => {
     expect(streams.request({ address: '10.0.0.3' }, 1).kind).toBe('admit');
   });
 
+  it('holds a waiting request: a freed slot is its in the same tick; else after maxRetryAfterSeconds it is told 1 s', async () => {
+    vi.useFakeTimers();
+    const streams = new RootStreams(() => config({ maxRetryAfterSeconds: 20 }));
+    const first = streams.request({ address: '10.0.0.1' }, Date.now());
+    if (first.kind !== 'admit') throw new Error('not admitted');
+    const who = { address: '10.0.0.2', machine: '52:54:00:00:00:02' };
+    expect(streams.request(who, Date.now())).toMatchObject({ kind: 'wait', position: 1, first: true });
+    const held = streams.hold(who, () => undefined);
+    expect(streams.held).toBe(1);
+    vi.advanceTimersByTime(7_000);
+    streams.release(first.ticket, Date.now(), true);
+    await expect(held).resolves.toMatchObject({ kind: 'admit', waited: { ms: 7_000, retries: 0 } });
+    expect(streams.held).toBe(0);
+
+    const third = { address: '10.0.0.3' };
+    expect(streams.request(third, Date.now()).kind).toBe('wait');
+    const timedOut = streams.hold(third, () => undefined);
+    vi.advanceTimersByTime(19_999);
+    expect(streams.held).toBe(1);
+    vi.advanceTimersByTime(1);
+    await expect(timedOut).resolves.toEqual({ kind: 'wait', position: 1, queued: 1, retryAfterSeconds: 1, first: false });
+    expect(streams.queue.queued).toBe(1);
+  });
+
+  it('a held client that goes away resolves `gone` and keeps its place; a slot is not handed to it', async () => {
+    vi.useFakeTimers();
+    const streams = new RootStreams(() => config());
+    const first = streams.request({ address: '10.0.0.1' }, Date.now());
+    if (first.kind !== 'admit') throw new Error('not admitted');
+    streams.request({ address: '10.0.0.2' }, Date.now());
+    let hangUp = () => {};
+    const held = streams.hold({ address: '10.0.0.2' }, (cancel) => (hangUp = cancel));
+    hangUp();
+    await expect(held).resolves.toEqual({ kind: 'gone' });
+    expect(streams.queue.queued).toBe(1);
+    expect(streams.queue.present).toBe(0);
+    streams.release(first.ticket, Date.now(), true);
+    expect(streams.queue.active).toBe(0);
+    // It comes back: the free slot is its.
+    expect(streams.request({ address: '10.0.0.2' }, Date.now()).kind).toBe('admit');
+  });
+
   it('repeats the Retry-After seconds in a valid reason phrase', () => {
     expect(waitStatusMessage({ kind: 'wait', position: 3, queued: 7, retryAfterSeconds: 4, first: true })).toBe('Service Unavailable (queued 3 of 7, retry after 4 s)');
     expect(waitStatusMessage({ kind: 'full', retryAfterSeconds: 30, reason: 'queue' })).toBe('Service Unavailable (queue full, retry after 30 s)');
