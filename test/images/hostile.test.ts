@@ -1,6 +1,6 @@
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
@@ -282,6 +282,31 @@ describe('hostile and unusual images', () => {
     expect(error?.message).toMatch(/layer sha256:[0-9a-f]{64} digest mismatch: its uncompressed content is sha256:[0-9a-f]{64}, the image config says/);
     expect(await cache.currentId('hostile-oci')).toBe(built.id);
     expect(await leftovers()).toEqual([]);
+  }, 120_000);
+
+  it.skipIf(process.getuid?.() !== 0)('decompresses a zstd layer with zstd running as nobody (it parses untrusted data)', async () => {
+    // A wrapper ahead of the real zstd on PATH records the ids it runs as.
+    const bin = join(work, 'zstd-bin');
+    await mkdir(bin, { mode: 0o777 });
+    await chmod(bin, 0o777);
+    await chmod(work, 0o755);
+    await writeFile(join(bin, 'zstd'), `#!/bin/sh\nid -u > ${bin}/uid; id -G > ${bin}/groups\nexec /usr/bin/zstd "$@"\n`, { mode: 0o755 });
+    const layer = rawTar([{ name: 'zstd-marker', data: 'zstd' }]);
+    const compressed = execFileSync('zstd', ['-q', '-c'], { input: layer });
+    const sha = (data: Buffer) => `sha256:${createHash('sha256').update(data).digest('hex')}`;
+    const path = join(work, `oci-${n++}.tar`);
+    await ociLayoutArchive(path, [base, compressed], { diffIds: [sha(base), sha(layer)] });
+    const before = process.env.PATH;
+    process.env.PATH = `${bin}:${before}`;
+    let built;
+    try {
+      built = await cache.build(image(`oci-archive:${path}`, { name: 'hostile-zstd' }));
+    } finally {
+      process.env.PATH = before;
+    }
+    expect((await readFile(join(bin, 'uid'), 'utf8')).trim()).toBe('65534');
+    expect((await readFile(join(bin, 'groups'), 'utf8')).trim()).toBe('65534');
+    expect((await readSquashfsFile(cache.artifactPath(built.id, 'rootfs.squashfs'), '/zstd-marker')).toString()).toBe('zstd');
   }, 120_000);
 
   it('takes over an empty lock file left by a dead build, with a log line', async () => {
