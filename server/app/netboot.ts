@@ -53,8 +53,8 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   const timeline = new Timeline({ metrics, isConfigured: (mac) => store.current.machines.has(mac) });
   const cache = openImageCache(config, log);
   const builds = new ImageBuilds(cache, () => store.current, log, metrics, options.docker);
-  // Which MAC an address belongs to, learnt from DHCP offers and from HTTP requests that name a
-  // MAC (/init's layer and rootfs fetches): TFTP and NBD only see addresses.
+  // Which MAC an address belongs to, learnt from DHCP offers and from HTTP requests whose peer
+  // proved to be the MAC they name (/init's layer and rootfs fetches): TFTP and NBD only see addresses.
   const addressOwners = new Map<string, string>();
   // Every DHCP packet's client MAC, for the identity evidence of proxy mode (server/boot/identity.ts).
   const dhcpSightings = new DhcpSightings();
@@ -83,7 +83,8 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       ipxeDir: ipxe.dir,
     });
     http.addHook('onResponse', async (request) => {
-      if (request.note?.mac) addressOwners.set(request.ip.replace(/^::ffff:/, ''), request.note.mac);
+      // Only a peer that proved to be the MAC (a stranger asking for a machine's public layer must not put its TFTP and NBD on that machine's timeline).
+      if (request.note?.mac && request.note.evidenced) addressOwners.set(request.ip.replace(/^::ffff:/, ''), request.note.mac);
     });
     await http.listen({ host: config.server.bind, port: config.server.httpPort });
     started.push({ stop: () => http.close() });

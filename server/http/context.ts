@@ -51,6 +51,8 @@ export function serverUrl(config: Config): string {
 /** Per-request fields for the one log line each request gets. */
 export interface RequestNote {
   mac?: string;
+  /** The peer proved to be `mac` (server/http/identity.ts): only then may its address stand for that machine. */
+  evidenced?: boolean;
   phase?: string;
   /** Set when the request deserves a warning (e.g. a refused second layer fetch). */
   warning?: string;

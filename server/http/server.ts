@@ -9,6 +9,7 @@ import { registerArtifactRoutes } from './artifacts.ts';
 import { registerIpxeBinaryRoutes } from './ipxe-binaries.ts';
 import type { HttpContext, HttpDeps } from './context.ts';
 import { loadIpxeTemplates } from './ipxe.ts';
+import { dropUnprovenArtifactClaims } from './identity.ts';
 import { registerLayerRoute } from './layer-route.ts';
 import { registerScriptRoutes } from './scripts.ts';
 import { registerUiRoutes } from './ui/index.ts';
@@ -72,6 +73,7 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
   app.get('/healthz', async () => ({ ok: true }));
   app.get('/metrics', async (_request, reply) => reply.type(deps.metrics.contentType).send(await deps.metrics.text()));
   registerScriptRoutes(app, ctx);
+  dropUnprovenArtifactClaims(app, ctx);
   registerArtifactRoutes(app, ctx);
   registerIpxeBinaryRoutes(app, ctx);
   registerLayerRoute(app, ctx);

@@ -78,6 +78,7 @@ describe.each([
   let applyLease: string;
   /** The victim's signed layer URL (path and query), as a leak would hand it to the attacker. */
   let victimLayer = '';
+  let imageId = '';
 
   async function get(from: ClientNamespace, path: string, headers: string[] = []): Promise<{ status: number; body: string }> {
     const { stdout } = await from.exec('curl', ['-sS', '-m', '10', ...headers.flatMap((h) => ['-H', h]), '-w', '\n%{http_code}', `${base}${path}`]);
@@ -119,6 +120,7 @@ describe.each([
     const images = join(dir, 'cache', 'images');
     await mkdir(images, { recursive: true });
     const { id } = addImage(new DirArtifactStore(images), 'demo');
+    imageId = id;
     await writeFile(join(images, 'demo.current'), JSON.stringify({ id }));
     await mkdir(join(dir, 'machines', 'victim', 'secrets', 'etc'), { recursive: true });
     await writeFile(join(dir, 'machines', 'victim', 'secrets', 'etc', 'wg.key'), 'VICTIM-SECRET\n');
@@ -185,6 +187,22 @@ describe.each([
     expect(kinds.filter((k) => k === 'event-token')).toHaveLength(4);
     const victimState = JSON.parse((await get(a, `/api/machines/${VICTIM_HYP}`, [`Authorization: Bearer ${READ_TOKEN}`])).body) as { state: string };
     expect(victimState.state).toBe('booting');
+  });
+
+  it("the victim's timeline takes no phases from the attacker's downloads: artifacts naming its MAC, TFTP after asking for its public layer", async () => {
+    const a = attacker!;
+    const timeline = async () => JSON.stringify((JSON.parse((await get(a, `/api/machines/${VICTIM_HYP}`, [`Authorization: Bearer ${READ_TOKEN}`])).body) as { boots: unknown }).boots);
+    const before = await timeline();
+    for (const name of ['vmlinuz', 'initrd.img', 'rootfs.squashfs']) expect((await get(a, `/images/${imageId}/${name}?mac=${VICTIM_HYP}`)).status).toBe(200);
+    expect((await get(a, `/machines/${VICTIM_HYP}/layer`)).status).toBe(200);
+    await a.exec('curl', ['-sS', '-m', '20', '-o', '/dev/null', `tftp://${net}.1/ipxe.efi`]);
+    // The TFTP transfer was complete (the server counted it) before the timeline is compared.
+    expect((await get(a, '/metrics')).body).toMatch(/netboot_tftp_transfers_total\{outcome="complete"\} [1-9]/);
+    expect(await timeline()).toBe(before);
+    // The victim's own download with the same claim lands on its boot.
+    expect((await get(victim!, `/images/${imageId}/vmlinuz?mac=${VICTIM_HYP}`)).status).toBe(200);
+    const boots = JSON.parse(await timeline()) as { phases: { phase: string; source: string }[] }[];
+    expect(boots.at(-1)!.phases.filter((p) => p.phase === 'kernel' && p.source === 'http')).toHaveLength(1);
   });
 
   it('made-up MACs under `menu`: layers, menus and forged signed URLs create no state', async () => {
