@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages netboot needs. Idempotent: installs only what is missing.
-# Usage: scripts/setup-host.sh [runtime|test|all]   (default: all)
+# Usage: scripts/setup-host.sh [runtime|test|arm64|all]   (default: all; arm64 = test + what the opt-in
+# arm64 end-to-end test needs; NETBOOT_ARM64=1 adds those to all/test too)
 # Services that packages would start (tftpd-hpa, docker, nginx, nbd-server) are kept from
 # starting: netboot never wants a daemon listening on the host's real interfaces.
 set -euo pipefail
@@ -10,12 +11,15 @@ profile=${1:-all}
 runtime=(squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client gcc g++ make python3 libc6-dev ndisc6)
 test=(qemu-system-x86 ipxe-qemu ovmf docker.io docker-compose debootstrap atftp tftp-hpa curl
       dnsmasq-base tshark libarchive-tools iptables nbd-client libnbd-bin qemu-utils
-      tftpd-hpa nbd-server nginx-light wrk cpio chromium strace
-      qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support)   # arm64: VMs, AAVMF, debootstrap --arch arm64
+      tftpd-hpa nbd-server nginx-light wrk cpio chromium strace)
+# arm64 VMs (TCG) with AAVMF, and debootstrap --arch arm64 (second stage under qemu-user-static)
+arm64=(qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support)
+[ "${NETBOOT_ARM64:-}" = 1 ] && test+=("${arm64[@]}")
 case "$profile" in
   runtime) want=("${runtime[@]}") ;;
   test|all) want=("${runtime[@]}" "${test[@]}") ;;
-  *) echo "usage: $0 [runtime|test|all]" >&2; exit 2 ;;
+  arm64) want=("${runtime[@]}" "${test[@]}" "${arm64[@]}") ;;
+  *) echo "usage: $0 [runtime|test|arm64|all]" >&2; exit 2 ;;
 esac
 
 # A current iPXE (issue 17): Debian 13's `ipxe` package, pinned and checksum-checked, unpacked
