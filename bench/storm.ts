@@ -33,8 +33,8 @@ import { cleanupOnInterrupt } from './lib/interrupt.ts';
 import type { ClientPlan, ClientReport } from './lib/storm-client.ts';
 import { prepareStormCache, STORM_IMAGE_ID } from './lib/storm-image.ts';
 import { watchStack } from './lib/storm-procs.ts';
-import { CLIENT_IP, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
-import { failureSamples, finalLine, phaseTable, stackTable, type StackRun } from './lib/storm-summary.ts';
+import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
+import { failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, phaseTable, stackTable, type StackRun } from './lib/storm-summary.ts';
 import type { NbdTrace } from './lib/storm-trace.ts';
 
 const run = promisify(execFile);
@@ -163,7 +163,9 @@ async function storm(): Promise<void> {
       const usage = await watch.stop();
       await stack.stop();
       stack = null;
-      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds });
+      const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(workDir) : nginxAccessLogPath(workDir), 'utf8');
+      const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
+      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, serverScriptMs });
     }
   } finally {
     await cleanup();

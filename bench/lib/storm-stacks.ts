@@ -41,6 +41,11 @@ export interface StackSpec {
   maxRootStreams?: number;
 }
 
+/** Not beside netboot.yaml: the server watches its config's folder, and every log line would wake the watcher. */
+export const netbootLogPath = (workDir: string) => join(workDir, 'netboot-serve.log');
+/** nginx's access log, `$request_uri $status $request_time` per line. */
+export const nginxAccessLogPath = (workDir: string) => join(workDir, 'peer', 'nginx-access.log');
+
 export interface RunningStack {
   name: 'netboot' | 'peer';
   stop(): Promise<void>;
@@ -112,8 +117,7 @@ export async function startNetboot(spec: StackSpec): Promise<RunningStack> {
       defaults: { unknown: 'deny' },
     }),
   );
-  // Not beside netboot.yaml: the server watches its config's folder, and every log line would wake the watcher.
-  const log = join(spec.workDir, 'netboot-serve.log');
+  const log = netbootLogPath(spec.workDir);
   // STORM_NETBOOT_NODE_ARGS (e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`, which NODE_OPTIONS refuses): node flags for the server only.
   const nodeArgs = process.env.STORM_NETBOOT_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
   const command = nodeArgs.length > 0
@@ -191,7 +195,8 @@ http {
   tcp_nopush on;
   keepalive_timeout 65;
   default_type application/octet-stream;
-  access_log ${dir}/nginx-access.log;
+  log_format timed '$request_uri $status $request_time';
+  access_log ${nginxAccessLogPath(spec.workDir)} timed;
   client_body_temp_path ${dir}/nginx-body;
   proxy_temp_path ${dir}/nginx-proxy;
   fastcgi_temp_path ${dir}/nginx-fastcgi;

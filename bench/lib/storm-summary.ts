@@ -27,6 +27,38 @@ export interface StackRun {
   tftpRetransmits: number;
   /** CPU seconds of the simulated fleet (one process, on the same cores). */
   fleetCpuSeconds?: number;
+  /**
+   * Milliseconds the server took over each script request (boot.ipxe and the per-MAC script),
+   * from its own log: what the server adds, without the fleet's wait for a core of its own.
+   */
+  serverScriptMs?: number[];
+}
+
+const SCRIPT_PATH = /^\/(machines\/[^/]+\/)?boot\.ipxe(\?|$)/;
+
+/** netboot's JSON log: the `ms` of every answered script request (phase script, status 200). */
+export function netbootScriptTimes(log: string): number[] {
+  const out: number[] = [];
+  for (const line of log.split('\n')) {
+    if (!line.includes('"phase":"script"') || !line.includes('"ms":')) continue;
+    try {
+      const entry = JSON.parse(line) as { phase?: string; status?: number; ms?: number; url?: string };
+      if (entry.phase === 'script' && entry.status === 200 && typeof entry.ms === 'number' && SCRIPT_PATH.test(entry.url ?? '')) out.push(entry.ms);
+    } catch {
+      // a torn last line
+    }
+  }
+  return out;
+}
+
+/** nginx access log in the bench's `timed` format (`$request_uri $status $request_time`): script requests, ms. */
+export function nginxScriptTimes(log: string): number[] {
+  const out: number[] = [];
+  for (const line of log.split('\n')) {
+    const [uri, status, seconds] = line.trim().split(' ');
+    if (uri && status === '200' && seconds !== undefined && SCRIPT_PATH.test(uri) && Number.isFinite(Number(seconds))) out.push(Number(seconds) * 1000);
+  }
+  return out;
 }
 
 /** Nearest-rank percentile (p in 0..100) of unsorted values; NaN for none. */
@@ -91,9 +123,10 @@ export function stackTable(runs: readonly StackRun[]): string {
       r.cpuSeconds.toFixed(1),
       mib(r.peakRssBytes),
       r.fleetCpuSeconds === undefined ? '-' : r.fleetCpuSeconds.toFixed(1),
+      r.serverScriptMs?.length ? `${ms(percentile(r.serverScriptMs, 50))} / ${ms(percentile(r.serverScriptMs, 99))}` : '-',
     ];
   });
-  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'all up s', 'server CPU s', 'peak RSS MiB', 'fleet CPU s'], rows);
+  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'all up s', 'server CPU s', 'peak RSS MiB', 'fleet CPU s', 'script in server p50 / p99'], rows);
 }
 
 /** The first error of each distinct kind, for the failures list. */

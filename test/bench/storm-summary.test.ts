@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { scriptCommand } from '../../bench/lib/storm-client.ts';
-import { allUpSeconds, failureSamples, finalLine, percentile, phaseTable, stackTable, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+import { allUpSeconds, failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, stackTable, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
 
 function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
   return {
@@ -70,5 +70,21 @@ describe('bench/storm summary', () => {
     expect(scriptCommand(script, 'kernel')).toEqual({ url: 'http://s/images/x/vmlinuz?mac=a', args: ['initrd=initrd.img', 'netboot.token=t', 'console=ttyS0'] });
     expect(scriptCommand(script, 'initrd')?.url).toBe('http://s/images/x/initrd.img');
     expect(scriptCommand('#!ipxe\necho no kernel here\n', 'kernel')).toBeNull();
+  });
+
+  it('reads the server-side script times from netboot\'s JSON log and nginx\'s timed access log (only answered script requests)', () => {
+    const netbootLog = [
+      '{"level":30,"phase":"script","method":"GET","url":"/boot.ipxe","status":200,"ms":3,"msg":"http"}',
+      '{"level":30,"phase":"script","method":"GET","url":"/machines/52-54-00-88-00-01/boot.ipxe","status":200,"ms":41,"msg":"http"}',
+      '{"level":40,"phase":"script","method":"GET","url":"/machines/52-54-00-88-00-02/boot.ipxe","status":403,"ms":2,"msg":"http"}',
+      '{"level":30,"phase":"script","detail":"no ms here"}',
+      '{"level":30,"phase":"rootfs","url":"/images/x/rootfs.squashfs","status":200,"ms":9000,"msg":"http"}',
+      '{"level":30,"phase":"script","url":"/boot.ipxe","status":200,"ms":',
+    ].join('\n');
+    expect(netbootScriptTimes(netbootLog)).toEqual([3, 41]);
+    const nginxLog = ['/boot.ipxe 200 0.001', '/machines/52-54-00-88-00-01/boot.ipxe 200 0.120', '/machines/52-54-00-88-00-01/layer.tar 200 0.002', '/boot.ipxe 404 0.000', ''].join('\n');
+    expect(nginxScriptTimes(nginxLog)).toEqual([1, 120]);
+    const run = { ...stack('netboot', [machine('a', 1000)]), serverScriptMs: [3, 41] };
+    expect(stackTable([run])).toMatch(/\| 3\.0 ms \/ 41 ms +\|/);
   });
 });
