@@ -57,7 +57,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
   // proved to be the MAC they name (/init's layer and rootfs fetches): TFTP and NBD only see addresses.
   const addressOwners = new Map<string, string>();
   // Every DHCP packet's client MAC, for the identity evidence of proxy mode (server/boot/identity.ts).
-  const dhcpSightings = new DhcpSightings();
+  const dhcpSightings = new DhcpSightings(undefined, undefined, (mac) => store.current.machines.has(mac));
 
   const started: { stop(): Promise<unknown> }[] = [];
   const stop = async () => {

@@ -80,3 +80,25 @@ describe('verifyIdentity: DHCP off, check off', () => {
     expect(await verifyIdentity(evidence('full', { check: 'off' }), M, '10.88.71.99')).toMatchObject({ ok: true });
   });
 });
+
+describe('DHCP sightings under a flood of made-up MACs', () => {
+  it("10,000 forged chaddrs evict only unknown MACs: the configured machine's sighting (its proxy-mode evidence) stays", async () => {
+    let now = 1_000_000;
+    const configured = new Set([M]);
+    const sightings = new DhcpSightings(64, () => now, (mac) => configured.has(mac));
+    sightings.note(M, { arch: 7 });
+    sightings.note('02:00:00:00:00:01');
+    for (let i = 0; i < 10_000; i++) sightings.note(`02:13:00:00:${(i >> 8).toString(16).padStart(2, '0')}:${(i & 0xff).toString(16).padStart(2, '0')}`);
+    now += 5_000;
+    expect(sightings.ageMs(M)).toBe(5_000);
+    expect(sightings.info(M)).toEqual({ arch: 7 });
+    // The unknown part keeps its own bound, least recently seen forgotten first.
+    expect(sightings.ageMs('02:00:00:00:00:01')).toBeUndefined();
+    expect(sightings.ageMs('02:13:00:00:27:0f')).toBe(5_000);
+    expect(sightings.ageMs('02:13:00:00:00:00')).toBeUndefined();
+
+    const ev = evidence('proxy', { arp: { '10.88.71.120': M } });
+    const withSightings: IdentityEvidence = { ...ev, sightings };
+    expect(await verifyIdentity(withSightings, M, '10.88.71.120')).toMatchObject({ ok: true });
+  });
+});
