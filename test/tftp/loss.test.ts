@@ -14,6 +14,7 @@ const childScript = join(import.meta.dirname, 'serve-child.ts');
 
 const OP_DATA = 3;
 const OP_ACK = 4;
+const OP_OACK = 6;
 
 /** One TFTP packet to drop: the first one of its kind on the wire, its retransmissions pass. */
 interface Drop {
@@ -47,7 +48,9 @@ describe('tftp with chosen packets dropped (network namespace)', () => {
     await writeFile(join(dir, 'file.bin'), content);
     await writeFile(join(dir, 'small.bin'), small);
     segment = await createSegment();
-    const child = segment.spawn('node', ['--import', 'tsx', childScript, dir, segment.serverIp, '16969', '100'], { cwd: process.cwd() });
+    // 100 ms first timeout, backoff capped at 1 s: curl's `timeout` option (5 s, as long as its
+    // own re-ACK timer) is above the cap and refused, so the server's timer drives every recovery.
+    const child = segment.spawn('node', ['--import', 'tsx', childScript, dir, segment.serverIp, '16969', '100', '1000'], { cwd: process.cwd() });
     await new Promise<void>((resolve, reject) => {
       child.once('exit', (code) => reject(new Error(`server child exited with ${code}`)));
       createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -93,6 +96,17 @@ describe('tftp with chosen packets dropped (network namespace)', () => {
   async function dropped(): Promise<number[]> {
     const { stdout } = await segment!.exec('iptables', ['-L', 'INPUT', '-v', '-n', '-x']);
     return [...stdout.matchAll(/^\s*(\d+)\s+\d+\s+DROP/gm)].map((m) => Number(m[1]));
+  }
+
+  /** Counts the packets with this opcode that pass (a rule without a target only counts). */
+  async function countOpcode(op: number): Promise<() => Promise<number>> {
+    const match = `0>>22&0x3C@8>>16=0x${op.toString(16)}`;
+    await segment!.exec('iptables', ['-A', 'INPUT', '-p', 'udp', '-m', 'u32', '--u32', match]);
+    return async () => {
+      const { stdout } = await segment!.exec('iptables', ['-L', 'INPUT', '-v', '-n', '-x']);
+      const line = stdout.split('\n').find((l) => l.includes(`>>0x10=0x${op.toString(16)}"`) && !l.includes('DROP'));
+      return Number(line?.trim().split(/\s+/)[0]);
+    };
   }
 
   /** The server's record of the transfer (it arrives when the server's session ends, maybe after the client left). */
@@ -144,11 +158,15 @@ describe('tftp with chosen packets dropped (network namespace)', () => {
     // retransmits the OACK. atftp 0.8 cannot recover from this case (it aborts with
     // "unexpected OACK" on the retransmission), so it is covered with curl, which can.
     const s = segment!;
+    const oacks = await countOpcode(OP_OACK);
     await dropOnce([{ op: OP_ACK, block: 0 }]);
     const out = join(dir, 'curl-oack.out');
     await s.exec('curl', ['-sS', '-m', '60', '--tftp-blksize', '1468', '-o', out, `tftp://${s.serverIp}:${port}/file.bin`], { timeoutMs: 70_000 });
     expect(await sha256File(out)).toBe(sha256(content));
     expect(await dropped()).toEqual([1]);
+    // The server's retransmission (after 100 ms) is what recovered, not curl re-sending ACK 0
+    // on its own 5 s timer: the OACK went out again.
+    expect(await oacks()).toBeGreaterThanOrEqual(2);
     expect(await serverTransfer('file.bin')).toMatchObject({ outcome: 'complete', bytes: content.length });
   }, 90_000);
 
