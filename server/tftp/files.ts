@@ -15,6 +15,11 @@ export interface TftpClient {
 
 export interface TftpFile {
   size: number;
+  /**
+   * Names this content (a regular file: device, inode, size, mtime): transfers of the same
+   * version share the chunks read from it (a storm sends one iPXE binary to every machine).
+   */
+  version?: string;
   /** Up to `length` bytes at `offset` (fewer only at the end of the file). */
   read(offset: number, length: number): Promise<Buffer>;
   close(): Promise<void>;
@@ -89,8 +94,11 @@ export async function openRegularFile(target: string): Promise<TftpFile | null> 
   const fd = handle;
   return {
     size: info.size,
+    version: `${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}`,
     async read(offset, length) {
-      const buffer = Buffer.allocUnsafe(length);
+      // Never more than what is left: a 256 KiB buffer for a 27 KiB tail is held as long as the chunk.
+      const buffer = Buffer.allocUnsafe(Math.max(0, Math.min(length, info.size - offset)));
+      length = buffer.length;
       let filled = 0;
       while (filled < length) {
         const { bytesRead } = await fd.read(buffer, filled, length - filled, offset + filled);

@@ -48,19 +48,73 @@ export interface TftpServerOptions {
 }
 
 const READ_CHUNK = 256 * 1024;
+/** Files up to this size are kept whole while transfers of them run, shared by those transfers. */
+export const SHARED_FILE_MAX_BYTES = 8 << 20;
+
+interface ChunkStore {
+  chunks: Map<number, Promise<Buffer>>;
+  loaded: Map<number, Buffer>;
+  refs: number;
+}
+
+/**
+ * Chunks of file versions being sent, shared by every transfer of that version and chunk size:
+ * memory is one copy of the file per version in flight, not one chunk pair per transfer (a
+ * storm of 500 machines fetching one iPXE binary held 500 x 512 KiB before). Dropped when the
+ * last transfer of the version ends.
+ */
+export class SharedChunks {
+  readonly #stores = new Map<string, ChunkStore>();
+
+  acquire(key: string): ChunkStore {
+    let store = this.#stores.get(key);
+    if (!store) {
+      store = { chunks: new Map(), loaded: new Map(), refs: 0 };
+      this.#stores.set(key, store);
+    }
+    store.refs++;
+    return store;
+  }
+
+  release(key: string): void {
+    const store = this.#stores.get(key);
+    if (store && --store.refs <= 0) this.#stores.delete(key);
+  }
+
+  /** Versions held now (tests). */
+  get size(): number {
+    return this.#stores.size;
+  }
+}
+
+const sharedChunks = new SharedChunks();
 
 /** Reads a file in chunks aligned to the block size, one chunk ahead, so DATA goes out without
- * waiting on a disk read per block. */
-class ChunkReader {
+ * waiting on a disk read per block. Small files with a version share their chunks (SharedChunks). */
+export class ChunkReader {
   private readonly chunkSize: number;
-  private readonly chunks = new Map<number, Promise<Buffer>>();
-  private readonly loaded = new Map<number, Buffer>();
+  private readonly chunks: Map<number, Promise<Buffer>>;
+  private readonly loaded: Map<number, Buffer>;
+  private readonly sharedKey: string | null;
+  private disposed = false;
 
   constructor(
     private readonly file: TftpFile,
     blksize: number,
+    private readonly shared: SharedChunks = sharedChunks,
   ) {
     this.chunkSize = blksize * Math.max(1, Math.ceil(READ_CHUNK / blksize));
+    this.sharedKey = file.version !== undefined && file.size <= SHARED_FILE_MAX_BYTES ? `${file.version}:${this.chunkSize}` : null;
+    const store = this.sharedKey === null ? { chunks: new Map(), loaded: new Map(), refs: 1 } : shared.acquire(this.sharedKey);
+    this.chunks = store.chunks;
+    this.loaded = store.loaded;
+  }
+
+  /** The transfer ended: its share of a shared file is given back. Idempotent. */
+  dispose(): void {
+    if (this.disposed) return;
+    this.disposed = true;
+    if (this.sharedKey !== null) this.shared.release(this.sharedKey);
   }
 
   /** The payloads of `blocks` if every one is already in memory (the common case), else null. */
@@ -84,8 +138,9 @@ class ChunkReader {
     return out;
   }
 
-  /** Keeps the chunk before the current one (a partial ACK may step back into it), drops older. */
+  /** Keeps the chunk before the current one (a partial ACK may step back into it), drops older; shared files stay whole. */
   private evictBefore(index: number): void {
+    if (this.sharedKey !== null) return;
     for (const key of this.chunks.keys()) {
       if (key < index) {
         this.chunks.delete(key);
@@ -325,6 +380,7 @@ class Transfer {
           /* already closed */
         }
       }
+      this.reader.dispose();
       await this.file.close().catch(() => undefined);
       this.onEnd(event);
       this.resolveDone();
