@@ -8,7 +8,7 @@
  * (nbd boot <= 0.9x ram boot, <= 10% of the image read).
  */
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { stringify } from 'yaml';
@@ -25,14 +25,20 @@ import { cleanupOnInterrupt } from './interrupt.ts';
 import { parseSerialLog, secondsTo } from './serial-log.ts';
 
 export type ImageKind = 'debian' | 'busybox';
-export type RootMode = 'ram' | 'nbd';
-const MODES: readonly RootMode[] = ['ram', 'nbd'];
+/** disk: a `root: ram` image with `disk: { cache: true }` on a machine with a virtio disk; measured from its second boot (the first fills the cache). */
+export type RootMode = 'ram' | 'nbd' | 'disk';
+const DEFAULT_MODES: readonly RootMode[] = ['ram', 'nbd'];
+const DISK_MIB = 2048;
 
 export interface BootCompareOptions {
   /** Boots per image and mode; ram and nbd alternate (ABBA order across rounds). */
   rounds: number;
   /** debian: the e2e suite's systemd image (the realistic case); busybox: its tiny one. */
   images: readonly ImageKind[];
+  /** Default ram and nbd. */
+  modes?: readonly RootMode[];
+  /** Printed first in the report (which bench ran this). */
+  title?: string;
 }
 
 /** The e2e images' marker: systemd's multi-user reached (debian), or the busybox init's line. */
@@ -79,7 +85,7 @@ function entryName(image: ImageKind, mode: RootMode): string {
 
 /** One machine per image and mode: 52:54:00:b8:<image>:<mode>. */
 function macOf(image: ImageKind, mode: RootMode): string {
-  return `52:54:00:b8:0${image === 'debian' ? 1 : 2}:0${mode === 'ram' ? 1 : 2}`;
+  return `52:54:00:b8:0${image === 'debian' ? 1 : 2}:0${{ ram: 1, nbd: 2, disk: 3 }[mode]}`;
 }
 
 export async function runBootComparison(options: BootCompareOptions): Promise<void> {
@@ -104,10 +110,18 @@ export async function runBootComparison(options: BootCompareOptions): Promise<vo
 
     const images: Record<string, Record<string, unknown>> = {};
     const machines: Record<string, Record<string, unknown>> = {};
+    const MODES = options.modes ?? DEFAULT_MODES;
+    const disks: Record<string, string> = {};
     for (const image of options.images) {
       for (const mode of MODES) {
-        images[entryName(image, mode)] = { source: `docker:${refs[image]}`, cmdline: 'console=ttyS0', root: mode };
-        machines[macOf(image, mode)] = { hostname: `bench-${image}-${mode}`, image: entryName(image, mode) };
+        const root = mode === 'nbd' ? 'nbd' : 'ram';
+        images[entryName(image, mode)] = { source: `docker:${refs[image]}`, cmdline: 'console=ttyS0', root, ...(mode === 'disk' ? { disk: { cache: true } } : {}) };
+        machines[macOf(image, mode)] = { hostname: `bench-${image}-${mode}`, image: entryName(image, mode), ...(mode === 'disk' ? { disk: { init: true } } : {}) };
+        if (mode === 'disk') {
+          disks[macOf(image, mode)] = join(workDir, `disk-${image}.img`);
+          await writeFile(disks[macOf(image, mode)]!, '');
+          await truncate(disks[macOf(image, mode)]!, DISK_MIB * 2 ** 20);
+        }
       }
     }
     // Built (or found in the cache) before the lab starts, as the e2e suite does: the server then starts ready.
@@ -141,12 +155,19 @@ export async function runBootComparison(options: BootCompareOptions): Promise<vo
     const facts = await imageFacts(lab, Object.keys(images));
 
     const results: BootResult[] = [];
+    // Round 0: a disk machine's first boot prepares its disk and fills the cache (reported, not in the medians).
+    for (const image of options.images) {
+      if (!MODES.includes('disk')) break;
+      const result = await bootOnce(lab, image, 'disk', 0, facts[entryName(image, 'disk')]!, disks);
+      results.push(result);
+      process.stderr.write(`bench/nbd boot: ${image} disk first boot (fills the cache): up at ${result.up.toFixed(1)} s, root ${mib(result.rootBytes)} MiB\n`);
+    }
     for (let round = 1; round <= options.rounds; round++) {
       // ABBA: whatever drifts during the run (other engineers' load) hits both modes alike.
       const order = round % 2 === 1 ? MODES : [...MODES].reverse();
       for (const image of options.images) {
         for (const mode of order) {
-          const result = await bootOnce(lab, image, mode, round, facts[entryName(image, mode)]!);
+          const result = await bootOnce(lab, image, mode, round, facts[entryName(image, mode)]!, disks);
           results.push(result);
           process.stderr.write(
             `bench/nbd boot: ${image} ${mode} round ${round}: up at ${result.up.toFixed(1)} s, root ${mib(result.rootBytes)} MiB\n`,
@@ -156,7 +177,7 @@ export async function runBootComparison(options: BootCompareOptions): Promise<vo
     }
     await lab.close();
     lab = null;
-    printReport(results, options, facts, loadAtStart);
+    printReport(results, options, MODES, facts, loadAtStart);
     process.stdout.write(`VM consoles and the server log: ${logDir}\n`);
   } finally {
     await cleanup();
@@ -183,11 +204,12 @@ async function nbdBytes(lab: Lab, exportId: string): Promise<number> {
   return nbdBytesRead(stdout, exportId);
 }
 
-async function bootOnce(lab: Lab, image: ImageKind, mode: RootMode, round: number, facts: ImageFacts): Promise<BootResult> {
+async function bootOnce(lab: Lab, image: ImageKind, mode: RootMode, round: number, facts: ImageFacts, disks: Record<string, string>): Promise<BootResult> {
   const mac = macOf(image, mode);
+  const disk = disks[mac];
   const nbdBefore = mode === 'nbd' ? await nbdBytes(lab, facts.id) : 0;
   // Short names: the VM's tap is `tap-<name>`, at most 15 characters.
-  const vm = await lab.bootVm({ name: `${image === 'debian' ? 'deb' : 'bb'}-${mode}-${round}`, mac });
+  const vm = await lab.bootVm({ name: `${image === 'debian' ? 'deb' : 'bb'}-${mode}-${round}`, mac, ...(disk ? { disks: [disk] } : {}) });
   let phases: TimelinePhase[];
   let nbdAfter = 0;
   try {
@@ -235,9 +257,10 @@ function table(header: string[], rows: string[][]): string {
   return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...rows.map(line)].join('\n');
 }
 
-function printReport(results: BootResult[], options: BootCompareOptions, facts: Record<string, ImageFacts>, loadAtStart: string): void {
+function printReport(results: BootResult[], options: BootCompareOptions, modes: readonly RootMode[], facts: Record<string, ImageFacts>, loadAtStart: string): void {
   const out: string[] = [];
-  out.push(`\nbench/nbd boot: ram vs nbd root, ${options.rounds} alternating round(s) per image, QEMU TCG, 1024 MiB RAM, virtio-net, BIOS iPXE, proxyDHCP lab`);
+  out.push(`\n${options.title ?? 'bench/nbd boot'}: ${modes.join(' vs ')} root, ${options.rounds} alternating round(s) per image, QEMU TCG, 1024 MiB RAM, virtio-net, BIOS iPXE, proxyDHCP lab`);
+  if (modes.includes('disk')) out.push(`disk: root: ram with disk: { cache: true } on a ${DISK_MIB} MiB virtio disk; round 0 is its first boot (prepares the disk, fills the cache), not in the medians`);
   out.push('times are seconds from QEMU start: kernel runs /init, /init switch_roots into the image, image marker (systemd: multi-user reached)\n');
   out.push(
     table(
@@ -262,25 +285,30 @@ function printReport(results: BootResult[], options: BootCompareOptions, facts: 
     ),
   );
   for (const image of options.images) {
-    const of = (mode: RootMode) => results.filter((r) => r.image === image && r.mode === mode);
-    const squashfs = facts[entryName(image, 'nbd')]!.squashfsBytes;
+    const of = (mode: RootMode) => results.filter((r) => r.image === image && r.mode === mode && r.round > 0);
+    const squashfs = facts[entryName(image, modes[0]!)]!.squashfsBytes;
+    const others = modes.filter((mode) => mode !== 'ram');
     const metric = (name: string, value: (r: BootResult) => number | null, format: (x: number) => string, target = '') => {
       const m = (mode: RootMode) => {
         const values = of(mode).map(value).filter((v): v is number => v !== null);
         return values.length ? median(values) : null;
       };
       const ram = m('ram');
-      const nbd = m('nbd');
-      return [name, ram === null ? '-' : format(ram), nbd === null ? '-' : format(nbd), ram && nbd !== null ? `${(nbd / ram).toFixed(2)}x` : '-', target];
+      const cells = modes.map((mode) => m(mode)).map((v) => (v === null ? '-' : format(v)));
+      const ratios = others.map((mode) => {
+        const v = m(mode);
+        return ram && v !== null ? `${(v / ram).toFixed(2)}x` : '-';
+      });
+      return [name, ...cells, ...ratios, target];
     };
-    out.push(`\n${image}: image ${facts[entryName(image, 'ram')]!.id} (ram) / ${facts[entryName(image, 'nbd')]!.id} (nbd), squashfs ${mib(squashfs)} MiB; medians\n`);
+    out.push(`\n${image}: ${modes.map((mode) => `${facts[entryName(image, mode)]!.id} (${mode})`).join(' / ')}, squashfs ${mib(squashfs)} MiB; medians of rounds >= 1\n`);
     out.push(
       table(
-        ['metric', 'ram', 'nbd', 'nbd/ram', 'target'],
+        ['metric', ...modes, ...others.map((mode) => `${mode}/ram`), 'target'],
         [
           metric('kernel runs /init (s)', (r) => r.kernelRunsInit, (x) => x.toFixed(1)),
           metric('switch_root into the image (s)', (r) => r.switchRoot, (x) => x.toFixed(1)),
-          metric('userspace marker (s)', (r) => r.up, (x) => x.toFixed(1), '<= 0.90x'),
+          metric('userspace marker (s)', (r) => r.up, (x) => x.toFixed(1), 'nbd <= 0.90x'),
           metric('  /init until switch_root (s)', (r) => between(r.kernelRunsInit, r.switchRoot), (x) => x.toFixed(1)),
           metric('  switch_root until marker (s)', (r) => between(r.switchRoot, r.up), (x) => x.toFixed(1)),
           metric('kernel + initrd (MiB)', (r) => r.kernelBytes + r.initrdBytes, mib),
@@ -291,7 +319,7 @@ function printReport(results: BootResult[], options: BootCompareOptions, facts: 
       ),
     );
   }
-  out.push(`\nroot bytes: ram = the rootfs downloads in the boot timeline (the aborted size probe included); nbd = netboot_nbd_bytes_total for the export, from VM start to the marker`);
+  out.push(`\nroot bytes: ram and disk = the rootfs downloads in the boot timeline; nbd = netboot_nbd_bytes_total for the export, from VM start to the marker`);
   out.push(`load average at the start: ${loadAtStart}, at the end: ${readLoadAverage()} (2 cores shared with other engineers; times are noisy under load, bytes are not)`);
   process.stdout.write(`${out.join('\n')}\n`);
 }

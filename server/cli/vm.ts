@@ -12,6 +12,7 @@ export interface VmCliOptions extends CommonOptions {
   expect?: string;
   timeout: number;
   memory: number;
+  disk: string[];
 }
 
 export function registerVm(program: Command): void {
@@ -31,6 +32,7 @@ export function registerVm(program: Command): void {
     .option('--expect <text>', 'exit 0 as soon as the console prints this text')
     .option('--timeout <seconds>', 'give up after this long', (v) => Number.parseInt(v, 10), 300)
     .option('--memory <MiB>', 'VM memory', (v) => Number.parseInt(v, 10), 1024)
+    .option('--disk <file>', 'attach this raw disk image as a virtio disk (repeatable), e.g. for machines with disk: in the config', (v: string, all: string[]) => [...all, v], [])
     .addHelpText(
       'after',
       `
@@ -38,6 +40,7 @@ Examples:
   netboot vm --lab --mac 52:54:00:12:34:56 --expect 'login:'        # private lab, example config
   netboot vm --lab --firmware uefi-pxe --no-ipv6-router --mac 52:54:00:12:34:56   # firmware PXE, no IPv6 router
   netboot vm --server http://10.0.0.5:8080 --mac 52:54:00:12:34:56 --expect 'NETBOOT-OK' --timeout 600
+  truncate -s 8G ws1.img && netboot vm --lab --mac 52:54:00:12:34:56 --disk ws1.img   # a machine with a disk
 Exit codes: 0 expected text seen (or VM powered off without --expect), 5 timeout, 1 failure.`,
     )
     .action(async (options: VmCliOptions) => (await import('./actions/vm.ts')).runVm(options));

@@ -123,7 +123,7 @@ function reportZodIssue(doc: Document, issue: z.core.$ZodIssue, at: At): void {
   }
   const offset = locateValue(doc, path);
   let message = issue.message;
-  if (issue.code === 'invalid_type' && issue.input === undefined) message = `required — add ${path.at(-1)}`;
+  if (issue.code === 'invalid_type' && issue.input === undefined && issue.expected !== 'undefined') message = `required — add ${path.at(-1)}`;
   else if (issue.code === 'invalid_value' && 'values' in issue) message = `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(', ')}`;
   at(offset, path.join('.'), message);
 }
@@ -220,6 +220,7 @@ function normalise(
       hostname,
       image: image ?? '',
       ip: entry.ip,
+      ...(entry.disk ? { disk: entry.disk } : {}),
       cmdline: [raw.defaults.cmdline, entry.cmdline].filter(Boolean).join(' '),
       vars: { ...raw.defaults.vars, ...entry.vars },
       users: mergeUsers(raw.defaults.users, entry.users),

@@ -40,6 +40,36 @@ export const kernelCmdline = z
   .refine((s) => !/(^|\s)(\|\||&&)(\s|$)/.test(s), "must not contain '||' or '&&' on its own: iPXE reads them as its operators in the kernel line")
   .default('');
 
+/** A directory kept on a machine's disk across boots: absolute, no `.`/`..`, not the root or the kernel's API filesystems. */
+const keptDirectory = z
+  .string()
+  .regex(/^(\/[A-Za-z0-9._@+-]+)+$/, 'expected an absolute path like /home (letters, digits, . _ @ + -; no spaces or commas)')
+  .refine((path) => !path.split('/').some((part) => part === '.' || part === '..'), 'must not contain . or .. components')
+  .refine((path) => !/^\/(proc|sys|dev|run|tmp)(\/|$)/.test(path), 'cannot keep /proc, /sys, /dev, /run or /tmp: they are not the image\'s files');
+
+/**
+ * A machine's local disk (boot-assets/initramfs/lib/netboot/disk.sh). Set on an image, a
+ * machine's own `disk:` overrides it field by field (server/boot/disk-policy.ts).
+ */
+const diskFields = {
+  /** Keep each image id's root on the disk (verified by its sha256) and boot from it. */
+  cache: z.boolean().optional(),
+  /** Most MiB of image roots kept; the least recently booted ids go first. */
+  cacheMiB: z.number().int().min(64).optional(),
+  /** Directories that live on the disk and survive reboots; the rest of the system is fresh each boot. */
+  keep: z.array(keptDirectory).optional(),
+  /** The filesystem label netboot uses (it touches no other filesystem). */
+  label: z.string().regex(/^[A-Za-z0-9_-]{1,16}$/, 'expected up to 16 letters, digits, _ or -').optional(),
+  /** The disk to prepare or use (e.g. /dev/nvme0n1); default: the labelled filesystem wherever it is, else the first disk. */
+  device: z.string().regex(/^\/dev\/[a-z][a-z0-9]*$/, 'expected a whole disk like /dev/sda or /dev/nvme0n1').optional(),
+};
+export const imageDiskSchema = z.strictObject({
+  ...diskFields,
+  init: z.undefined({ error: 'disk.init is set per machine (machines.<mac>.disk.init: true), so netboot formats only the disks an admin named' }).optional(),
+});
+/** `init` only per machine: netboot partitions and formats an empty disk only where the admin said so for that machine. */
+export const machineDiskSchema = z.strictObject({ ...diskFields, init: z.boolean().optional() });
+
 const machineCommon = {
   cmdline: kernelCmdline,
   vars: z.record(z.string(), z.union([z.string(), z.number(), z.boolean()])).default({}),
@@ -56,6 +86,8 @@ export const machineSchema = z.strictObject({
   image: z.string().optional(),
   /** Static address reservation, used when server.dhcp.mode is full. */
   ip: ipv4.optional(),
+  /** Overrides the image's `disk:` field by field; `init: true` lets netboot prepare an empty disk. */
+  disk: machineDiskSchema.optional(),
   ...machineCommon,
 });
 
@@ -74,6 +106,8 @@ export const imageSchema = z.strictObject({
   platform: z.string().default('linux/amd64'),
   /** NIC driver modules to put into the initramfs; default: a list covering VMs and common lab hardware. */
   nics: z.array(z.string()).optional(),
+  /** For its machines that have a disk: cache the root there, keep directories (a machine's `disk:` overrides). */
+  disk: imageDiskSchema.optional(),
 });
 
 export const dhcpSchema = z
@@ -233,3 +267,4 @@ export type FileAttrs = z.infer<typeof fileAttrsSchema>;
 export type ServerConfig = z.infer<typeof serverSchema>;
 export type DhcpConfig = z.infer<typeof dhcpSchema>;
 export type DefaultsConfig = z.infer<typeof defaultsSchema>;
+export type MachineDiskConfig = z.infer<typeof machineDiskSchema>;

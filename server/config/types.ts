@@ -1,6 +1,6 @@
-import type { DefaultsConfig, FileAttrs, ImageConfig, ServerConfig, UserConfig } from './schema.ts';
+import type { DefaultsConfig, FileAttrs, ImageConfig, MachineDiskConfig, ServerConfig, UserConfig } from './schema.ts';
 
-export type { DefaultsConfig, FileAttrs, ImageConfig, ServerConfig, UserConfig };
+export type { DefaultsConfig, FileAttrs, ImageConfig, MachineDiskConfig, ServerConfig, UserConfig };
 
 /** An image as configured, with its name. Its built artifacts live in the image cache. */
 export interface Image extends ImageConfig {
@@ -15,6 +15,8 @@ export interface Machine {
   image: string;
   /** Static DHCP reservation (full mode). */
   ip?: string;
+  /** The machine's own `disk:` (overrides its image's; server/boot/disk-policy.ts). */
+  disk?: MachineDiskConfig;
   /** Extra kernel arguments: defaults.cmdline then the machine's own. */
   cmdline: string;
   vars: Record<string, string | number | boolean>;

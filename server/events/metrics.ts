@@ -1,5 +1,8 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/** Outcomes of /init's `disk` events (boot-assets/initramfs/lib/netboot/disk.sh); anything else counts as `other` (labels stay bounded). */
+const DISK_OUTCOMES = new Set(['prepared', 'cache_hit', 'cache_miss', 'cache_corrupt', 'keep', 'untouched', 'not_prepared', 'no_disk', 'prepare_failed', 'mount_failed', 'no_space', 'no_hash']);
+
 /** Artifact kinds counted in `netboot_http_bytes_total`. */
 export type ArtifactKind = 'vmlinuz' | 'initrd.img' | 'image-initrd.img' | 'rootfs.squashfs' | 'manifest.json' | 'layer' | 'script';
 
@@ -66,6 +69,25 @@ export class Metrics {
     labelNames: ['kind'] as const,
     registers: [this.registry],
   });
+
+  readonly diskOutcomes = new Counter({
+    name: 'netboot_disk_events_total',
+    help: 'What machines did with their local disk (initramfs disk.sh), by outcome: cache_hit, cache_miss, cache_corrupt, prepared, untouched, no_disk, ...',
+    labelNames: ['outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly diskBytesSaved = new Counter({
+    name: 'netboot_disk_cache_saved_bytes_total',
+    help: 'Root bytes machines read from their disk cache instead of downloading them',
+    registers: [this.registry],
+  });
+
+  /** A `disk` event from /init: its outcome is the detail's first word (`cache_hit: ...`); a hit saved `bytes`. */
+  diskEvent(detail: string, bytes?: number): void {
+    const outcome = /^([a-z_]{1,32}):/.exec(detail)?.[1] ?? 'other';
+    this.diskOutcomes.inc({ outcome: DISK_OUTCOMES.has(outcome) ? outcome : 'other' });
+    if (outcome === 'cache_hit' && bytes !== undefined) this.diskBytesSaved.inc(bytes);
+  }
 
   /** One request refused for the identity it claimed (see Timeline.security). */
   securityEvent(kind: string): void {

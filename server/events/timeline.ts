@@ -5,7 +5,8 @@ import type { Metrics } from './metrics.ts';
 
 /** `queued`: the server told the machine to wait for a root stream (server/admission/); recorded when it got its place and when it was let in (with the wait). */
 export const SERVER_PHASES = ['dhcp', 'tftp', 'script', 'kernel', 'initrd', 'layer', 'queued', 'rootfs'] as const;
-export const INIT_PHASES = ['init', 'net', 'layer', 'rootfs', 'switch_root', 'up', 'failed'] as const;
+/** `disk`: what /init did with a local disk (disk.sh): prepared, cache_hit/miss/corrupt, untouched, keep ... */
+export const INIT_PHASES = ['init', 'net', 'layer', 'disk', 'rootfs', 'switch_root', 'up', 'failed'] as const;
 export type ServerPhase = (typeof SERVER_PHASES)[number];
 export type InitPhase = (typeof INIT_PHASES)[number];
 export type Phase = ServerPhase | InitPhase;
@@ -163,6 +164,7 @@ export class Timeline {
       this.#metrics?.boots.inc({ outcome: 'failed' });
     }
     this.#metrics?.bootPhases.inc({ phase, source: options.source });
+    if (phase === 'disk' && options.source === 'init') this.#metrics?.diskEvent(options.detail ?? '', options.bytes);
     if (durationMs !== undefined) this.#metrics?.phaseDuration.observe({ phase }, durationMs / 1000);
     for (const listener of this.#listeners) {
       try {

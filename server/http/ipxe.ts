@@ -1,5 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { diskKernelArgs, diskPolicy } from '../boot/disk-policy.ts';
 import type { Image, Machine } from '../config/types.ts';
 import { macToHyphens } from '../config/mac.ts';
 import { renderTemplate } from '../layers/template.ts';
@@ -69,7 +70,7 @@ export function kernelArgs(p: BootScriptParams): string {
     );
     if (p.image.root === 'nbd') args.push(`netboot.nbd=${p.nbd}`);
     if (p.artifactBase) args.push(`netboot.artifacts=${p.artifactBase}`);
-    args.push(`netboot.reboot=${p.rebootDelay}`);
+    args.push(`netboot.reboot=${p.rebootDelay}`, ...diskKernelArgs(diskPolicy(p.image, p.machine)));
   }
   args.push(p.image.cmdline, p.machine.cmdline);
   return args.map((a) => a.trim()).filter(Boolean).join(' ');

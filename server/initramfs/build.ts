@@ -16,7 +16,7 @@ export const BOOT_ASSETS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..
 
 /** Modules /init needs for the root filesystem, whatever the hardware. */
 /** For machines with a disk (config `disk:`, boot-assets/initramfs/lib/netboot/disk.sh): its filesystem and common disk controllers. */
-export const DISK_MODULES = ['ext4', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
+export const DISK_MODULES = ['ext4', 'crc32c_generic', 'crc32c_intel', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
 export const BASE_MODULES = ['af_packet', 'squashfs', 'overlay', 'loop', 'nbd', ...DISK_MODULES];
 
 /**
@@ -199,8 +199,8 @@ export async function buildInitrd(sources: InitrdSources): Promise<InitrdBuild> 
       unreadable.set(ref.name, new Error(`module ${ref.name} listed in ${index.dir}/modules.dep but unreadable (${ref.path}): ${err.message}`));
       return null;
     });
-  const rawModules = new Map<string, Buffer | null>();
-  for (const [i, raw] of (await mapLimit(index.closure(wanted), 4, readModule)).entries()) rawModules.set(index.closure(wanted)[i]!.name, raw);
+  const everything = index.closure(wanted);
+  const rawModules = new Map((await mapLimit(everything, 4, readModule)).map((raw, i) => [everything[i]!.name, raw] as const));
   const complete = (name: string) => index.closure([name]).every((ref) => !unreadable.has(ref.name));
   const dropped = wanted.filter((name) => optional.has(name) && !complete(name));
   const kept = wanted.filter((name) => !dropped.includes(name));

@@ -400,20 +400,28 @@ http {
     }
   }, 600_000);
 
-  it('moves machines to a new image build on their next boot while the old id stays served', async () => {
+  it('moves machines to a new image build on their next boot while the old id stays served; a machine with a disk caches each id there', async () => {
     const tag = 'netboot-e2e/updating:latest';
     await dockerd.cli(['tag', busyboxRef, tag]);
     const { lab } = await startLab({
       name: 'update',
       subnet: 205,
-      images: { updating: { source: `docker:${tag}`, cmdline: 'console=ttyS0' } },
+      images: { updating: { source: `docker:${tag}`, cmdline: 'console=ttyS0', disk: { cache: true } } },
       defaults: { image: 'updating', unknown: 'deny' },
-      machines: { '52:54:00:e2:00:41': { hostname: 'upd' } },
+      machines: { '52:54:00:e2:00:41': { hostname: 'upd', disk: { init: true } } },
     });
+    // The config's disk: policy reaches /init through the script (disk details: test/initramfs/disk.test.ts).
+    const diskDir = await mkdtemp(join(tmpdir(), 'netboot-e2e-disk-'));
+    const disk = join(diskDir, 'upd.img');
+    await writeFile(disk, '');
+    await run('truncate', ['-s', '1G', disk]);
+    const diskPhases = async () =>
+      (await machine(lab, '52:54:00:e2:00:41')).lastBoot!.phases.filter((p) => p.phase === 'disk').map((p) => p.detail ?? '');
     try {
-      const before = await bootAndWait(lab, 'upd-1', '52:54:00:e2:00:41');
+      const before = await bootAndWait(lab, 'upd-1', '52:54:00:e2:00:41', { disks: [disk] });
       expect(before.marker.extra).toBe('');
       const oldId = before.marker.image;
+      expect(await diskPhases()).toEqual([expect.stringMatching(/^prepared: \/dev\/vda/), expect.stringMatching(new RegExp(`^cache_miss: ${oldId}, \\d+ bytes downloaded`))]);
 
       const context = await mkdtemp(join(tmpdir(), 'netboot-e2e-v2-'));
       await writeFile(join(context, 'Dockerfile'), `FROM ${busyboxRef}\nRUN ["/bin/busybox", "sh", "-c", "echo v2 > /etc/netboot-e2e-extra"]\n`);
@@ -436,10 +444,12 @@ http {
       const head = await lab.segment.exec('curl', ['-sf', '-o', '/dev/null', '-w', '%{http_code}', `${lab.baseUrl}/images/${oldId}/rootfs.squashfs`]);
       expect(head.stdout).toBe('200');
 
-      const after = await bootAndWait(lab, 'upd-2', '52:54:00:e2:00:41');
+      const after = await bootAndWait(lab, 'upd-2', '52:54:00:e2:00:41', { disks: [disk] });
       expect(after.marker).toMatchObject({ extra: 'v2', image: newId });
+      expect(await diskPhases()).toEqual([expect.stringMatching(new RegExp(`^cache_miss: ${newId}, \\d+ bytes downloaded`))]);
     } finally {
       await closeLab(lab);
+      await rm(diskDir, { recursive: true, force: true });
     }
   }, 1_200_000);
 

@@ -43,6 +43,21 @@ describe('boot events API', () => {
     expect(all.map((m: { mac: string; state: string }) => [m.mac, m.state])).toEqual([[MAC, 'up']]);
   });
 
+  it('disk events from /init land on the timeline with their bytes and are counted in /metrics', async () => {
+    h = await harness(withReadToken());
+    addImage(h.store, 'demo');
+    const auth = tokenFrom((await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`)).body);
+    const hit = { phase: 'disk', t: 4.2, detail: 'cache_hit: 0123456789abcdef, 5000 bytes read from disk instead of the network', bytes: 5000 };
+    expect((await post(`/api/machines/${MAC_HYP}/events`, hit, auth)).statusCode).toBe(202);
+    expect((await post(`/api/machines/${MAC_HYP}/events`, { phase: 'disk', t: 4.3, detail: 'keep: /home' }, auth)).statusCode).toBe(202);
+    const phases = (await get(`/api/machines/${MAC_HYP}`)).json().lastBoot.phases.filter((p: { phase: string }) => p.phase === 'disk');
+    expect(phases).toEqual([expect.objectContaining({ source: 'init', detail: hit.detail, bytes: 5000 }), expect.objectContaining({ detail: 'keep: /home' })]);
+    const metrics = (await h.app.inject('/metrics')).body;
+    expect(metrics).toMatch(/^netboot_disk_events_total\{outcome="cache_hit"\} 1$/m);
+    expect(metrics).toMatch(/^netboot_disk_events_total\{outcome="keep"\} 1$/m);
+    expect(metrics).toMatch(/^netboot_disk_cache_saved_bytes_total 5000$/m);
+  });
+
   it('unseen machines are "never"; unknown-and-unseen MACs are 404', async () => {
     h = await harness(withReadToken({ machines: '  52:54:00:00:00:02:\n    hostname: idle' }));
     const all = (await get('/api/machines')).json().machines;

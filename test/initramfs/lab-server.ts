@@ -3,7 +3,8 @@
  *   node --import tsx lab-server.ts <host> <port> <routes.json>
  * routes.json: { "/url/path": { "file": "/abs/path", "truncate"?: bytes } }. Serves GET/HEAD
  * with Range (for resumed downloads); 404 for anything else. Each POST to
- * /api/machines/<mac>/events is printed to stdout as `EVENT <mac> <json body>`.
+ * /api/machines/<mac>/events is printed to stdout as `EVENT <mac> <json body>`; each answered GET as
+ * `SERVED <path> <body bytes sent>` once its response ends.
  */
 import { createReadStream, readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
@@ -43,6 +44,10 @@ const server = createServer((req, res) => {
     res.end();
     return;
   }
-  createReadStream(route.file, { start, end: size - 1 }).pipe(res);
+  let sent = 0;
+  const body = createReadStream(route.file, { start, end: size - 1 });
+  body.on('data', (chunk) => (sent += chunk.length));
+  res.on('close', () => process.stdout.write(`SERVED ${url.pathname} ${sent}\n`));
+  body.pipe(res);
 });
 server.listen(Number(port), host, () => process.stdout.write(`LISTENING ${host}:${port}\n`));

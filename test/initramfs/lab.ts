@@ -20,6 +20,8 @@ export interface BootLab {
   segment: Segment;
   serverUrl: string;
   events: LabEvent[];
+  /** Every GET the server answered, with the body bytes it sent (counted by the server). */
+  served: Served[];
   boot(options: VmOptions): Promise<VmResult>;
   destroy(): Promise<void>;
 }
@@ -36,6 +38,13 @@ export interface VmOptions {
   /** Typed on the serial console, each once, when its `when` first appears in the output. */
   type?: { when: RegExp; text: string }[];
   timeoutMs?: number;
+  /** Raw disk image files, attached as virtio disks (/dev/vda, /dev/vdb ...). */
+  disks?: string[];
+}
+
+export interface Served {
+  path: string;
+  bytes: number;
 }
 
 export interface VmResult {
@@ -50,6 +59,7 @@ export async function createBootLab(routes: Record<string, { file: string; trunc
   const segment = await createSegment();
   const work = await mkdtemp(join(tmpdir(), 'netboot-initramfs-lab-'));
   const events: LabEvent[] = [];
+  const served: Served[] = [];
   const children: ChildProcess[] = [];
   let taps = 0;
   try {
@@ -88,6 +98,8 @@ export async function createBootLab(routes: Record<string, { file: string; trunc
             clearTimeout(timer);
             resolve();
           }
+          const sent = /^SERVED (\S+) (\d+)$/.exec(line);
+          if (sent) served.push({ path: sent[1]!, bytes: Number(sent[2]) });
           const match = /^EVENT (\S+) (.*)$/.exec(line);
           if (match) {
             const body = JSON.parse(match[2]!) as Omit<LabEvent, 'mac'>;
@@ -107,6 +119,7 @@ export async function createBootLab(routes: Record<string, { file: string; trunc
     segment,
     serverUrl: `http://${segment.serverIp}:${PORT}`,
     events,
+    served,
     async boot(options) {
       const tap = await segment.addTap(`tap${taps++}`);
       const args = [
@@ -118,6 +131,7 @@ export async function createBootLab(routes: Record<string, { file: string; trunc
         '-append', options.append,
         '-netdev', `tap,id=n0,ifname=${tap},script=no,downscript=no`,
         '-device', `${options.nic},netdev=n0,mac=${options.mac},romfile=`,
+        ...(options.disks ?? []).flatMap((file) => ['-drive', `file=${file},format=raw,if=virtio`]),
       ];
       const qemu = segment.spawn('qemu-system-x86_64', args, { stdio: ['pipe', 'pipe', 'pipe'] });
       let output = '';

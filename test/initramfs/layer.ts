@@ -9,9 +9,9 @@ echo "NETBOOT-TEST-UP hostname=$(cat /etc/hostname) secret=$(stat -c %u:%g:%a /h
 
 /**
  * A per-machine top layer as the HTTP engineer's server builds it: an uncompressed tar with
- * numeric owners. Holds /etc/hostname, the test init, and a file owned by 1000:1000 mode 0600.
+ * numeric owners. Holds /etc/hostname, the test init (`init`, default TEST_INIT), and a file owned by 1000:1000 mode 0600.
  */
-export async function testLayerTar(hostname: string): Promise<Buffer> {
+export async function testLayerTar(hostname: string, init = TEST_INIT): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
   pack.on('data', (chunk: unknown) => {
@@ -25,7 +25,7 @@ export async function testLayerTar(hostname: string): Promise<Buffer> {
     new Promise<void>((resolve, reject) => pack.entry({ uid: 0, gid: 0, mtime: new Date(0), ...header }, body, (err) => (err ? reject(err) : resolve())));
   await entry({ name: 'etc/', type: 'directory', mode: 0o755 });
   await entry({ name: 'etc/hostname', mode: 0o644 }, `${hostname}\n`);
-  await entry({ name: 'etc/netboot-test-init', mode: 0o755 }, TEST_INIT);
+  await entry({ name: 'etc/netboot-test-init', mode: 0o755 }, init);
   await entry({ name: 'home/', type: 'directory', mode: 0o755 });
   await entry({ name: 'home/alice/', type: 'directory', mode: 0o700, uid: 1000, gid: 1000 });
   await entry({ name: 'home/alice/secret', mode: 0o600, uid: 1000, gid: 1000 }, 'hunter2\n');

@@ -38,6 +38,18 @@ describe('module index on a real Debian kernel', () => {
     expect(index.has('no_such_driver')).toBeNull();
   });
 
+  it('ships the disk modules (ext4 with its crc32c, virtio_blk, nvme) and skips those whose files the image left out', async () => {
+    // The fixture dropped kernel/drivers/scsi: sd_mod, ahci, ata_piix and virtio_scsi cannot load, the image still builds.
+    const read = (path: string) => readSquashfsFile(fixture.squashfs, path);
+    const build = await buildInitrd({ readImageFile: read, kernelVersion: fixture.kernelVersion, compression: 'gzip' });
+    expect(build.modules).toEqual(expect.arrayContaining(['ext4', 'jbd2', 'mbcache', 'crc16', 'crc32c_generic', 'virtio_blk', 'nvme']));
+    expect(build.unavailable).toEqual(expect.arrayContaining(['sd_mod', 'ahci', 'ata_piix', 'virtio_scsi']));
+    expect(build.modules).not.toContain('scsi_mod');
+    // A module /init cannot do without is still fatal when its file is missing.
+    const withoutSquashfs = (path: string) => (path.endsWith('/squashfs.ko') || path.endsWith('/squashfs.ko.xz') ? Promise.reject(new Error('gone')) : read(path));
+    await expect(buildInitrd({ readImageFile: withoutSquashfs, kernelVersion: fixture.kernelVersion, compression: 'gzip' })).rejects.toThrow(/module squashfs listed in .*modules\.dep but unreadable/);
+  }, 300_000);
+
   it('orders virtio_net after its dependencies, failover before net_failover', () => {
     const names = index.closure(['virtio_net']).map((ref) => ref.name);
     expect(names.at(-1)).toBe('virtio_net');

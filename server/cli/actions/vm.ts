@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,12 +18,19 @@ export async function runVm(options: VmCliOptions): Promise<void> {
     process.stderr.write('give exactly one of --server URL or --lab\n');
     process.exit(EXIT.usage);
   }
+  for (const disk of options.disk ?? []) {
+    if (!existsSync(disk)) {
+      process.stderr.write(`--disk ${disk}: no such file (create an empty one with: truncate -s 8G ${disk})\n`);
+      process.exit(EXIT.usage);
+    }
+  }
   const logDir = await mkdtemp(join(tmpdir(), 'netboot-vm-'));
   const vmOptions = {
     name: `vm-${mac.replace(/:/g, '').slice(-6)}`,
     mac,
     nic: options.nic,
     memoryMiB: options.memory,
+    disks: options.disk,
     firmware: options.firmware ?? (options.uefi ? ('uefi' as const) : ('bios' as const)),
     logDir,
     echo: process.stdout,

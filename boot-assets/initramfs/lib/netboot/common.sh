@@ -63,12 +63,13 @@ json_string() {
 	printf '%s' "$1" | tr -d '\000-\037' | sed 's/\\/\\\\/g; s/"/\\"/g'
 }
 
-# Queues an event; the pump posts queued events in order once the network is up.
+# Queues an event (phase, detail, optional byte count); the pump posts queued events in order once the network is up.
 event() {
-	local phase=$1 detail=$2
+	local phase=$1 detail=$2 bytes=
 	[ -d "$EVENTS_DIR" ] || return 0
+	case "$3" in '' | *[!0-9]*) ;; *) bytes=",\"bytes\":$3" ;; esac
 	EVENT_SEQ=$((EVENT_SEQ + 1))
-	printf '{"phase":"%s","t":%s,"detail":"%s"}' "$phase" "$(uptime_s)" "$(json_string "$(redact_sig "$detail")")" \
+	printf '{"phase":"%s","t":%s,"detail":"%s"%s}' "$phase" "$(uptime_s)" "$(json_string "$(redact_sig "$detail")")" "$bytes" \
 		>"$EVENTS_DIR/.tmp"
 	mv "$EVENTS_DIR/.tmp" "$EVENTS_DIR/$(printf '%04d' "$EVENT_SEQ").json"
 }
