@@ -89,15 +89,12 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
           // Held open until a slot is ours (or the hold runs out: then the 503 below).
           decision = await rootStreams.hold(who, (cancel) => reply.raw.once('close', cancel));
           syncMetrics();
-          if (decision.kind === 'gone') {
-            reply.raw.destroy();
-            return reply;
-          }
+          if (decision.kind === 'gone') return hangUp(reply);
         }
         if (decision.kind !== 'admit') return tellToWait(request, reply, decision);
         if (reply.raw.destroyed) {
           release(decision.ticket, false);
-          return reply;
+          return hangUp(reply);
         }
         ticket = decision.ticket;
         if (decision.waited) ctx.metrics.rootStreamWaited(decision.waited.ms);
@@ -169,6 +166,12 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       .type('text/plain; charset=utf-8')
       .send(waitBody(decision, ctx.getConfig().server.admission.maxRootStreams));
   }
+}
+
+/** The client went away while it waited: nothing to send. */
+function hangUp(reply: FastifyReply): void {
+  reply.hijack();
+  reply.raw.destroy();
 }
 
 function notFound(reply: FastifyReply) {

@@ -21,7 +21,7 @@ function countingFile(content: Buffer, version?: string): TftpFile & { reads: nu
 }
 
 const content = Buffer.from(Array.from({ length: 300_000 }, (_, i) => i % 251));
-const block = (n: number, blksize = 1024) => ({ wire: n & 0xffff, offset: (n - 1) * blksize, length: Math.min(blksize, content.length - (n - 1) * blksize) });
+const block = (n: number, blksize = 1024) => ({ index: n, wire: n & 0xffff, offset: (n - 1) * blksize, length: Math.min(blksize, content.length - (n - 1) * blksize) });
 
 describe('TFTP chunks shared by transfers of one file version', () => {
   const dir = mkdtempSync(join(tmpdir(), 'st-chunks-'));
