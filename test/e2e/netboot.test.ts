@@ -250,11 +250,11 @@ describe('netboot end to end (QEMU, TCG)', () => {
     });
     const attacker = await addClientNamespace(lab.segment, { mac: '52:54:00:e2:00:66', address: '10.77.202.66' });
     try {
-      // While the machine boots, a host beside it keeps asking for its script (grants), its timeline, and posts events for it.
+      // While the machine boots, a host beside it keeps asking for its script (grants), its layer, its timeline, and posts events for it.
       const statuses = join(logRoot, 'proxy', 'attacker-statuses.txt');
       const victim = `${lab.baseUrl}/machines/52-54-00-e2-00-11`;
       const curl = `curl -s -m 5 -o /dev/null -w '%{http_code}\\n'`;
-      attacker.spawn('sh', ['-c', `while true; do ${curl} ${victim}/boot.ipxe; ${curl} ${lab.baseUrl}/api/machines; ` +
+      attacker.spawn('sh', ['-c', `while true; do ${curl} ${victim}/boot.ipxe; ${curl} '${victim}/layer?boot=0&image=x&exp=9999999999&sig=00'; ${curl} ${lab.baseUrl}/api/machines; ` +
         `${curl} -H 'Content-Type: application/json' -d '{"phase":"failed","t":1,"detail":"forged"}' ${lab.baseUrl}/api/machines/52-54-00-e2-00-11/events; sleep 0.3; done >> ${statuses}`]);
       const first = await bootAndWait(lab, 'proxied', '52:54:00:e2:00:11');
       expect(first.marker.hostname).toBe('proxied');
@@ -270,6 +270,7 @@ describe('netboot end to end (QEMU, TCG)', () => {
       expect(new Set(seen)).toEqual(new Set(['403', '401']));
       const security = (await lab.api<{ security: { kind: string }[] }>('/api/machines/52-54-00-e2-00-11')).security.map((s) => s.kind);
       expect(security).toContain('identity-script');
+      expect(security).toContain('identity-layer');
       expect(security).toContain('event-token');
 
       // Adding a machine is one line in the config file; no restart.
