@@ -162,7 +162,7 @@ export class Vm {
           finish(() => reject(new VmError(`${this.options.name} exited before printing ${pattern}`, this)));
         }
       };
-      const timer = setTimeout(() => finish(() => reject(new VmError(`${this.options.name}: no ${pattern} within ${timeoutMs / 1000} s`, this))), timeoutMs);
+      const timer = setTimeout(() => finish(() => reject(new VmError(`${this.options.name}: no ${pattern} within ${timeoutMs / 1000} s`, this, 'timeout'))), timeoutMs);
       const finish = (settle: () => void) => {
         clearTimeout(timer);
         this.#waiters.delete(check);
@@ -186,9 +186,12 @@ export class Vm {
 }
 
 export class VmError extends Error {
-  constructor(message: string, vm: Vm) {
+  /** `timeout`: the VM was still running when the wait ended (`netboot vm` exits 5 for it). */
+  readonly kind: 'timeout' | 'exited';
+  constructor(message: string, vm: Vm, kind: 'timeout' | 'exited' = 'exited') {
     super(`${message}\n--- last console lines (full log: ${vm.logPath}) ---\n${vm.tail()}`);
     this.name = 'VmError';
+    this.kind = kind;
   }
 }
 

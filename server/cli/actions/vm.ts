@@ -58,14 +58,14 @@ export async function runVm(options: VmCliOptions): Promise<void> {
       process.stderr.write(`\nnetboot vm: saw "${options.expect}"\n`);
     } else {
       const exited = await Promise.race([vm.exited.then(() => true), sleep(options.timeout * 1000).then(() => false)]);
-      if (!exited) throw new VmError(`${vmOptions.name}: still running after ${options.timeout} s`, vm);
+      if (!exited) throw new VmError(`${vmOptions.name}: still running after ${options.timeout} s`, vm, 'timeout');
     }
     await cleanup();
     process.exit(EXIT.ok);
   } catch (err) {
     process.stderr.write(`\nnetboot vm: ${(err as Error).message}\n`);
     await cleanup();
-    process.exit(err instanceof VmError && /within|still running/.test(err.message) ? EXIT.timeout : EXIT.failure);
+    process.exit(err instanceof VmError && err.kind === 'timeout' ? EXIT.timeout : EXIT.failure);
   }
 }
 
