@@ -8,14 +8,6 @@ import { DHCP_SERVER_PORT, PXE_PORT, respond, type DhcpExchange } from './respon
 
 export type { DhcpExchange } from './responder.ts';
 
-/**
- * Receive buffer asked for each socket (the kernel caps it at net.core.rmem_max). A fleet
- * powering on sends its DISCOVERs within milliseconds while the event loop may be busy for a
- * moment; with the default (about 200 KiB, some 100 packets) the rest were dropped and the
- * firmware only tried again 4, 8, 16 s later.
- */
-export const RECEIVE_BUFFER_BYTES = 4 << 20;
-
 const ROUTINE = new Set(['not-a-pxe-client', 'not-a-boot-client', 'for-address-server', 'other-server', 'no-record']);
 
 export interface DhcpServerOptions {
@@ -79,7 +71,7 @@ export class DhcpServer {
   }
 
   async #bind(address: string, port: number): Promise<number> {
-    const socket = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: RECEIVE_BUFFER_BYTES });
+    const socket = createSocket({ type: 'udp4', reuseAddr: true });
     this.#sockets.push(socket);
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);

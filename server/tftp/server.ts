@@ -48,8 +48,6 @@ export interface TftpServerOptions {
 }
 
 const READ_CHUNK = 256 * 1024;
-/** Receive buffer asked for the port-69 socket (see the DHCP server's). */
-export const RECEIVE_BUFFER_BYTES = 4 << 20;
 /** Files up to this size are kept whole while transfers of them run, shared by those transfers. */
 export const SHARED_FILE_MAX_BYTES = 8 << 20;
 
@@ -430,8 +428,7 @@ export class TftpServer {
   /** Binds the request socket; resolves with the bound address (port 0 -> the chosen one). */
   async start(): Promise<{ address: string; port: number }> {
     if (this.socket) throw new Error('tftp server already started');
-    // A storm's RRQs arrive at once: room for them while the event loop is busy (capped at net.core.rmem_max).
-    const socket = createSocket({ type: isIPv6(this.options.host) ? 'udp6' : 'udp4', recvBufferSize: RECEIVE_BUFFER_BYTES });
+    const socket = createSocket({ type: isIPv6(this.options.host) ? 'udp6' : 'udp4' });
     await bindSocket(socket, this.options.host, this.options.port);
     socket.on('error', (err) => this.log.error({ err }, 'tftp request socket error'));
     socket.on('message', (msg, rinfo) => {
