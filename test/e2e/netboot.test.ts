@@ -348,7 +348,7 @@ http {
     }
   }, 600_000);
 
-  it('six machines boot at once with one root stream allowed: each waits its turn (503 + Retry-After), none fails, all reach userspace', async () => {
+  it('six machines boot at once with one root stream allowed: each waits its turn (held open, or 503 + Retry-After), none fails, all reach userspace', async () => {
     const macs = [1, 2, 3, 4, 5, 6].map((i) => `52:54:00:e2:00:9${i}`);
     const { lab } = await startLab({
       name: 'storm',
@@ -372,7 +372,10 @@ http {
 
       const markers = await Promise.all(vms.map(async (vm) => parseMarker(await vm.waitFor(MARKER, BOOT_TIMEOUT))));
       expect(markers.map((m) => m.hostname)).toEqual(macs.map((_, i) => `storm${i + 1}`));
-      for (const vm of vms) expect(vm.console).toMatch(/netboot: rootfs: server busy \(.*\), waiting \d+\.\d s/);
+      // A waiting request is held open for up to maxRetryAfterSeconds and answered as soon as a slot frees; past that
+      // it gets 503 + Retry-After (the console says `server busy`). Which of the two each machine saw depends on timing,
+      // so the timeline's queue wait below is what is checked; neither may fail the boot.
+      for (const vm of vms) expect(vm.console).not.toMatch(/netboot: FAILED/);
       for (const mac of macs) {
         const summary = await waitForPhase(lab, mac, 'switch_root');
         const queued = summary.lastBoot!.phases.filter((p) => p.phase === 'queued');
