@@ -178,7 +178,7 @@ export const serverSchema = z.strictObject({
       maxQueued: z.number().int().min(1).max(65536).default(1024),
       /** Places one IP address may hold (one per MAC it names). */
       maxQueuedPerAddress: z.number().int().min(1).max(1024).default(4),
-      /** Longest Retry-After handed out, seconds. */
+      /** How long a waiting request is held open for a slot, and the longest Retry-After handed out, seconds. */
       maxRetryAfterSeconds: z.number().int().min(1).max(600).default(30),
       /**
        * A root stream still running after this long (or 4 times the mean stream time, if longer)
