@@ -11,7 +11,14 @@
  * boot.ipxe URL it fetches; the VM is stopped there. Also counted: the solicitations netboot
  * answered (server log).
  *
- *   node --import tsx bench/ipv6-wait.ts              (root; BENCH_ROUNDS=1, BENCH_PATHS=rom12,rom13,pxe12,pxe13)
+ * With `--until userspace`, each VM boots on to userspace instead: the e2e suite's busybox image (kernel, our
+ * initramfs, `root: ram`; its init prints NETBOOT-E2E-UP and powers off), built once with a private dockerd
+ * into the e2e artifact cache; the boot.ipxe time is kept as a column. Paths http12/http13 (OVMF HTTP Boot ->
+ * snponly.efi over HTTP) are added for this mode.
+ *
+ *   node --import tsx bench/ipv6-wait.ts [--until userspace]
+ *     (root; BENCH_ROUNDS=1, BENCH_PATHS=rom12,rom13,pxe12,pxe13[,http12,http13], BENCH_RA=none,daemon,netboot,
+ *      or BENCH_CASES=rom12/none,pxe13/netboot,... for an explicit list, run in that order each round)
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -20,8 +27,16 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { stringify } from 'yaml';
+import { buildImage } from '../server/app/images.ts';
+import { parseConfig } from '../server/config/load.ts';
+import { ImageCache } from '../server/images/cache.ts';
 import { BUNDLED_IPXE_DIR, HOST_IPXE_DIR } from '../server/ipxe-binaries.ts';
 import { Lab } from '../server/lab/lab.ts';
+import { silentLogger } from '../server/log.ts';
+import { FIXTURE_DIR } from '../test/fixtures/cache.ts';
+import { busyboxImage } from '../test/fixtures/images/e2e.ts';
+import { startDockerd, type Dockerd } from '../test/lab/dockerd.ts';
 
 const run = promisify(execFile);
 const SERVER = '10.88.51.1';
@@ -33,7 +48,7 @@ type RaMode = 'none' | 'daemon' | 'netboot';
 interface Path {
   id: string;
   label: string;
-  firmware: 'bios' | 'uefi-pxe';
+  firmware: 'bios' | 'uefi-pxe' | 'uefi-http';
   nic: 'virtio' | 'e1000';
   nicRom?: () => Promise<string>;
   ipxeDir?: string;
@@ -61,7 +76,26 @@ const PATHS: Path[] = [
   { id: 'rom13', label: 'iPXE ROM (e1000), Debian 13 (2025)', firmware: 'bios', nic: 'e1000', nicRom: debian13Rom },
   { id: 'pxe12', label: 'OVMF PXE -> snponly.efi (virtio), Debian 12', firmware: 'uefi-pxe', nic: 'virtio', ipxeDir: HOST_IPXE_DIR },
   { id: 'pxe13', label: 'OVMF PXE -> snponly.efi (virtio), Debian 13', firmware: 'uefi-pxe', nic: 'virtio', ipxeDir: BUNDLED_IPXE_DIR },
+  { id: 'http12', label: 'OVMF HTTP Boot -> snponly.efi (virtio), Debian 12', firmware: 'uefi-http', nic: 'virtio', ipxeDir: HOST_IPXE_DIR },
+  { id: 'http13', label: 'OVMF HTTP Boot -> snponly.efi (virtio), Debian 13', firmware: 'uefi-http', nic: 'virtio', ipxeDir: BUNDLED_IPXE_DIR },
 ];
+
+/** --until userspace: the image every VM boots, and the engine the server checks it against. */
+interface Userspace {
+  ref: string;
+  dockerHost: string;
+}
+const E2E_CACHE = join(FIXTURE_DIR, 'e2e-cache');
+const USERSPACE_UP = /NETBOOT-E2E-UP /;
+const imageEntry = (ref: string) => ({ source: `docker:${ref}`, cmdline: 'console=ttyS0', root: 'ram' });
+
+/** Builds the busybox image into the e2e cache (or finds it there), so every lab's server starts ready. */
+async function prepareUserspace(dockerd: Dockerd): Promise<Userspace> {
+  const ref = await busyboxImage(dockerd);
+  const parsed = parseConfig(stringify({ images: { bb: imageEntry(ref) } }), '/virtual/netboot.yaml');
+  await buildImage(new ImageCache({ cacheDir: E2E_CACHE, log: silentLogger }), parsed.images.get('bb')!, silentLogger, { docker: dockerd.docker });
+  return { ref, dockerHost: dockerd.host };
+}
 
 interface Sample {
   /** QEMU start -> iPXE prints the boot.ipxe URL. */
@@ -72,79 +106,118 @@ interface Sample {
    */
   configure: number;
   answered: number;
+  /** --until userspace: QEMU start -> the image's NETBOOT-E2E-UP line. */
+  userspace?: number;
 }
 
-async function boot(path: Path, ra: RaMode, dir: string): Promise<Sample> {
+async function boot(path: Path, ra: RaMode, dir: string, userspace: Userspace | null): Promise<Sample> {
   const caseDir = await mkdtemp(join(dir, `${path.id}-${ra}-`));
   const configFile = join(caseDir, 'netboot.yaml');
   await writeFile(
     configFile,
-    [
-      'server:',
-      `  address: ${SERVER}`,
-      '  httpPort: 8080',
-      '  dhcp: { mode: proxy }',
-      `  ipv6RouterAdvert: ${ra === 'netboot' ? 'auto' : 'off'}`,
-      ...(path.ipxeDir ? [`  ipxeDir: ${path.ipxeDir}`] : []),
-      '  stateDir: ./state',
-      '  cacheDir: ./cache',
-      'images:',
-      // Never built (no such archive): the bench stops at iPXE's script fetch.
-      '  none: { source: "oci-archive:/nonexistent/ipx-bench.tar" }',
-      'machines:',
-      `  ${MAC}: {}`,
-      '',
-    ].join('\n'),
+    stringify({
+      server: {
+        address: SERVER,
+        httpPort: 8080,
+        dhcp: { mode: 'proxy' },
+        ipv6RouterAdvert: ra === 'netboot' ? 'auto' : 'off',
+        ...(path.ipxeDir ? { ipxeDir: path.ipxeDir } : {}),
+        stateDir: './state',
+        cacheDir: userspace ? E2E_CACHE : './cache',
+        ...(userspace ? { rebootDelay: 0, imageCheckSeconds: 3600 } : {}),
+      },
+      // Without --until userspace the image is never built (no such archive): the bench stops at iPXE's script fetch.
+      images: { bb: userspace ? imageEntry(userspace.ref) : { source: 'oci-archive:/nonexistent/ipx-bench.tar' } },
+      machines: { [MAC]: { image: 'bb' } },
+    }),
   );
-  const lab = await Lab.start({ configFile, logDir: caseDir, routerAdvertisements: ra === 'daemon' });
+  const lab = await Lab.start({ configFile, logDir: caseDir, routerAdvertisements: ra === 'daemon', ...(userspace ? { env: { DOCKER_HOST: userspace.dockerHost } } : {}) });
   try {
     const nicRom = path.nicRom ? await path.nicRom() : undefined;
     const started = Date.now();
-    const vm = await lab.bootVm({ name: `ipx-${path.id}`, mac: MAC, firmware: path.firmware, nic: path.nic, memoryMiB: 256, ...(nicRom ? { nicRom } : {}) });
+    const vm = await lab.bootVm({ name: `ipx-${path.id}`, mac: MAC, firmware: path.firmware, nic: path.nic, memoryMiB: userspace ? 512 : 256, ...(nicRom ? { nicRom } : {}) });
     await vm.waitFor(/iPXE \d+\.\d+/, 300_000);
     const configuring = Date.now();
     await vm.waitFor(/boot\.ipxe/, 300_000);
     const seconds = (Date.now() - started) / 1000;
     const configure = (Date.now() - configuring) / 1000;
+    if (userspace) await vm.waitFor(USERSPACE_UP, 600_000);
+    const up = (Date.now() - started) / 1000;
     const log = await readFile(lab.serverLog, 'utf8');
-    return { seconds, configure, answered: log.split('answered a router solicitation').length - 1 };
+    return { seconds, configure, answered: log.split('answered a router solicitation').length - 1, ...(userspace ? { userspace: up } : {}) };
   } finally {
     await lab.close();
   }
 }
 
 async function main(): Promise<void> {
+  const untilArg = process.argv.indexOf('--until');
+  const until = untilArg > 0 ? process.argv[untilArg + 1] : 'script';
+  if (until !== 'script' && until !== 'userspace') throw new Error(`--until script|userspace, not ${until}`);
   const rounds = Number(process.env.BENCH_ROUNDS ?? 1);
-  const wanted = (process.env.BENCH_PATHS ?? PATHS.map((p) => p.id).join(',')).split(',');
+  const defaultPaths = PATHS.filter((p) => until === 'userspace' || !p.id.startsWith('http')).map((p) => p.id);
+  const wanted = (process.env.BENCH_PATHS ?? defaultPaths.join(',')).split(',');
+  const raModes = (process.env.BENCH_RA ?? 'none,daemon,netboot').split(',') as RaMode[];
+  const cases = (process.env.BENCH_CASES?.split(',') ?? PATHS.filter((p) => wanted.includes(p.id)).flatMap((p) => raModes.map((ra) => `${p.id}/${ra}`))).map((key) => {
+    const [id, ra] = key.split('/') as [string, RaMode];
+    const path = PATHS.find((p) => p.id === id);
+    if (!path || !['none', 'daemon', 'netboot'].includes(ra)) throw new Error(`unknown case ${key} (path/none|daemon|netboot)`);
+    return { key, path, ra };
+  });
   const dir = await mkdtemp(join(tmpdir(), 'ipx-ipv6-wait-'));
   const results = new Map<string, Sample[]>();
+  let dockerd: Dockerd | null = null;
   try {
+    if (until === 'userspace') dockerd = await startDockerd();
+    const userspace = dockerd ? await prepareUserspace(dockerd) : null;
     for (let round = 0; round < rounds; round++) {
-      for (const path of PATHS.filter((p) => wanted.includes(p.id))) {
-        for (const ra of ['none', 'daemon', 'netboot'] as const) {
-          const sample = await boot(path, ra, dir);
-          const key = `${path.id}/${ra}`;
-          results.set(key, [...(results.get(key) ?? []), sample]);
-          process.stderr.write(`${key}: ${sample.seconds.toFixed(1)} s to the script fetch (iPXE banner to script ${sample.configure.toFixed(1)} s), ${sample.answered} RS answered\n`);
-        }
+      for (const { key, path, ra } of cases) {
+        const sample = await boot(path, ra, dir, userspace);
+        results.set(key, [...(results.get(key) ?? []), sample]);
+        const up = sample.userspace === undefined ? '' : `, ${sample.userspace.toFixed(1)} s to userspace`;
+        process.stderr.write(`${key}: ${sample.seconds.toFixed(1)} s to the script fetch (iPXE banner to script ${sample.configure.toFixed(1)} s)${up}, ${sample.answered} RS answered\n`);
       }
     }
   } finally {
+    await dockerd?.stop().catch(() => undefined);
     if (!process.env.BENCH_KEEP) await rm(dir, { recursive: true, force: true });
   }
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
-  const table = (title: string, pick: (x: Sample) => number) => {
+  const paths = PATHS.filter((p) => cases.some((c) => c.path === p));
+  const value = (id: string, ra: RaMode, pick: (x: Sample) => number | undefined) => {
+    const xs = (results.get(`${id}/${ra}`) ?? []).map(pick).filter((x): x is number => x !== undefined);
+    return xs.length ? median(xs) : null;
+  };
+  const cell = (x: number | null) => (x === null ? '-' : x.toFixed(1));
+  const ratio = (a: number | null, b: number | null) => (a === null || b === null ? '-' : `${(a / b).toFixed(2)}x`);
+  const table = (title: string, pick: (x: Sample) => number | undefined) => {
     console.log(`\n${title}, seconds (median of ${rounds}; TCG, shared host)\n`);
     console.log('| path | no RA | RA daemon | no RA, netboot answers RS | no RA / daemon | netboot / daemon |');
     console.log('| --- | --- | --- | --- | --- | --- |');
-    for (const path of PATHS.filter((p) => wanted.includes(p.id))) {
-      const s = (ra: RaMode) => median(results.get(`${path.id}/${ra}`)!.map(pick));
-      const answered = results.get(`${path.id}/netboot`)!.map((x) => x.answered).join('/');
-      console.log(`| ${path.label} | ${s('none').toFixed(1)} | ${s('daemon').toFixed(1)} | ${s('netboot').toFixed(1)} (${answered} RS answered) | ${(s('none') / s('daemon')).toFixed(2)}x | ${(s('netboot') / s('daemon')).toFixed(2)}x |`);
+    for (const path of paths) {
+      const s = (ra: RaMode) => value(path.id, ra, pick);
+      const answered = (results.get(`${path.id}/netboot`) ?? []).map((x) => x.answered).join('/');
+      console.log(`| ${path.label} | ${cell(s('none'))} | ${cell(s('daemon'))} | ${cell(s('netboot'))}${answered ? ` (${answered} RS answered)` : ''} | ${ratio(s('none'), s('daemon'))} | ${ratio(s('netboot'), s('daemon'))} |`);
     }
   };
+  if (until === 'userspace') table('QEMU start -> userspace (NETBOOT-E2E-UP, busybox image)', (x) => x.userspace);
   table('QEMU start -> iPXE fetches boot.ipxe', (x) => x.seconds);
   table("iPXE's banner -> boot.ipxe (iPXE's own DHCP + IPv6 configuration)", (x) => x.configure);
+  // Debian 13's iPXE against Debian 12's, path by path, for each RA mode both were run with.
+  const pairs = [['rom12', 'rom13'], ['pxe12', 'pxe13'], ['http12', 'http13']].filter(([a, b]) => paths.some((p) => p.id === a) && paths.some((p) => p.id === b));
+  if (pairs.length) {
+    const pick = until === 'userspace' ? (x: Sample) => x.userspace : (x: Sample) => x.seconds;
+    console.log(`\nDebian 13's iPXE vs Debian 12's, QEMU start -> ${until === 'userspace' ? 'userspace' : 'boot.ipxe'}, seconds\n`);
+    console.log('| path | RA | Debian 12 | Debian 13 | 13 / 12 |');
+    console.log('| --- | --- | --- | --- | --- |');
+    for (const [old, neu] of pairs) {
+      for (const ra of ['none', 'daemon', 'netboot'] as const) {
+        const a = value(old!, ra, pick);
+        const b = value(neu!, ra, pick);
+        if (a !== null && b !== null) console.log(`| ${old!.replace(/12$/, '')} | ${ra} | ${cell(a)} | ${cell(b)} | ${ratio(b, a)} |`);
+      }
+    }
+  }
 }
 
 await main();
