@@ -435,6 +435,8 @@ http {
       expect(before.marker.extra).toBe('');
       const oldId = before.marker.image;
       expect(await diskPhases()).toEqual([expect.stringMatching(/^prepared: \/dev\/vda/), expect.stringMatching(new RegExp(`^cache_miss: ${oldId}, \\d+ bytes downloaded`))]);
+      // The busybox image powers off right after its marker; its QEMU must let go of the disk before the next boot opens it.
+      await before.vm.exited;
 
       const context = await mkdtemp(join(tmpdir(), 'netboot-e2e-v2-'));
       await writeFile(join(context, 'Dockerfile'), `FROM ${busyboxRef}\nRUN ["/bin/busybox", "sh", "-c", "echo v2 > /etc/netboot-e2e-extra"]\n`);
