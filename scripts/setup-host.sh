@@ -150,7 +150,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     [ -x /etc/init.d/$svc ] && /etc/init.d/$svc stop >/dev/null 2>&1 || true
   done
 fi
-busybox_present || (fetch_busybox)
+# Optional (only images of the other architecture need it): a host or image build without the
+# network to Debian's archive still finishes, with a warning.
+busybox_present || (fetch_busybox) ||
+  echo "setup-host: warning: no busybox-static for $BUSYBOX_ARCH fetched; linux/$BUSYBOX_ARCH images will not build until this script fetches it" >&2
 [ "$profile" != runtime ] && ensure_binfmt
 ipxe_present || fetch_ipxe
 echo "setup-host: done"
