@@ -3,9 +3,8 @@ import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Image } from '../../server/config/types.ts';
 import { writeInitrd } from '../../server/initramfs/index.ts';
-import { debianKernelFixture, type KernelFixture } from './fixture.ts';
+import { debianKernelFixture, fixtureImage, type KernelFixture } from './fixture.ts';
 import { createBootLab, phasesOf, type BootLab } from './lab.ts';
 import { testLayerTar } from './layer.ts';
 
@@ -15,16 +14,7 @@ import { testLayerTar } from './layer.ts';
  * userspace was reached on the overlay. Each boot is ~20-30 s under TCG.
  */
 
-const IMAGE: Image = {
-  name: 'debian',
-  source: 'docker:netboot-test/debian',
-  cmdline: '',
-  root: 'ram',
-  initramfs: 'netboot',
-  init: '/sbin/init',
-  compression: 'zstd',
-  platform: 'linux/amd64',
-};
+const IMAGE = fixtureImage();
 
 const VIRTIO_MAC = '52:54:00:00:04:01';
 const E1000_MAC = '52:54:00:00:04:02';

@@ -5,9 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Image } from '../../server/config/types.ts';
 import { writeInitrd } from '../../server/initramfs/index.ts';
-import { debianKernelFixture, type KernelFixture } from './fixture.ts';
+import { debianKernelFixture, fixtureImage, type KernelFixture } from './fixture.ts';
 import { createBootLab, type BootLab, type LabEvent } from './lab.ts';
 import { testLayerTar } from './layer.ts';
 
@@ -22,16 +21,7 @@ const run = promisify(execFile);
  * else's filesystem and must come out byte-identical.
  */
 
-const IMAGE: Image = {
-  name: 'debian',
-  source: 'docker:netboot-test/debian',
-  cmdline: '',
-  root: 'ram',
-  initramfs: 'netboot',
-  init: '/sbin/init',
-  compression: 'zstd',
-  platform: 'linux/amd64',
-};
+const IMAGE = fixtureImage();
 
 const MAC = '52:54:00:00:19:01';
 const FOREIGN_MAC = '52:54:00:00:19:02';

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { cachedFixture, recipeKey } from '../fixtures/cache.ts';
 import { debianTarball } from '../fixtures/debian.ts';
+import type { Image } from '../../server/config/types.ts';
 
 const run = promisify(execFile);
 
@@ -67,4 +68,9 @@ export async function debianKernelFixture(extraPackages: string[] = []): Promise
     squashfs: join(dir, 'rootfs.squashfs'),
     kernelVersion: (await readFile(join(dir, 'kver'), 'utf8')).trim(),
   };
+}
+
+/** The image entry the initramfs tests build for (the fixture stands in for its pipeline output). */
+export function fixtureImage(name = 'debian'): Image {
+  return { name, source: 'docker:netboot-test/debian', cmdline: '', root: 'ram', initramfs: 'netboot', init: '/sbin/init', compression: 'zstd', platform: 'linux/amd64' };
 }
