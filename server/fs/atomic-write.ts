@@ -32,17 +32,22 @@ export function fsyncDirSync(dir: string): void {
   }
 }
 
+/** Writes and fsyncs a new temp file (it must not exist); the caller gives it its name. */
+async function writeTempDurable(temp: string, data: string | Uint8Array, mode: number): Promise<void> {
+  const handle = await open(temp, 'wx', mode);
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
 /** Replaces `path` with `data` so that a crash leaves either the old or the new content, never a mix or nothing. */
 export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o644): Promise<void> {
   const temp = tempPathFor(path);
-  const handle = await open(temp, 'wx', mode);
   try {
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeTempDurable(temp, data, mode);
     await rename(temp, path);
   } catch (err) {
     await rm(temp, { force: true });
@@ -79,14 +84,8 @@ export async function createFileDurable(path: string, data: string | Uint8Array,
   // Nothing to write when it exists (a read-only directory holding the file is fine).
   if (await stat(path).then(() => true, () => false)) return false;
   const temp = tempPathFor(path);
-  const handle = await open(temp, 'wx', mode);
   try {
-    try {
-      await handle.writeFile(data);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await writeTempDurable(temp, data, mode);
     // link(2) never replaces an existing name, unlike rename(2): the first creator wins.
     await link(temp, path);
   } catch (err) {
