@@ -9,9 +9,10 @@ profile=${1:-all}
 
 # gcc/g++/make/python3/libc6-dev: the native parts (the initramfs NBD client, the sendfile addon built by npm ci)
 runtime=(squashfs-tools-ng busybox-static ipxe iproute2 zstd xz-utils openssh-client gcc g++ make python3 libc6-dev ndisc6)
+# cryptsetup-bin: veritysetup, the reference our dm-verity tree builder is tested against
 test=(qemu-system-x86 ipxe-qemu ovmf docker.io docker-compose debootstrap atftp tftp-hpa curl
       dnsmasq-base tshark libarchive-tools iptables nbd-client libnbd-bin qemu-utils
-      tftpd-hpa nbd-server nginx-light wrk cpio chromium strace)
+      tftpd-hpa nbd-server nginx-light wrk cpio chromium strace cryptsetup-bin)
 # arm64 VMs (TCG) with AAVMF, and debootstrap --arch arm64 (second stage under qemu-user-static)
 arm64=(qemu-system-arm qemu-efi-aarch64 qemu-user-static binfmt-support)
 [ "${NETBOOT_ARM64:-}" = 1 ] && test+=("${arm64[@]}")

@@ -4,7 +4,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 const DISK_OUTCOMES = new Set(['prepared', 'cache_hit', 'cache_miss', 'cache_corrupt', 'keep', 'untouched', 'not_prepared', 'no_disk', 'prepare_failed', 'mount_failed', 'no_space', 'no_hash']);
 
 /** Artifact kinds counted in `netboot_http_bytes_total`. */
-export type ArtifactKind = 'vmlinuz' | 'initrd.img' | 'image-initrd.img' | 'rootfs.squashfs' | 'manifest.json' | 'layer' | 'script';
+export type ArtifactKind = 'vmlinuz' | 'initrd.img' | 'image-initrd.img' | 'rootfs.squashfs' | 'rootfs.verity' | 'manifest.json' | 'layer' | 'script';
 
 /**
  * The server's Prometheus metrics, in their own Registry (so tests and several servers in one

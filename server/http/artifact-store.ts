@@ -2,7 +2,7 @@
  * What the HTTP service needs from the image cache. The lead adapts server/images' cache to
  * it; tests implement it over a temp dir. Methods may answer synchronously or with a promise.
  */
-export const ARTIFACT_NAMES = ['vmlinuz', 'initrd.img', 'image-initrd.img', 'rootfs.squashfs', 'manifest.json'] as const;
+export const ARTIFACT_NAMES = ['vmlinuz', 'initrd.img', 'image-initrd.img', 'rootfs.squashfs', 'rootfs.verity', 'manifest.json'] as const;
 export type ArtifactName = (typeof ARTIFACT_NAMES)[number];
 
 export interface ArtifactDigest {

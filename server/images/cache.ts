@@ -16,12 +16,13 @@ import { writeSquashfs } from './squashfs-writer.ts';
 import { IMAGE_ID_PATTERN } from './image-id.ts';
 import { kernelArchitecture, platformArchitecture } from './kernel-arch.ts';
 import { BadTarError, TruncatedTarError, type TarEntry } from './tar-reader.ts';
+import { writeVerityTree, type VerityInfo } from './verity.ts';
 
 /** Bump when the artifacts a build makes change, so every id changes with it. */
-export const PIPELINE_VERSION = 2;
+export const PIPELINE_VERSION = 3;
 
-export type Artifact = 'vmlinuz' | 'rootfs.squashfs' | 'manifest.json' | 'initrd.img' | 'image-initrd.img' | 'config';
-const ARTIFACTS: readonly Artifact[] = ['vmlinuz', 'rootfs.squashfs', 'initrd.img', 'image-initrd.img', 'config'];
+export type Artifact = 'vmlinuz' | 'rootfs.squashfs' | 'rootfs.verity' | 'manifest.json' | 'initrd.img' | 'image-initrd.img' | 'config';
+const ARTIFACTS: readonly Artifact[] = ['vmlinuz', 'rootfs.squashfs', 'rootfs.verity', 'initrd.img', 'image-initrd.img', 'config'];
 
 /** For callers holding a name from a URL. */
 export function isArtifact(name: string): name is Artifact {
@@ -64,6 +65,8 @@ export interface Manifest {
   /** The CPU architecture the kernel is built for, read from its headers (absent: not recognised, or built before this field). */
   architecture?: string;
   artifacts: Partial<Record<Artifact, ArtifactInfo>>;
+  /** rootfs.squashfs's dm-verity tree (artifact rootfs.verity): how a machine's disk cache checks each block it reads. */
+  verity?: VerityInfo;
   /** Entries in the root filesystem. */
   files: number;
   buildSeconds: number;
@@ -381,9 +384,12 @@ export class ImageCache {
       options.onProgress?.({ image: image.name, phase: 'initrd', bytes: 0 });
       await options.makeInitrd({ squashfs, kernelVersion: kernel.version, image, outDir: tmp, log });
     }
+    const squashfsInfo = await hashFile(squashfs);
+    // The salt only has to be fixed per image: the squashfs's own digest keeps builds reproducible.
+    const verity = squashfsInfo ? await writeVerityTree(squashfs, join(tmp, 'rootfs.verity'), Buffer.from(squashfsInfo.sha256, 'hex')) : null;
     const artifacts: Manifest['artifacts'] = {};
     for (const artifact of ARTIFACTS) {
-      const info = await hashFile(join(tmp, artifact));
+      const info = artifact === 'rootfs.squashfs' ? squashfsInfo : await hashFile(join(tmp, artifact));
       if (info) artifacts[artifact] = info;
     }
     return {
@@ -402,6 +408,7 @@ export class ImageCache {
       platform: image.platform,
       ...(architecture ? { architecture } : {}),
       artifacts,
+      ...(verity ? { verity } : {}),
       files: inspector.pathCount,
       buildSeconds: (Date.now() - started) / 1000,
       builtAt: new Date().toISOString(),

@@ -101,6 +101,17 @@ describe('oci-archive: a synthetic multi-layer OCI image', () => {
     expect(await cache.currentId('synth')).toBe(id);
   });
 
+  it('writes the dm-verity tree of the squashfs, which veritysetup verifies against the root hash in the manifest', async () => {
+    const manifest = (await cache.manifest(id))!;
+    const tree = cache.artifactPath(id, 'rootfs.verity');
+    expect(manifest.verity).toMatchObject({ algorithm: 'sha256', blockSize: 4096, dataBlocks: (await stat(squashfs)).size / 4096 });
+    expect(manifest.artifacts['rootfs.verity']?.size).toBe((await stat(tree)).size);
+    const verify = (root: string) =>
+      run('veritysetup', ['verify', '--no-superblock', `--salt=${manifest.verity!.salt}`, '--data-block-size=4096', '--hash-block-size=4096', `--data-blocks=${manifest.verity!.dataBlocks}`, squashfs, tree, root]);
+    await verify(manifest.verity!.rootHash);
+    await expect(verify('0'.repeat(64))).rejects.toThrow(/Verification of root hash failed|verification failed/i);
+  });
+
   it('builds the configured kernel when asked, under a different id', async () => {
     const built = await cache.build(image('synth-old', `oci-archive:${archive}`, { kernel: '6.1.0-test' }));
     expect(built.id).not.toBe(id);
