@@ -112,7 +112,7 @@ function registerRoutes(app: FastifyInstance, ctx: HttpContext, eventBoot: (requ
     });
     // /init is past its layer: the boot's signed URL (in the machine's /proc/cmdline) delivers no more.
     if (PAST_THE_LAYER.has(event.phase)) {
-      const unrecorded = ctx.layers.signer.retire(mac, bootId, ctx.layerTtlSeconds);
+      const unrecorded = await ctx.layers.signer.retire(mac, bootId, ctx.layerTtlSeconds);
       if (unrecorded) ctx.log.error({ mac, phase: event.phase, err: unrecorded.message }, 'layer URL retired, but the used-URL ledger could not be written (until a restart only)');
     }
     // The same redaction as the stored detail: a signed layer URL never reaches the log either.

@@ -52,7 +52,11 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
       }
       // Until the response is complete the boot id stays redeemable (after a failure or a cut download /init retries).
       const grant = redemption;
-      if (grant) reply.raw.once('close', () => grant.release());
+      if (grant) {
+        // 'finish': all of the response is handed to the kernel (a counted delivery stays counted); a 'close' without it broke off.
+        reply.raw.once('finish', () => grant.delivered());
+        reply.raw.once('close', () => grant.release());
+      }
       if (imageId !== null && !isValidImageId(imageId)) return reply.code(404).send({ error: `no built image with id ${imageId}` });
       if (imageId === null) {
         return reply.code(503).header('Retry-After', '10').send({ error: `image ${machine.image} is not built yet` });
@@ -86,9 +90,12 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
 
       reply.type('application/x-tar').header('ETag', layer.etag).header('Cache-Control', signed ? 'no-store' : 'no-cache');
       if (!signed && etagMatches(request.headers['if-none-match'], layer.etag)) return reply.code(304).send();
-      reply.raw.once('finish', () => {
-        const unrecorded = redemption?.commit();
+      if (redemption) {
+        // Counted on disk before the first byte goes out (signing.ts); concurrent deliveries share the fsync.
+        const unrecorded = await redemption.commit();
         if (unrecorded) ctx.log.error({ mac, phase: 'layer', err: unrecorded.message }, 'layer delivered, but the used-URL ledger could not be written (the count stays in memory until a restart)');
+      }
+      reply.raw.once('finish', () => {
         ctx.metrics.served('layer', layer.tar.length);
         if (signed) ctx.timeline.record(mac, 'layer', { source: 'http', bytes: layer.tar.length, durationMs: ctx.now() - began, imageId: imageId! });
       });

@@ -1,6 +1,6 @@
 import { createHmac, timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { appendDurableSync, writeFileAtomicSync } from '../fs/atomic-write.ts';
+import { GroupCommitLog, writeFileAtomicSync } from '../fs/atomic-write.ts';
 
 /**
  * Signed, expiring URLs for the full layer (the one with secrets and host keys), good for a
@@ -12,6 +12,15 @@ import { appendDurableSync, writeFileAtomicSync } from '../fs/atomic-write.ts';
  * the machine itself gets that far (the route checks its identity first). Deliveries are kept
  * until they expire, in memory and (given a ledger path in the state dir) in an append-only,
  * fsynced file read back at start-up, so a server restart does not reset them.
+ *
+ * What is durable when: a delivery is counted in the ledger BEFORE the first byte of the layer
+ * goes out (the route awaits `commit()`), so no crash can forget a delivery that may have
+ * reached someone. A delivery that then breaks off is un-counted, in memory at once and in the
+ * ledger by an undo line written after its count: losing that line in a crash only costs the
+ * machine one of its retries, never grants an extra one. Ledger lines: `{id, exp}` counts one
+ * delivery, `{id, exp, undo: true}` takes one back. Writes are grouped (GroupCommitLog): the
+ * deliveries of a boot storm share fsyncs, run off the event loop, and wait for at most the
+ * fsync in flight plus their own.
  */
 
 export interface LayerGrant {
@@ -26,28 +35,59 @@ export const MAX_DELIVERIES = 3;
 
 export interface Redemption {
   grant: LayerGrant;
-  /** The layer was delivered: counts one delivery. Returns the error when the ledger could not be written (the count stays in memory). */
-  commit(): Error | null;
-  /** The delivery broke off: the boot id may be fetched again. */
+  /**
+   * Counts the delivery about to be sent; resolves once the count is on disk: await it before the
+   * first byte goes out. Resolves to the error when the ledger could not be written (the count
+   * stays in memory, the caller decides; the route logs it and serves).
+   */
+  commit(): Promise<Error | null>;
+  /** The response is complete on our side: the delivery stays counted. */
+  delivered(): void;
+  /** The delivery broke off (or never started): it does not count, the boot id may be fetched again. */
   release(): void;
 }
+
+/**
+ * The ledger's queue bound. Only a valid grant can cause a write (a signature we issued, the
+ * machine's identity, at most one delivery in flight per boot id), so what waits for the disk is
+ * bounded by the booting machines already; the bound is a backstop for a stalled disk: past it,
+ * commit() reports an error at once instead of queueing (about 8000 lines).
+ */
+const LEDGER_MAX_QUEUED_BYTES = 1 << 20;
 
 export type VerifyResult = ({ ok: true } & Redemption) | { ok: false; status: 403 | 409 | 410; reason: string };
 
 export class LayerSigner {
   readonly #key: Buffer;
   readonly #now: () => number;
-  /** id -> expiry (s) and complete deliveries so far */
-  readonly #delivered = new Map<string, { exp: number; count: number }>();
+  /** id -> expiry (s), deliveries counted so far, and whether the boot is past its layer (retire) */
+  readonly #delivered = new Map<string, { exp: number; count: number; retired?: boolean }>();
   readonly #inFlight = new Set<string>();
 
-  readonly #ledger: string | undefined;
+  readonly #ledger: GroupCommitLog | undefined;
 
   constructor(key: Buffer, now: () => number = Date.now, ledgerPath?: string) {
     this.#key = createHmac('sha256', key).update('layer-url').digest();
     this.#now = now;
-    this.#ledger = ledgerPath;
-    if (ledgerPath) this.#loadLedger(ledgerPath);
+    if (ledgerPath) {
+      // Once, at start-up: the sync read and rewrite happen before the first request.
+      this.#loadLedger(ledgerPath);
+      this.#ledger = new GroupCommitLog(ledgerPath, { mode: 0o600, maxQueuedBytes: LEDGER_MAX_QUEUED_BYTES });
+    }
+  }
+
+  /** fsyncs of the ledger so far (grouped: many deliveries share one). */
+  get ledgerFsyncs(): number {
+    return this.#ledger?.fsyncs ?? 0;
+  }
+
+  /** Appends to the ledger; resolves when durable, to the error when that failed. */
+  #record(lines: string): Promise<Error | null> {
+    if (!this.#ledger) return Promise.resolve(null);
+    return this.#ledger.append(lines).then(
+      () => null,
+      (err: Error) => err,
+    );
   }
 
   /** Reads the used ids that have not expired and rewrites the file with only those. */
@@ -61,8 +101,10 @@ export class LayerSigner {
     const nowSeconds = Math.floor(this.#now() / 1000);
     for (const line of text.split('\n')) {
       try {
-        const entry = JSON.parse(line) as { id?: unknown; exp?: unknown };
-        if (typeof entry.id === 'string' && typeof entry.exp === 'number' && entry.exp >= nowSeconds) this.#countDelivery(entry.id, entry.exp);
+        const entry = JSON.parse(line) as { id?: unknown; exp?: unknown; undo?: unknown };
+        if (typeof entry.id !== 'string' || typeof entry.exp !== 'number' || entry.exp < nowSeconds) continue;
+        if (entry.undo === true) this.#uncountDelivery(entry.id);
+        else this.#countDelivery(entry.id, entry.exp);
       } catch {
         /* an empty or torn last line */
       }
@@ -79,6 +121,14 @@ export class LayerSigner {
   #countDelivery(id: string, exp: number): void {
     const seen = this.#delivered.get(id);
     this.#delivered.set(id, { exp, count: (seen?.count ?? 0) + 1 });
+  }
+
+  /** A counted delivery broke off. Never after retire: a retired boot stays refused. */
+  #uncountDelivery(id: string): boolean {
+    const seen = this.#delivered.get(id);
+    if (!seen || seen.retired || seen.count === 0) return false;
+    seen.count--;
+    return true;
   }
 
   sign(mac: string, boot: string, image: string, ttlSeconds: number): LayerGrant {
@@ -104,26 +154,31 @@ export class LayerSigner {
     if (this.#inFlight.has(id)) return { ok: false, status: 409, reason: 'another fetch for this boot is in progress' };
     this.#inFlight.add(id);
     let settled = false;
+    let committed: Promise<Error | null> | null = null;
     return {
       ok: true,
       grant: { boot, image, exp: Number(exp), sig },
       commit: () => {
-        if (settled) return null;
+        if (settled) return Promise.resolve(null);
+        if (!committed) {
+          this.#countDelivery(id, Number(exp));
+          committed = this.#record(`${JSON.stringify({ id, exp: Number(exp) })}\n`);
+        }
+        return committed;
+      },
+      delivered: () => {
+        if (settled) return;
         settled = true;
         this.#inFlight.delete(id);
-        this.#countDelivery(id, Number(exp));
-        if (!this.#ledger) return null;
-        try {
-          appendDurableSync(this.#ledger, `${JSON.stringify({ id, exp: Number(exp) })}\n`, 0o600);
-          return null;
-        } catch (err) {
-          return err as Error;
-        }
       },
       release: () => {
         if (settled) return;
         settled = true;
         this.#inFlight.delete(id);
+        if (!committed || !this.#uncountDelivery(id)) return;
+        // After its count reached the file (never before: a lone undo would grant an extra delivery at the next
+        // start). A lost undo only keeps the count one higher. A failed count needs none.
+        void committed.then((err) => (err ? null : this.#record(`${JSON.stringify({ id, exp: Number(exp), undo: true })}\n`)));
       },
     };
   }
@@ -131,23 +186,21 @@ export class LayerSigner {
   /**
    * The boot is past its layer (/init reported it): no further delivery for it, even before it
    * expires, so a local user of the booted machine who reads the URL in /proc/cmdline cannot
-   * fetch the secrets again. `ttlSeconds` bounds the expiry of any grant of that boot. Returns
-   * the error when the ledger could not be written (the retirement stays in memory).
+   * fetch the secrets again. `ttlSeconds` bounds the expiry of any grant of that boot. Resolves
+   * once that is durable, to the error when the ledger could not be written (the retirement
+   * stays in memory).
    */
-  retire(mac: string, boot: string, ttlSeconds: number): Error | null {
+  retire(mac: string, boot: string, ttlSeconds: number): Promise<Error | null> {
     const id = `${mac}\0${boot}`;
     const seen = this.#delivered.get(id);
     const missing = MAX_DELIVERIES - (seen?.count ?? 0);
-    if (missing <= 0) return null;
     const exp = seen?.exp ?? Math.floor(this.#now() / 1000) + ttlSeconds;
-    this.#delivered.set(id, { exp, count: MAX_DELIVERIES });
-    if (!this.#ledger) return null;
-    try {
-      appendDurableSync(this.#ledger, `${JSON.stringify({ id, exp })}\n`.repeat(missing), 0o600);
-      return null;
-    } catch (err) {
-      return err as Error;
-    }
+    // Retired even when fully counted: a delivery in flight that breaks off now must not free a retry.
+    this.#delivered.set(id, { exp, count: Math.max(MAX_DELIVERIES, seen?.count ?? 0), retired: true });
+    if (missing <= 0) return Promise.resolve(null);
+    // Plain lines, as many as the count lacks: every change in memory appends its own line(s) (an undo that was
+    // already on its way included, none once retired), so a restart reads the boot as fully delivered.
+    return this.#record(`${JSON.stringify({ id, exp })}\n`.repeat(missing));
   }
 
   #mac(mac: string, boot: string, image: string, exp: number): string {

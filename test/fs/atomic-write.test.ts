@@ -4,9 +4,9 @@ import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
   appendDurable,
-  appendDurableSync,
   createFileDurable,
   fsyncTree,
+  GroupCommitLog,
   renameDurable,
   writeFileAtomic,
   writeFileAtomicSync,
@@ -57,13 +57,60 @@ describe('appendDurable', () => {
     const path = join(dir, 'ledger');
     await appendDurable(path, '{"a":1}');
     await appendDurable(path, '{"a":2}\n');
-    appendDurableSync(path, '{"a":3}');
-    expect(await readFile(path, 'utf8')).toBe('{"a":1}\n{"a":2}\n{"a":3}\n');
+    expect(await readFile(path, 'utf8')).toBe('{"a":1}\n{"a":2}\n');
   });
 
   it('rejects when the directory is gone (the caller decides what to do)', async () => {
     await expect(appendDurable(join(dir, 'gone', 'ledger'), 'x')).rejects.toThrow(/ENOENT/);
-    expect(() => appendDurableSync(join(dir, 'gone', 'ledger'), 'x')).toThrow(/ENOENT/);
+  });
+});
+
+/** Resolves after the callbacks already queued for the event loop's check phase (a log's group has started). */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
+describe('GroupCommitLog', () => {
+  it('concurrent appends share one write and fsync, in order, creating the file', async () => {
+    const log = new GroupCommitLog(join(dir, 'ledger'), { mode: 0o600 });
+    const lines = Array.from({ length: 50 }, (_, i) => `{"n":${i}}\n`);
+    await Promise.all(lines.map((line) => log.append(line)));
+    expect(log.fsyncs).toBe(1);
+    expect(await readFile(join(dir, 'ledger'), 'utf8')).toBe(lines.join(''));
+    expect((await stat(join(dir, 'ledger'))).mode & 0o777).toBe(0o600);
+  });
+
+  it('appends that arrive while an fsync runs wait for it and then share the next one', async () => {
+    const log = new GroupCommitLog(join(dir, 'ledger'));
+    const first = log.append('first\n');
+    await nextTurn(); // the first group is on its way to the disk
+    const later = Array.from({ length: 20 }, (_, i) => log.append(`later ${i}\n`));
+    let firstDone = false;
+    await first.then(() => (firstDone = true));
+    expect(log.fsyncs).toBe(1);
+    await Promise.all(later);
+    expect(firstDone).toBe(true);
+    expect(log.fsyncs).toBe(2);
+    expect((await readFile(join(dir, 'ledger'), 'utf8')).split('\n')).toHaveLength(22);
+  });
+
+  it('a failed write rejects every append of its group; the next group writes again', async () => {
+    const parent = join(dir, 'state');
+    await writeFile(parent, 'a file where the directory should be');
+    const log = new GroupCommitLog(join(parent, 'ledger'));
+    const group = [log.append('a\n'), log.append('b\n')];
+    for (const append of group) await expect(append).rejects.toThrow(/ENOTDIR/);
+    await rm(parent);
+    await mkdir(parent);
+    await log.append('c\n');
+    expect(await readFile(join(parent, 'ledger'), 'utf8')).toBe('c\n');
+  });
+
+  it('refuses appends past its queue bound at once, keeps the queued ones', async () => {
+    const log = new GroupCommitLog(join(dir, 'ledger'), { maxQueuedBytes: 10 });
+    const kept = log.append('12345678\n');
+    await expect(log.append('ab\n')).rejects.toThrow(/append refused/);
+    await kept;
+    await log.append('ab\n'); // the queue is empty again
+    expect(await readFile(join(dir, 'ledger'), 'utf8')).toBe('12345678\nab\n');
   });
 });
 

@@ -32,7 +32,7 @@ const signer = new LayerSigner(Buffer.alloc(32, 7), Date.now, join(work, 'state'
 const grant = signer.sign(MAC, 'boot-1', 'image', 60);
 const redemption = signer.redeem(MAC, { boot: grant.boot, image: grant.image, exp: String(grant.exp), sig: grant.sig });
 if (!redemption.ok) throw new Error(redemption.reason);
-const failed = redemption.commit();
+const failed = await redemption.commit();
 if (failed) throw failed;
 
 // The install key and a machine's SSH host keys.

@@ -132,28 +132,36 @@ afterEach(async () => {
 afterAll(unmountAll);
 
 describe('state dir faults under a running HTTP server', () => {
-  it('state dir removed while a signed layer is on the wire: the delivery completes, the ledger error is logged, the server serves on', async () => {
-    // A layer far bigger than the socket buffers (tcp_wmem + tcp_rmem maxima): it cannot be complete on our side
-    // (and its delivery committed) before this client reads it.
+  it('state dir removed while a signed layer is on the wire: counted before its first byte, the delivery completes, the next ledger error is logged, the server serves on', async () => {
+    // A layer far bigger than the socket buffers (tcp_wmem + tcp_rmem maxima): it is still on the wire when the state dir goes.
     const big = Buffer.alloc(15 << 20, 0x5a);
     server = await start(undefined, { demo1: { 'srv/a': big, 'srv/b': big, 'srv/c': big, 'srv/d': big } });
     const s = server;
-    const { layer } = await grants(s.base, MAC_HYP);
+    const { layer, token } = await grants(s.base, MAC_HYP);
     const before = ledgerLines(s.stateDir);
     const response = await send(s.base, layer);
     response.pause();
     expect(response.statusCode).toBe(200);
-    // The layer was built (host keys read), its delivery not yet counted: now the state dir goes.
-    expect(ledgerLines(s.stateDir)).toBe(before);
+    // The delivery is on disk before its first byte went out (a crash now could not forget it): now the state dir goes.
+    expect(ledgerLines(s.stateDir)).toBe(before + 1);
     rmSync(s.stateDir, { recursive: true, force: true });
     const delivered = await collect(response.resume() as IncomingMessage);
     expect(delivered.body.length).toBe(Number(response.headers['content-length']));
     expect(delivered.body.length).toBeGreaterThan(60 << 20);
+    expect(ledgerErrors(s.log)).toEqual([]);
+    // /init reports its layer: the retirement cannot be written (logged before the answer), the event is accepted.
+    const reported = await fetchAll(s.base, `/api/machines/${MAC_HYP}/events`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+      body: JSON.stringify({ phase: 'layer', t: 2 }),
+    });
+    expect(reported.status).toBe(202);
     await expect.poll(() => ledgerErrors(s.log).length).toBe(1);
     expect(ledgerErrors(s.log)[0]).toMatchObject({ mac: MAC, phase: 'layer', err: expect.stringContaining('ENOENT') });
 
     await expectPublicRoutesServe(s);
-    // The delivery still counts (in memory): the same boot id was delivered once, so it gets two more at most.
+    // The retirement still holds (in memory): that boot id gets no more deliveries.
+    expect((await fetchAll(s.base, layer)).status).toBe(410);
     // A machine whose host keys are made now gets them in a re-created state dir, and the ledger works again.
     const second = await grants(s.base, MAC2_HYP);
     expect((await fetchAll(s.base, second.layer)).status).toBe(200);

@@ -133,10 +133,16 @@ describe('per-machine layer', () => {
     expect((await h.app.inject(path.replace(/sig=([0-9a-f])/, (_m, c: string) => `sig=${c === '0' ? '1' : '0'}`))).statusCode).toBe(403);
     expect((await h.app.inject(path.replace(MAC2_HYP, MAC_HYP))).statusCode).toBe(403);
     expect((await h.app.inject(path.replace(/exp=(\d+)/, (_m, e: string) => `exp=${Number(e) + 3600}`))).statusCode).toBe(403);
-    for (let i = 0; i < MAX_DELIVERIES; i++) expect((await h.app.inject(path)).statusCode).toBe(200);
+    const ledger = join(h.deps.stateDir, 'used-layer-urls.jsonl');
+    for (let i = 0; i < MAX_DELIVERIES; i++) {
+      expect((await h.app.inject(path)).statusCode).toBe(200);
+      // On disk before the response went out: a crash after any byte of it cannot forget the delivery.
+      expect(readFileSync(ledger, 'utf8').trim().split('\n')).toHaveLength(i + 1);
+    }
     const again = await h.app.inject(path);
     expect(again.statusCode).toBe(410);
     expect(again.body).toContain(`already delivered ${MAX_DELIVERIES} times`);
+    expect((await (await h.restart()).inject(path)).statusCode).toBe(410);
 
     const next = await signedLayerPath(h.app, MAC2_HYP);
     expect(next).not.toBe(path);

@@ -1,6 +1,6 @@
-import { mkdtempSync, readFileSync, rmSync, appendFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, appendFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { eventToken, hostApiToken, LayerSigner, redactSignatures, verifyEventToken, MAX_DELIVERIES } from '../../server/layers/signing.ts';
 
@@ -9,22 +9,31 @@ const MAC = '52:54:00:12:34:56';
 const query = (g: { boot: string; image: string; exp: number; sig: string }) => ({ boot: g.boot, image: g.image, exp: String(g.exp), sig: g.sig });
 
 describe('LayerSigner', () => {
-  it(`${MAX_DELIVERIES} deliveries per boot id (a download cut off on the wire is fetched again); broken-off ones do not count; concurrent fetches are refused`, () => {
+  it(`${MAX_DELIVERIES} deliveries per boot id (a download cut off on the wire is fetched again); broken-off ones do not count; concurrent fetches are refused`, async () => {
     const signer = new LayerSigner(key, () => 1_000_000);
     const grant = query(signer.sign(MAC, 'b1', 'img', 60));
     const first = signer.redeem(MAC, grant);
     expect(first.ok).toBe(true);
     expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 409 });
     if (first.ok) first.release();
+    // Broken off after its count: counted, then taken back.
+    const cut = signer.redeem(MAC, grant);
+    if (cut.ok) {
+      expect(await cut.commit()).toBeNull();
+      cut.release();
+    }
     for (let i = 0; i < MAX_DELIVERIES; i++) {
       const delivery = signer.redeem(MAC, grant);
       expect(delivery.ok).toBe(true);
-      if (delivery.ok) expect(delivery.commit()).toBeNull();
+      if (delivery.ok) {
+        expect(await delivery.commit()).toBeNull();
+        delivery.delivered();
+      }
     }
     expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410, reason: `already delivered ${MAX_DELIVERIES} times for this boot` });
   });
 
-  it('a ledger that cannot be written fails nothing: the delivery counts in memory and commit() returns the error', () => {
+  it('a ledger that cannot be written fails nothing: the delivery counts in memory and commit() returns the error', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'layer-ledger-'));
     try {
       const signer = new LayerSigner(key, () => 1_000_000, join(dir, 'used-layer-urls.jsonl'));
@@ -33,7 +42,10 @@ describe('LayerSigner', () => {
       for (let i = 0; i < MAX_DELIVERIES; i++) {
         const delivery = signer.redeem(MAC, grant);
         expect(delivery.ok).toBe(true);
-        if (delivery.ok) expect(delivery.commit()?.message).toMatch(/ENOENT/);
+        if (delivery.ok) {
+          expect((await delivery.commit())?.message).toMatch(/ENOENT/);
+          delivery.delivered();
+        }
       }
       expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410 });
     } finally {
@@ -55,7 +67,7 @@ describe('LayerSigner', () => {
     expect(signer.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410, reason: 'signature expired' });
   });
 
-  it('remembers used boot ids across a restart (ledger in the state dir) and forgets them once expired', () => {
+  it('remembers used boot ids across a restart (ledger in the state dir) and forgets them once expired', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'layer-ledger-'));
     try {
       const ledger = join(dir, 'used-layer-urls.jsonl');
@@ -66,7 +78,10 @@ describe('LayerSigner', () => {
       for (const grant of [shortLived, longLived]) {
         for (let i = 0; i < MAX_DELIVERIES; i++) {
           const r = first.redeem(MAC, grant);
-          if (r.ok) r.commit();
+          if (r.ok) {
+            await r.commit();
+            r.delivered();
+          }
         }
       }
       appendFileSync(ledger, '{"id":"torn'); // a crash mid-write
@@ -85,7 +100,7 @@ describe('LayerSigner', () => {
 });
 
 describe('LayerSigner.retire: /init is past its layer', () => {
-  it('no delivery after the boot reported its layer, across a restart too; other boots are untouched', () => {
+  it('no delivery after the boot reported its layer, across a restart too; other boots are untouched', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'layer-ledger-'));
     try {
       const ledger = join(dir, 'used-layer-urls.jsonl');
@@ -95,10 +110,13 @@ describe('LayerSigner.retire: /init is past its layer', () => {
       const neverFetched = query(signer.sign(MAC, 'b2', 'img', 900));
       const other = query(signer.sign(MAC, 'b3', 'img', 900));
       const first = signer.redeem(MAC, delivered);
-      if (first.ok) first.commit();
-      expect(signer.retire(MAC, 'b1', 900)).toBeNull();
-      expect(signer.retire(MAC, 'b2', 900)).toBeNull();
-      expect(signer.retire(MAC, 'b1', 900)).toBeNull();
+      if (first.ok) {
+        await first.commit();
+        first.delivered();
+      }
+      expect(await signer.retire(MAC, 'b1', 900)).toBeNull();
+      expect(await signer.retire(MAC, 'b2', 900)).toBeNull();
+      expect(await signer.retire(MAC, 'b1', 900)).toBeNull();
       for (const signers of [signer, new LayerSigner(key, () => now, ledger)]) {
         expect(signers.redeem(MAC, delivered)).toMatchObject({ ok: false, status: 410 });
         expect(signers.redeem(MAC, neverFetched)).toMatchObject({ ok: false, status: 410 });
@@ -109,6 +127,80 @@ describe('LayerSigner.retire: /init is past its layer', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+});
+
+describe('LayerSigner ledger: group commit', () => {
+  const withLedger = async (body: (ledger: string) => Promise<void>) => {
+    const dir = mkdtempSync(join(tmpdir(), 'layer-ledger-'));
+    try {
+      await body(join(dir, 'used-layer-urls.jsonl'));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  it('concurrent deliveries share one fsync; once their commits resolved, a restart refuses the replay', () =>
+    withLedger(async (ledger) => {
+      const signer = new LayerSigner(key, () => 1_000_000, ledger);
+      const grants = Array.from({ length: 40 }, (_, i) => query(signer.sign(MAC, `boot${i}`, 'img', 600)));
+      const commits: Promise<Error | null>[] = [];
+      // Each boot's deliveries one after the other (one in flight per boot), all boots at once, nothing awaited in between.
+      for (let round = 0; round < MAX_DELIVERIES; round++) {
+        for (const grant of grants) {
+          const delivery = signer.redeem(MAC, grant);
+          if (!delivery.ok) throw new Error(`refused: ${delivery.reason}`);
+          commits.push(delivery.commit());
+          delivery.delivered();
+        }
+      }
+      expect(await Promise.all(commits)).toEqual(commits.map(() => null));
+      expect(signer.ledgerFsyncs).toBe(1);
+      const restarted = new LayerSigner(key, () => 1_000_000, ledger);
+      for (const grant of grants) expect(restarted.redeem(MAC, grant)).toMatchObject({ ok: false, status: 410 });
+    }));
+
+  it('a delivery that broke off after its count is taken back, across a restart too; a retired boot stays refused', () =>
+    withLedger(async (ledger) => {
+      const signer = new LayerSigner(key, () => 1_000_000, ledger);
+      const cutOff = query(signer.sign(MAC, 'b1', 'img', 600));
+      const retired = query(signer.sign(MAC, 'b2', 'img', 600));
+      const cut = signer.redeem(MAC, cutOff);
+      const inFlight = signer.redeem(MAC, retired);
+      if (!cut.ok || !inFlight.ok) throw new Error('refused');
+      expect(await cut.commit()).toBeNull();
+      cut.release();
+      expect(await inFlight.commit()).toBeNull();
+      expect(await signer.retire(MAC, 'b2', 600)).toBeNull(); // /init reported while this fetch was still open
+      inFlight.release();
+      // Written after the undo line (appends keep their order): once durable, so is the undo.
+      const last = signer.redeem(MAC, query(signer.sign(MAC, 'b3', 'img', 600)));
+      if (last.ok) expect(await last.commit()).toBeNull();
+      const restarted = new LayerSigner(key, () => 1_000_000, ledger);
+      for (const s of [signer, restarted]) expect(s.redeem(MAC, retired)).toMatchObject({ ok: false, status: 410 });
+      for (let i = 0; i < MAX_DELIVERIES; i++) {
+        const again = restarted.redeem(MAC, cutOff);
+        if (!again.ok) throw new Error(`delivery ${i + 1} refused: ${again.reason}`);
+        expect(await again.commit()).toBeNull();
+        again.delivered();
+      }
+      expect(restarted.redeem(MAC, cutOff)).toMatchObject({ ok: false, status: 410 });
+    }));
+
+  it('a write error reaches the caller of commit() and of retire() (the state dir replaced by a file)', () =>
+    withLedger(async (ledger) => {
+      const signer = new LayerSigner(key, () => 1_000_000, ledger);
+      const dir = dirname(ledger);
+      rmSync(dir, { recursive: true });
+      writeFileSync(dir, 'not a directory');
+      try {
+        const delivery = signer.redeem(MAC, query(signer.sign(MAC, 'b1', 'img', 600)));
+        if (!delivery.ok) throw new Error('refused');
+        expect((await delivery.commit())?.message).toMatch(/ENOTDIR/);
+        expect((await signer.retire(MAC, 'b2', 600))?.message).toMatch(/ENOTDIR/);
+      } finally {
+        rmSync(dir, { force: true });
+      }
+    }));
 });
 
 describe('event tokens', () => {
