@@ -4,6 +4,7 @@ import type { Logger } from '../log.ts';
 import { ImageCache, type BuildProgress, type BuiltImage } from '../images/cache.ts';
 import { findBusybox, initrdBuilderFingerprint, makeInitrd } from '../initramfs/index.ts';
 import { nbdClientFiles, nbdClientFingerprint } from '../initramfs/nbd-client.ts';
+import { verityHelperFiles, verityHelperFingerprint, verityHelperFor } from '../initramfs/verity-helper.ts';
 
 export function openImageCache(config: Config, log: Logger): ImageCache {
   return new ImageCache({ cacheDir: config.server.cacheDir, log });
@@ -20,6 +21,7 @@ export interface BuildImageOptions {
 /** Per platform: the busybox (host's or foreign) is part of the fingerprint. */
 const fingerprints = new Map<string, Promise<string>>();
 let nbdFingerprint: Promise<string> | null = null;
+let verityFingerprint: Promise<string> | null = null;
 
 /**
  * Builds (or finds in the cache) one image's artifacts, our initramfs included. The initramfs
@@ -36,10 +38,20 @@ export async function buildImage(cache: ImageCache, image: Image, log: Logger, o
   }
   const nbd = ours && image.root === 'nbd';
   if (nbd) nbdFingerprint ??= nbdClientFingerprint();
+  // Any machine of the image may have a disk cache (config per machine): every initramfs it can run gets the helper.
+  const verity = ours && verityHelperFor(image.platform);
+  if (verity) verityFingerprint ??= verityHelperFingerprint();
   return cache.build(image, {
     ...options,
-    extraInputs: { initramfs: ours ? await fingerprint : null, root: image.root, ...(nbd ? { nbdClient: await nbdFingerprint } : {}) },
+    extraInputs: {
+      initramfs: ours ? await fingerprint : null,
+      root: image.root,
+      ...(nbd ? { nbdClient: await nbdFingerprint } : {}),
+      ...(verity ? { verityHelper: await verityFingerprint } : {}),
+    },
     // An NBD root needs our NBD client (native/nbd-client) in the initramfs.
-    makeInitrd: ours ? async (ctx) => makeInitrd({ ...ctx, extraFiles: image.root === 'nbd' ? await nbdClientFiles() : undefined }) : undefined,
+    makeInitrd: ours
+      ? async (ctx) => makeInitrd({ ...ctx, extraFiles: [...(nbd ? await nbdClientFiles() : []), ...(verity ? await verityHelperFiles() : [])] })
+      : undefined,
   });
 }

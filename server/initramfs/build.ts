@@ -14,9 +14,13 @@ const run = promisify(execFile);
 /** boot-assets/ of this checkout: /init and the files under boot-assets/initramfs/ (copied to / of the initrd). */
 export const BOOT_ASSETS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'boot-assets');
 
+/**
+ * For machines with a disk (config `disk:`, boot-assets/initramfs/lib/netboot/disk.sh): its
+ * filesystem, common disk controllers, and dm_verity (with dm_mod, dm_bufio), through which
+ * netboot-verity maps the cached root.
+ */
+export const DISK_MODULES = ['ext4', 'crc32c_generic', 'crc32c_intel', 'dm_verity', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
 /** Modules /init needs for the root filesystem, whatever the hardware. */
-/** For machines with a disk (config `disk:`, boot-assets/initramfs/lib/netboot/disk.sh): its filesystem and common disk controllers. */
-export const DISK_MODULES = ['ext4', 'crc32c_generic', 'crc32c_intel', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
 export const BASE_MODULES = ['af_packet', 'squashfs', 'overlay', 'loop', 'nbd', ...DISK_MODULES];
 
 /**

@@ -38,11 +38,11 @@ describe('module index on a real Debian kernel', () => {
     expect(index.has('no_such_driver')).toBeNull();
   });
 
-  it('ships the disk modules (ext4 with its crc32c, virtio_blk, nvme) and skips those whose files the image left out', async () => {
+  it('ships the disk modules (ext4 with its crc32c, dm_verity, virtio_blk, nvme) and skips those whose files the image left out', async () => {
     // The fixture dropped kernel/drivers/scsi: sd_mod, ahci, ata_piix and virtio_scsi cannot load, the image still builds.
     const read = (path: string) => readSquashfsFile(fixture.squashfs, path);
     const build = await buildInitrd({ readImageFile: read, kernelVersion: fixture.kernelVersion, compression: 'gzip' });
-    expect(build.modules).toEqual(expect.arrayContaining(['ext4', 'jbd2', 'mbcache', 'crc16', 'crc32c_generic', 'virtio_blk', 'nvme']));
+    expect(build.modules).toEqual(expect.arrayContaining(['ext4', 'jbd2', 'mbcache', 'crc16', 'crc32c_generic', 'dm_verity', 'dm_mod', 'dm_bufio', 'virtio_blk', 'nvme']));
     expect(build.unavailable).toEqual(expect.arrayContaining(['sd_mod', 'ahci', 'ata_piix', 'virtio_scsi']));
     expect(build.modules).not.toContain('scsi_mod');
     // A module /init cannot do without is still fatal when its file is missing.

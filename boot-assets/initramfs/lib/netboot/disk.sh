@@ -17,6 +17,9 @@ DISK_READY=
 DISK_MNT=$NETBOOT_RUN/disk        # moved into the booted system with /run
 DISK_PART=
 ROOTFS_FILE=
+ROOTFS_DEVICE=                    # the cached root mapped through dm-verity, already mounted
+DISK_MARKER=                      # images/<id>.booting: removed by report-up once the boot is up
+VERITY_NAME=netboot-root
 
 disk_parse_arg() {
 	case "$1" in
@@ -178,14 +181,16 @@ disk_make_room() {
 		if [ $(($(disk_cache_others "$id") + need)) -le "$budget" ] && [ "$free" -ge $((need - $(file_size "$DISK_MNT/images/$id.part") + 16777216)) ]; then
 			return 0
 		fi
+		# An image's files (copy, .part, .verity tree, .booting marker) go together; a hit touches them all.
 		victim=$(ls -1tr "$DISK_MNT/images" | grep -v "^$id\." | head -n 1)
+		victim=${victim%%.*}
 		if [ -z "$victim" ]; then
 			DISK_ERROR="only $((free / 1048576)) MiB free on $DISK_PART for $((need / 1048576)) MiB"
 			return 1
 		fi
-		rm -f "$DISK_MNT/images/$victim"
-		PRUNED="$PRUNED ${victim%.*}"
-		log "disk cache: pruned ${victim%.*}"
+		rm -f "$DISK_MNT/images/$victim".*
+		PRUNED="$PRUNED $victim"
+		log "disk cache: pruned $victim"
 	done
 }
 
@@ -193,13 +198,103 @@ disk_sha256() {
 	sha256sum "$1" | cut -d ' ' -f 1
 }
 
+# Field $1 of the manifest's dm-verity entry for rootfs.squashfs (dataBlocks, blockSize, salt, rootHash).
+manifest_verity() {
+	tr -d ' \n\t\r' <"$NETBOOT_RUN/manifest.json" |
+		sed -n "s/.*\"verity\":{[^}]*\"$1\":\"\\{0,1\\}\\([0-9a-f]*\\).*/\\1/p"
+}
+
+# True when the cached root of $1 bytes can be read through dm-verity: the manifest lists its
+# hash tree, this initramfs has netboot-verity (the host's architecture) and the kernel has
+# dm-verity. Sets VERITY_BLOCKS, VERITY_ROOT and VERITY_SALT.
+disk_verity_ready() {
+	command -v netboot-verity >/dev/null || return 1
+	VERITY_BLOCKS=$(manifest_verity dataBlocks)
+	VERITY_ROOT=$(manifest_verity rootHash)
+	VERITY_SALT=$(manifest_verity salt)
+	[ "$(manifest_verity blockSize)" = 4096 ] && [ "${#VERITY_ROOT}" = 64 ] || return 1
+	case "$VERITY_BLOCKS" in '' | *[!0-9]*) return 1 ;; esac
+	[ $((VERITY_BLOCKS * 4096)) = "$1" ] || return 1
+	modprobe -q dm_verity 2>/dev/null
+	[ -e /sys/module/dm_verity ]
+}
+
+# The image's hash tree (rootfs.verity, about 1/128 of the root) next to its cached copy,
+# checked against the manifest's sha256 for it.
+disk_fetch_tree() {
+	local tree=$1 url="$ARTIFACTS/images/$IMAGE/rootfs.verity" expected
+	expected=$(tr -d ' \n\t\r' <"$NETBOOT_RUN/manifest.json" | sed -n 's/.*"rootfs\.verity":{[^}]*"sha256":"\([0-9a-f]*\)".*/\1/p')
+	[ "${#expected}" = 64 ] || return 1
+	download "$url" "$tree.part" || { log "disk cache: cannot fetch $url: $DOWNLOAD_ERROR"; rm -f "$tree.part"; return 1; }
+	if [ "$(disk_sha256 "$tree.part")" != "$expected" ]; then
+		log "disk cache: $url does not match its sha256"
+		rm -f "$tree.part"
+		return 1
+	fi
+	mv "$tree.part" "$tree"
+}
+
+# Maps $1 through dm-verity with tree $2 and mounts it read-only at NETBOOT_LOWER. Mounting
+# reads the squashfs's superblock and tables, so a corrupt one fails here (DISK_ERROR says why).
+disk_mount_verity() {
+	local dev
+	if ! dev=$(netboot-verity open "$VERITY_NAME" "$1" "$2" "$VERITY_BLOCKS" "$VERITY_ROOT" "${VERITY_SALT:--}" 2>"$NETBOOT_RUN/verity.err"); then
+		DISK_ERROR=$(head -n 1 "$NETBOOT_RUN/verity.err")
+		return 1
+	fi
+	mkdir -p "$NETBOOT_LOWER"
+	if mount -t squashfs -o ro "$dev" "$NETBOOT_LOWER" 2>"$NETBOOT_RUN/mount.err"; then
+		ROOTFS_DEVICE=$dev
+		return 0
+	fi
+	DISK_ERROR="$(head -n 1 "$NETBOOT_RUN/mount.err"); dm-verity: $(netboot-verity status "$VERITY_NAME" 2>&1)"
+	netboot-verity remove "$VERITY_NAME" 2>/dev/null
+	return 1
+}
+
+# The root from the cache, checked one of two ways:
+# - dm-verity (the manifest lists a tree and this boot can map it): nothing is read up front;
+#   the kernel checks every block against the root hash as it is read, for as long as the
+#   system runs. A corrupt superblock or table fails the mount here; a block read later
+#   reads as an I/O error, and report-up then leaves the marker so the next boot checks all.
+# - sha256 of the whole copy: without dm-verity, or when the last boot from this copy did not
+#   come up (its marker images/<id>.booting is still there).
+disk_use_cached() {
+	local file=$1 tree=$2 size=$3 expected=$4 how
+	if [ -n "$VERITY" ] && [ ! -e "$DISK_MARKER" ] && { [ -s "$tree" ] || disk_fetch_tree "$tree"; }; then
+		log "disk cache: $IMAGE through dm-verity: each block is checked against the manifest's root hash when read"
+		if ! disk_mount_verity "$file" "$tree"; then
+			CORRUPT="failed its dm-verity check ($DISK_ERROR)"
+			return 1
+		fi
+		how="dm-verity: each block checked when read"
+	else
+		if [ -e "$DISK_MARKER" ]; then
+			log "disk cache: the last boot from $IMAGE did not come up: checking all of it ($((size / 1048576)) MiB, sha256)"
+		else
+			log "disk cache: checking $IMAGE ($((size / 1048576)) MiB, sha256)"
+		fi
+		if [ "$(disk_sha256 "$file")" != "$expected" ]; then
+			CORRUPT="failed its sha256 check"
+			return 1
+		fi
+		how="sha256 of the whole copy checked"
+		# Verified in full: from here on dm-verity (when there is a tree) checks each read too.
+		[ -n "$VERITY" ] && { [ -s "$tree" ] || disk_fetch_tree "$tree"; } && disk_mount_verity "$file" "$tree"
+	fi
+	log "disk cache: hit for $IMAGE: $size bytes from disk, none over the network ($how)"
+	event disk "cache_hit: $IMAGE, $size bytes read from disk instead of the network ($how)" "$size"
+	return 0
+}
+
 # The image's root from the disk cache: a verified copy is used as is (no root bytes over the
 # network); a missing or corrupt one is downloaded once into the cache (resuming a cut
-# download from its .part). Sets ROOTFS_FILE; returns 1 when the cache cannot be used.
+# download from its .part). Sets ROOTFS_FILE (and ROOTFS_DEVICE when already mounted through
+# dm-verity); returns 1 when the cache cannot be used.
 disk_cached_rootfs() {
 	[ -n "$DISK_READY" ] && [ -n "$DISK_CACHE_MIB" ] && [ -n "$IMAGE" ] || return 1
 	STEP=rootfs
-	local dir="$DISK_MNT/images" size expected file part url actual attempt
+	local dir="$DISK_MNT/images" size expected file tree part url actual attempt
 	rootfs_size || fail rootfs "$MANIFEST_URL" "$DOWNLOAD_ERROR"
 	size=$REMOTE_SIZE
 	expected=$(manifest_rootfs sha256)
@@ -208,20 +303,24 @@ disk_cached_rootfs() {
 		return 1
 	fi
 	file="$dir/$IMAGE.squashfs"
+	tree="$dir/$IMAGE.verity"
 	part="$dir/$IMAGE.part"
+	DISK_MARKER="$dir/$IMAGE.booting"
+	VERITY=
+	disk_verity_ready "$size" && VERITY=1
 	mkdir -p "$dir"
 	if [ -e "$file" ]; then
-		log "disk cache: checking $IMAGE ($((size / 1048576)) MiB, sha256)"
-		if [ "$(file_size "$file")" = "$size" ] && [ "$(disk_sha256 "$file")" = "$expected" ]; then
+		CORRUPT="has $(file_size "$file") bytes instead of $size"
+		if [ "$(file_size "$file")" = "$size" ] && disk_use_cached "$file" "$tree" "$size" "$expected"; then
 			touch "$file"
+			[ -e "$tree" ] && touch "$tree"
+			: >"$DISK_MARKER"
 			ROOTFS_FILE=$file
-			log "disk cache: hit for $IMAGE: $size bytes from disk, none over the network"
-			event disk "cache_hit: $IMAGE, $size bytes read from disk instead of the network" "$size"
 			return 0
 		fi
-		log "disk cache: the cached copy of $IMAGE does not match its sha256: downloading it again"
-		event disk "cache_corrupt: $IMAGE failed its sha256 check, downloading again"
-		rm -f "$file"
+		log "disk cache: the cached copy of $IMAGE $CORRUPT: downloading it again"
+		event disk "cache_corrupt: $IMAGE $CORRUPT, downloading again"
+		rm -f "$file" "$tree" "$DISK_MARKER"
 	fi
 	DISK_ERROR=
 	if ! disk_make_room "$IMAGE" "$size"; then
@@ -241,6 +340,8 @@ disk_cached_rootfs() {
 		[ "$attempt" = 2 ] && fail rootfs "$url" "sha256 mismatch twice: expected $expected, got $actual"
 	done
 	mv "$part" "$file"
+	[ -n "$VERITY" ] && disk_fetch_tree "$tree" && disk_mount_verity "$file" "$tree"
+	: >"$DISK_MARKER"
 	sync
 	ROOTFS_FILE=$file
 	event disk "cache_miss: $IMAGE, $size bytes downloaded and kept on $DISK_PART${PRUNED:+; pruned$PRUNED}" "$size"
