@@ -23,7 +23,7 @@
  * (F: netboot's failed machines; R = X / Y, below 1 means netboot got the fleet up sooner).
  */
 import { execFile } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, statSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -34,7 +34,7 @@ import type { ClientPlan, ClientReport } from './lib/storm-client.ts';
 import { prepareStormCache, STORM_IMAGE_ID } from './lib/storm-image.ts';
 import { watchStack } from './lib/storm-procs.ts';
 import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
-import { failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, phaseTable, stackTable, type StackRun } from './lib/storm-summary.ts';
+import { failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, phaseTable, rootWindowLines, stackTable, threadLines, type StackRun } from './lib/storm-summary.ts';
 import type { NbdTrace } from './lib/storm-trace.ts';
 
 const run = promisify(execFile);
@@ -142,9 +142,11 @@ async function storm(): Promise<void> {
   };
   const unregister = cleanupOnInterrupt(cleanup);
   const runs: StackRun[] = [];
+  let rootBytes = 0;
   try {
     const cacheDir = join(workDir, 'cache');
     const imageDir = await prepareStormCache(cacheDir, ['storm']);
+    rootBytes = statSync(join(imageDir, 'rootfs.squashfs')).size;
     // Both stacks read the same inodes: warm the page cache once, so neither pays the disk.
     await run('cat', [join(imageDir, 'vmlinuz'), join(imageDir, 'initrd.img'), join(imageDir, 'rootfs.squashfs')], { maxBuffer: 1 << 30, encoding: 'buffer' });
     segment = await createSegment({ serverIp: SERVER_IP });
@@ -178,6 +180,8 @@ async function storm(): Promise<void> {
   out.push(phaseTable(runs));
   out.push('');
   out.push(stackTable(runs));
+  out.push(...threadLines(runs));
+  if (root === 'ram') out.push(...rootWindowLines(runs, rootBytes));
   for (const r of runs) for (const sample of failureSamples(r)) out.push(`  ${r.stack} failure: ${sample}`);
   out.push(`load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 shared cores; the fleet runs on them too)`);
   const netboot = runs.find((r) => r.stack === 'netboot');

@@ -25,6 +25,8 @@ export interface StackRun {
   peakRssBytes: number;
   dhcpRetransmits: number;
   tftpRetransmits: number;
+  /** Server CPU seconds per thread name, busiest first (bench/lib/storm-procs.ts). */
+  threadCpu?: { name: string; seconds: number; threads: number }[];
   /** CPU seconds of the simulated fleet (one process, on the same cores). */
   fleetCpuSeconds?: number;
   /**
@@ -147,4 +149,29 @@ export function finalLine(netboot: StackRun, peer: StackRun): string {
   const ratio = x / y;
   const f = (v: number) => (Number.isFinite(v) ? v.toFixed(1) : 'NaN');
   return `storm: ${netboot.machines.length} machines, ${failedCount(netboot)} failed, netboot ${f(x)} s vs peer ${f(y)} s = ${Number.isFinite(ratio) ? ratio.toFixed(2) : 'NaN'}x`;
+}
+
+/** One line per stack: where the server's CPU went, by thread name (`name xN` when N threads share it). */
+export function threadLines(runs: readonly StackRun[], limit = 6): string[] {
+  return runs
+    .filter((r) => r.threadCpu?.length)
+    .map((r) => `${r.stack} CPU s by thread: ${r.threadCpu!.filter((t) => t.seconds > 0).slice(0, limit).map((t) => `${t.name}${t.threads > 1 ? ` x${t.threads}` : ''} ${t.seconds.toFixed(1)}`).join(', ')}`);
+}
+
+/**
+ * Per stack: the root phase's window over the fleet (first machine entering it to the last
+ * leaving it, seconds from power-on) and the mean rate over it, for roots of `rootBytes` each;
+ * the aggregate rate is what decides the all-up time once many machines download at once.
+ */
+export function rootWindowLines(runs: readonly StackRun[], rootBytes: number): string[] {
+  return runs.flatMap((r) => {
+    const spans = r.machines
+      .filter((m) => m.upAtMs !== undefined && m.phases.root !== undefined && m.phases.up !== undefined)
+      .map((m) => ({ end: m.upAtMs! - m.phases.up!, start: m.upAtMs! - m.phases.up! - m.phases.root! }));
+    if (spans.length === 0) return [];
+    const first = Math.min(...spans.map((s) => s.start));
+    const last = Math.max(...spans.map((s) => s.end));
+    const mibPerS = (spans.length * rootBytes) / 2 ** 20 / ((last - first) / 1000);
+    return [`${r.stack} root window: ${(first / 1000).toFixed(1)} s to ${(last / 1000).toFixed(1)} s after power-on, ${spans.length} x ${mib(rootBytes)} MiB at ${mibPerS.toFixed(0)} MiB/s`];
+  });
 }

@@ -3,7 +3,8 @@ import type { Logger } from '../log.ts';
 
 /**
  * The netboot_sendfile addon (native/sendfile/, built by `npm ci` through binding.gyp):
- * sends a file range to a connected TCP socket with sendfile(2) on one native thread.
+ * sends a file range to a connected TCP socket with sendfile(2) on native threads (one per
+ * core, at most 8; NETBOOT_SENDFILE_THREADS overrides).
  * Absent when the addon was not built (no compiler, not Linux): callers then copy through
  * userspace (see send-file.ts).
  */
@@ -12,7 +13,7 @@ interface Binding {
   start(socketFd: number, fileFd: number, offset: number, length: number, done: (bytes: number, errno: number) => void): number;
   cancel(job: number): void;
   activeJobs(): number;
-  stats(): { started: number; bytesSent: number };
+  stats(): { started: number; bytesSent: number; threads: number; threadBytes: number[] };
 }
 
 export interface NativeSendResult {
@@ -54,7 +55,7 @@ export function logSendfilePath(log: Logger): void {
   if (logged) return;
   logged = true;
   const status = nativeSendfileStatus();
-  if (status.available) log.debug({ sendfile: 'native' }, 'artifact bodies go out with sendfile(2) on a native thread');
+  if (status.available) log.debug({ sendfile: 'native' }, 'artifact bodies go out with sendfile(2) on native threads');
   else log.warn({ sendfile: 'copy', reason: status.reason }, 'sendfile addon not loaded: artifact bodies are copied through userspace (about half the throughput); fix: npm ci with g++ and make installed');
 }
 
@@ -83,7 +84,7 @@ export function startNativeSend(socketFd: number, fileFd: number, offset: number
   };
 }
 
-/** Jobs started and not yet reported back, and totals since the addon loaded (null without the addon). */
-export function nativeSendfileCounters(): { activeJobs: number; started: number; bytesSent: number } | null {
+/** Jobs started and not yet reported back, totals since the addon loaded, its worker threads and each one's bytes (null without the addon). */
+export function nativeSendfileCounters(): { activeJobs: number; started: number; bytesSent: number; threads: number; threadBytes: number[] } | null {
   return binding ? { activeJobs: binding.activeJobs(), ...binding.stats() } : null;
 }

@@ -7,7 +7,7 @@ import { startNativeSend } from './native-sendfile.ts';
  * Sends bytes [start, end] of a file as the body of a response whose headers are set.
  *
  * On a plain TCP socket with the netboot_sendfile addon built, the bytes go out with
- * sendfile(2) on the addon's native thread (no copies through userspace, nothing on the JS
+ * sendfile(2) on the addon's native threads (no copies through userspace, nothing on the JS
  * thread); the headers are written through Node first and must be in the kernel before the
  * first body byte. Otherwise (no addon, TLS, inject's fake socket, chunked encoding,
  * NETBOOT_SENDFILE=copy) it copies with two reused buffers: one is read from disk while the

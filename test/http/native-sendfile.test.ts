@@ -105,6 +105,54 @@ describe.skipIf(!native)('netboot_sendfile addon', () => {
     }
   });
 
+  it('runs jobs on a worker per core (at most 8), and counts each worker\'s bytes', async () => {
+    const { server, client, fd } = await pair();
+    const received = readAll(client, 1_000_000);
+    expect(await startNativeSend(fd, fileFd, 0, 1_000_000)!.result).toEqual({ bytes: 1_000_000, errno: 0 });
+    await received;
+    const stats = nativeSendfileCounters()!;
+    expect(stats.threads).toBeGreaterThanOrEqual(1);
+    expect(stats.threads).toBeLessThanOrEqual(8);
+    expect(stats.threadBytes).toHaveLength(stats.threads);
+    expect(stats.threadBytes.reduce((a, b) => a + b, 0)).toBe(stats.bytesSent);
+    server.destroy();
+    client.destroy();
+  });
+
+  it('cancel under load: cancelled jobs end ECANCELED while the others on the same workers finish byte for byte', async () => {
+    const fdsBefore = openFds();
+    const pairs = await Promise.all(Array.from({ length: 16 }, () => pair()));
+    const fdsWithPairs = openFds();
+    const jobs = pairs.map(({ client, fd }, i) => {
+      const stuck = i % 2 === 1;
+      // A stuck job asks for more than the kernel buffers of a client that never reads can hold.
+      const offset = stuck ? 0 : i * 100_003;
+      const length = stuck ? content.length : 2_000_000 + i;
+      if (stuck) client.pause();
+      const received = stuck ? null : readAll(client, length);
+      return { stuck, offset, length, received, job: startNativeSend(fd, fileFd, offset, length)! };
+    });
+    expect(nativeSendfileCounters()!.activeJobs).toBe(16);
+    for (const j of jobs) if (j.stuck) j.job.cancel();
+    for (const j of jobs) {
+      const result = await j.job.result;
+      if (j.stuck) {
+        expect(result.errno).toBe(ECANCELED);
+        expect(result.bytes).toBeLessThan(j.length);
+      } else {
+        expect(result).toEqual({ bytes: j.length, errno: 0 });
+        expect((await j.received!).equals(content.subarray(j.offset, j.offset + j.length))).toBe(true);
+      }
+    }
+    expect(nativeSendfileCounters()!.activeJobs).toBe(0);
+    expect(openFds()).toBe(fdsWithPairs); // every duplicated socket and file closed
+    for (const { server, client } of pairs) {
+      server.destroy();
+      client.destroy();
+    }
+    await expect.poll(openFds).toBe(fdsBefore);
+  });
+
   it('cancel stops a job stuck on a client that does not read, and closes its duplicated fds', async () => {
     const { server, client, fd } = await pair();
     client.pause();
@@ -207,6 +255,47 @@ describe.skipIf(!native)('netboot_sendfile addon', () => {
       const proc = execFile(process.execPath, ['-e', script], { timeout: 20_000 }, (_err, stdout, stderr) => done({ code: proc.exitCode, signal: proc.signalCode, stdout, stderr }));
     });
   }
+
+  it('spreads jobs started together evenly over its workers (NETBOOT_SENDFILE_THREADS=4), each range byte for byte', async () => {
+    const jobs = 32;
+    const script = `
+      const net = require('node:net'); const fs = require('node:fs'); const crypto = require('node:crypto');
+      const addon = require(${JSON.stringify(addon)});
+      const file = fs.openSync(${JSON.stringify(path)}, 'r');
+      const content = fs.readFileSync(${JSON.stringify(path)});
+      const sockets = new Map();
+      const srv = net.createServer((s) => { sockets.set(s.remotePort, s); if (sockets.size === ${jobs}) startAll(); });
+      const clients = [];
+      const results = [];
+      let ended = 0;
+      function startAll() {
+        // One synchronous loop: no completion is delivered in between, so the spread depends on nothing else.
+        clients.forEach((c, i) => {
+          const offset = i * 100003, length = 1000000 + i * 4099;
+          const s = sockets.get(c.localPort);
+          addon.start(s._handle.fd, file, offset, length, (bytes, errno) => { results[i] = { bytes, errno, length }; s.end(); });
+          const hash = crypto.createHash('sha256');
+          c.on('data', (d) => hash.update(d));
+          c.on('end', () => {
+            results[i].same = hash.digest('hex') === crypto.createHash('sha256').update(content.subarray(offset, offset + length)).digest('hex');
+            c.destroy();
+            if (++ended === ${jobs}) { srv.close(); console.log(JSON.stringify({ stats: addon.stats(), results })); }
+          });
+        });
+      }
+      srv.listen(0, '127.0.0.1', () => { for (let i = 0; i < ${jobs}; i++) clients.push(net.connect(srv.address().port, '127.0.0.1')); });`;
+    const { stdout } = await new Promise<{ stdout: string }>((done, fail) =>
+      execFile(process.execPath, ['-e', script], { timeout: 30_000, env: { ...process.env, NETBOOT_SENDFILE_THREADS: '4' } }, (err, stdout) => (err ? fail(err) : done({ stdout }))),
+    );
+    const report = JSON.parse(stdout) as { stats: { threads: number; threadBytes: number[]; bytesSent: number }; results: { bytes: number; errno: number; length: number; same: boolean }[] };
+    expect(report.results).toHaveLength(jobs);
+    for (const r of report.results) expect(r).toEqual({ bytes: r.length, errno: 0, length: r.length, same: true });
+    expect(report.stats.threads).toBe(4);
+    // 8 jobs each: job i went to worker i mod 4 (least loaded, ties in turn).
+    const perWorker = [0, 1, 2, 3].map((w) => report.results.filter((_, i) => i % 4 === w).reduce((sum, r) => sum + r.length, 0));
+    expect(report.stats.threadBytes).toEqual(perWorker);
+    expect(report.stats.bytesSent).toBe(perWorker.reduce((a, b) => a + b, 0));
+  });
 
   it('an idle engine does not keep the process alive: the process exits by itself after its jobs', async () => {
     const result = await child(true, '');
