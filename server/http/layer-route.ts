@@ -53,8 +53,10 @@ export function registerLayerRoute(app: FastifyInstance, ctx: HttpContext): void
       // Until the response is complete the boot id stays redeemable (after a failure or a cut download /init retries).
       const grant = redemption;
       if (grant) {
-        // 'finish': all of the response is handed to the kernel (a counted delivery stays counted); a 'close' without it broke off.
-        reply.raw.once('finish', () => grant.delivered());
+        // 'finish': the whole response is handed to the kernel, the delivery stays counted. Node emits it also when
+        // the peer reset the connection with bytes still queued (the socket is errored then): that one broke off.
+        const socket = request.raw.socket;
+        reply.raw.once('finish', () => (socket.errored ? grant.release() : grant.delivered()));
         reply.raw.once('close', () => grant.release());
       }
       if (imageId !== null && !isValidImageId(imageId)) return reply.code(404).send({ error: `no built image with id ${imageId}` });

@@ -1,6 +1,8 @@
 import { execFile } from 'node:child_process';
 import { chmodSync, lstatSync, mkdirSync, readFileSync, readlinkSync, existsSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { get as httpGet } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { promisify } from 'node:util';
 import type { FastifyInstance } from 'fastify';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -223,6 +225,33 @@ describe('per-machine layer', () => {
     const bad = await h.app.inject(`/machines/${MAC2_HYP}/layer`);
     expect(bad.statusCode).toBe(500);
     expect(bad.json().error).toMatch(/motd\.tmpl:1: \{\{nope\}\} is not defined/);
+  });
+
+  it('a signed download cut off on the wire (real TCP) is taken back: the ledger gets its undo line, the boot keeps all its deliveries', async () => {
+    // Bigger than the socket buffers can take (tcp_wmem + tcp_rmem maxima): it cannot be complete on our side when the client goes.
+    const bufferMax = (name: string) => Number(readFileSync(`/proc/sys/net/ipv4/${name}`, 'utf8').trim().split(/\s+/)[2]);
+    const big = Buffer.alloc(Math.ceil((bufferMax('tcp_wmem') + bufferMax('tcp_rmem') + (16 << 20)) / 4), 0x5a);
+    h = await harness(baseYaml({ machines }), { demo2: { ...folders.demo2, 'srv/a': big, 'srv/b': big, 'srv/c': big, 'srv/d': big } });
+    addImage(h.store, 'demo');
+    const path = await signedLayerPath(h.app, MAC2_HYP);
+    await h.app.listen({ host: '127.0.0.1', port: 0 });
+    const { port } = h.app.server.address() as AddressInfo;
+    const ledger = join(h.deps.stateDir, 'used-layer-urls.jsonl');
+    const cut = await new Promise<{ status?: number; linesAtFirstByte: number }>((resolve, reject) => {
+      const req = httpGet({ host: '127.0.0.1', port, path, agent: false }, (res) => {
+        res.once('data', () => {
+          // Counted before the first byte: the line is there while the body is still on its way.
+          const linesAtFirstByte = readFileSync(ledger, 'utf8').trim().split('\n').length;
+          req.destroy();
+          resolve({ status: res.statusCode, linesAtFirstByte });
+        });
+      });
+      req.on('error', (err) => (req.destroyed ? undefined : reject(err)));
+    });
+    expect(cut).toEqual({ status: 200, linesAtFirstByte: 1 });
+    await expect.poll(() => readFileSync(ledger, 'utf8').trim().split('\n').map((line) => JSON.parse(line) as { undo?: boolean })).toEqual([{ id: expect.any(String), exp: expect.any(Number) }, { id: expect.any(String), exp: expect.any(Number), undo: true }]);
+    for (let i = 0; i < MAX_DELIVERIES; i++) expect((await h.app.inject(path)).statusCode).toBe(200);
+    expect((await h.app.inject(path)).statusCode).toBe(410);
   });
 
   it('a signed fetch that fails (a template error) does not use up the boot: fixed and retried, it is served', async () => {
