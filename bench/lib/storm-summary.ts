@@ -12,6 +12,8 @@ export interface MachineResult {
   waitMs: number;
   /** Failed attempts that were retried (connection refused, HTTP errors other than 503). */
   retries: number;
+  /** Root ram: ms from power-on to the root download's 200 headers and to its body's end (the body alone, without queue waits). */
+  rootBody?: [number, number];
   /** Milliseconds from power-on to the `up` event's answer. */
   upAtMs?: number;
   failed?: { phase: Phase; error: string };
@@ -172,6 +174,11 @@ export function rootWindowLines(runs: readonly StackRun[], rootBytes: number): s
     const first = Math.min(...spans.map((s) => s.start));
     const last = Math.max(...spans.map((s) => s.end));
     const mibPerS = (spans.length * rootBytes) / 2 ** 20 / ((last - first) / 1000);
-    return [`${r.stack} root window: ${(first / 1000).toFixed(1)} s to ${(last / 1000).toFixed(1)} s after power-on, ${spans.length} x ${mib(rootBytes)} MiB at ${mibPerS.toFixed(0)} MiB/s`];
+    const bodies = r.machines.flatMap((m) => (m.rootBody ? [m.rootBody] : []));
+    const bodyMs = bodies.map(([a, b]) => b - a);
+    // Mean bodies in flight over the window: the summed body time over the window's length.
+    const inFlight = bodyMs.reduce((a, b) => a + b, 0) / (last - first);
+    const body = bodies.length ? `; root body alone p50 ${ms(percentile(bodyMs, 50))} / p99 ${ms(percentile(bodyMs, 99))}, ${inFlight.toFixed(1)} bodies in flight on average` : '';
+    return [`${r.stack} root window: ${(first / 1000).toFixed(1)} s to ${(last / 1000).toFixed(1)} s after power-on, ${spans.length} x ${mib(rootBytes)} MiB at ${mibPerS.toFixed(0)} MiB/s${body}`];
   });
 }

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { scriptCommand } from '../../bench/lib/storm-client.ts';
-import { allUpSeconds, failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, stackTable, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+import { threadCpuByName } from '../../bench/lib/storm-procs.ts';
+import { allUpSeconds, failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, rootWindowLines, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
 
 function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
   return {
@@ -86,5 +87,38 @@ describe('bench/storm summary', () => {
     expect(nginxScriptTimes(nginxLog)).toEqual([1, 120]);
     const run = { ...stack('netboot', [machine('a', 1000)]), serverScriptMs: [3, 41] };
     expect(stackTable([run])).toMatch(/\| 3\.0 ms \/ 41 ms +\|/);
+  });
+
+  it('gives the root window, its aggregate rate, and the root bodies apart from queue waits', () => {
+    // Root phases (upAtMs / 2 long, then 'up' 100 ms): 5 s..9.9 s and 10 s..19.9 s; bodies 8..9.9 s and 12..19.9 s.
+    const withUp = (m: MachineResult): MachineResult => ({ ...m, phases: { ...m.phases, up: 100 } });
+    const netboot = stack('netboot', [
+      withUp(machine('52:54:00:88:00:01', 10_000, { rootBody: [8_000, 9_900] })),
+      withUp(machine('52:54:00:88:00:02', 20_000, { rootBody: [12_000, 19_900] })),
+      machine('52:54:00:88:00:03', null),
+    ]);
+    expect(rootWindowLines([netboot], 30 * 2 ** 20)).toEqual([
+      'netboot root window: 4.9 s to 19.9 s after power-on, 2 x 30 MiB at 4 MiB/s; root body alone p50 1900 ms / p99 7900 ms, 0.7 bodies in flight on average',
+    ]);
+    expect(rootWindowLines([stack('peer', [machine('52:54:00:88:00:01', null)])], 1)).toEqual([]);
+  });
+
+  it('sums server CPU by thread name, threads started during the storm counted from zero', () => {
+    const before = new Map([['10/10', { name: 'node', seconds: 5 }], ['10/11', { name: 'nb-sendfile-0', seconds: 1 }]]);
+    const after = new Map([
+      ['10/10', { name: 'node', seconds: 25 }],
+      ['10/11', { name: 'nb-sendfile-0', seconds: 4 }],
+      ['10/12', { name: 'nb-sendfile-1', seconds: 2.5 }],
+      ['20/20', { name: 'nginx', seconds: 0.5 }],
+      ['21/21', { name: 'nginx', seconds: 0.25 }],
+    ]);
+    const byName = threadCpuByName(before, after);
+    expect(byName).toEqual([
+      { name: 'node', seconds: 20, threads: 1 },
+      { name: 'nb-sendfile-0', seconds: 3, threads: 1 },
+      { name: 'nb-sendfile-1', seconds: 2.5, threads: 1 },
+      { name: 'nginx', seconds: 0.75, threads: 2 },
+    ]);
+    expect(threadLines([{ ...stack('netboot', []), threadCpu: byName }], 3)).toEqual(['netboot CPU s by thread: node 20.0, nb-sendfile-0 3.0, nb-sendfile-1 2.5']);
   });
 });
