@@ -99,7 +99,8 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, inde
     mark = now;
   };
   let rootBody: [number, number] | undefined;
-  const result = (extra: Partial<MachineResult>): MachineResult => ({ mac, phases, waits: counters.waits, waitMs: counters.waitMs, retries: counters.retries, ...(rootBody ? { rootBody } : {}), ...extra }) as MachineResult;
+  let rootReads: number | undefined;
+  const result = (extra: Partial<MachineResult>): MachineResult => ({ mac, phases, waits: counters.waits, waitMs: counters.waitMs, retries: counters.retries, ...(rootBody ? { rootBody, rootReads } : {}), ...extra }) as MachineResult;
   try {
     const xid = (0x5e000000 + index * 16) >>> 0;
     const firmware = await dhcpBoot(mux, 'firmware', mac, xid);
@@ -140,9 +141,10 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, inde
     done('layer');
     phase = 'root';
     if (plan.root === 'ram') {
-      const timing = { headersAt: NaN, endAt: NaN };
+      const timing = { headersAt: NaN, endAt: NaN, reads: 0 };
       await httpFetch(`${server}/images/${image}/rootfs.squashfs?mac=${hyphens(mac)}`, { ...http, tries: 5, timing });
       rootBody = [timing.headersAt - t0, timing.endAt - t0];
+      rootReads = timing.reads;
     } else {
       const nbd = kernelArg(kernel.args, 'netboot.nbd') ?? `${new URL(server).hostname}:10809`;
       const [host, port] = [nbd.slice(0, nbd.lastIndexOf(':')), Number(nbd.slice(nbd.lastIndexOf(':') + 1))];

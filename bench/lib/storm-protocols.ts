@@ -263,26 +263,28 @@ export interface HttpOptions {
   counters: HttpCounters;
   /** Give up waiting for anything after this long without a byte. */
   idleTimeoutMs?: number;
-  /** Filled for the attempt that succeeds: performance.now() at its response headers and at its body's end. */
-  timing?: { headersAt: number; endAt: number };
+  /** Filled for the attempt that succeeds: performance.now() at its response headers and at its body's end, and the body's reads (chunks). */
+  timing?: { headersAt: number; endAt: number; reads: number };
 }
 
 const RETRY_DELAY_MS = 2000;
 
-function once(url: string, o: HttpOptions): Promise<{ status: number; retryAfter: number | null; bytes: number; length: number | null; body: string; headersAt: number; endAt: number }> {
+function once(url: string, o: HttpOptions): Promise<{ status: number; retryAfter: number | null; bytes: number; length: number | null; body: string; headersAt: number; endAt: number; reads: number }> {
   return new Promise((resolve, reject) => {
     const req = httpRequest(url, { method: o.method ?? 'GET', headers: o.headers, localAddress: o.localAddress, agent: false }, (res) => {
       const headersAt = performance.now();
       let bytes = 0;
+      let reads = 0;
       const chunks: Buffer[] = [];
       res.on('data', (chunk: Buffer) => {
         bytes += chunk.length;
+        reads++;
         if (o.keepBody) chunks.push(chunk);
       });
       res.on('end', () => {
         const retryAfter = res.headers['retry-after'] === undefined ? null : Number(res.headers['retry-after']);
         const length = res.headers['content-length'] === undefined ? null : Number(res.headers['content-length']);
-        resolve({ status: res.statusCode ?? 0, retryAfter: Number.isFinite(retryAfter) ? retryAfter : null, bytes, length, body: Buffer.concat(chunks).toString('utf8'), headersAt, endAt: performance.now() });
+        resolve({ status: res.statusCode ?? 0, retryAfter: Number.isFinite(retryAfter) ? retryAfter : null, bytes, length, body: Buffer.concat(chunks).toString('utf8'), headersAt, endAt: performance.now(), reads });
       });
       res.on('error', reject);
     });
@@ -301,7 +303,7 @@ export async function httpFetch(url: string, o: HttpOptions): Promise<{ bytes: n
     try {
       const r = await once(url, o);
       if (r.status >= 200 && r.status < 300 && (r.length === null || r.length === r.bytes)) {
-        if (o.timing) Object.assign(o.timing, { headersAt: r.headersAt, endAt: r.endAt });
+        if (o.timing) Object.assign(o.timing, { headersAt: r.headersAt, endAt: r.endAt, reads: r.reads });
         return r;
       }
       if (r.status === 503 && r.retryAfter !== null) {

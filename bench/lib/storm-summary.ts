@@ -14,6 +14,8 @@ export interface MachineResult {
   retries: number;
   /** Root ram: ms from power-on to the root download's 200 headers and to its body's end (the body alone, without queue waits). */
   rootBody?: [number, number];
+  /** Root ram: 'data' events the fleet took the body in (the bytes each of its reads returned, on average: bytes / reads). */
+  rootReads?: number;
   /** Milliseconds from power-on to the `up` event's answer. */
   upAtMs?: number;
   failed?: { phase: Phase; error: string };
@@ -178,7 +180,9 @@ export function rootWindowLines(runs: readonly StackRun[], rootBytes: number): s
     const bodyMs = bodies.map(([a, b]) => b - a);
     // Mean bodies in flight over the window: the summed body time over the window's length.
     const inFlight = bodyMs.reduce((a, b) => a + b, 0) / (last - first);
-    const body = bodies.length ? `; root body alone p50 ${ms(percentile(bodyMs, 50))} / p99 ${ms(percentile(bodyMs, 99))}, ${inFlight.toFixed(1)} bodies in flight on average` : '';
+    const reads = r.machines.reduce((sum, m) => sum + (m.rootReads ?? 0), 0);
+    const perRead = reads > 0 ? `, ${((bodies.length * rootBytes) / reads / 1024).toFixed(0)} KiB per fleet read` : '';
+    const body = bodies.length ? `; root body alone p50 ${ms(percentile(bodyMs, 50))} / p99 ${ms(percentile(bodyMs, 99))}, ${inFlight.toFixed(1)} bodies in flight on average${perRead}` : '';
     return [`${r.stack} root window: ${(first / 1000).toFixed(1)} s to ${(last / 1000).toFixed(1)} s after power-on, ${spans.length} x ${mib(rootBytes)} MiB at ${mibPerS.toFixed(0)} MiB/s${body}`];
   });
 }

@@ -93,12 +93,12 @@ describe('bench/storm summary', () => {
     // Root phases (upAtMs / 2 long, then 'up' 100 ms): 5 s..9.9 s and 10 s..19.9 s; bodies 8..9.9 s and 12..19.9 s.
     const withUp = (m: MachineResult): MachineResult => ({ ...m, phases: { ...m.phases, up: 100 } });
     const netboot = stack('netboot', [
-      withUp(machine('52:54:00:88:00:01', 10_000, { rootBody: [8_000, 9_900] })),
-      withUp(machine('52:54:00:88:00:02', 20_000, { rootBody: [12_000, 19_900] })),
+      withUp(machine('52:54:00:88:00:01', 10_000, { rootBody: [8_000, 9_900], rootReads: 480 })),
+      withUp(machine('52:54:00:88:00:02', 20_000, { rootBody: [12_000, 19_900], rootReads: 480 })),
       machine('52:54:00:88:00:03', null),
     ]);
     expect(rootWindowLines([netboot], 30 * 2 ** 20)).toEqual([
-      'netboot root window: 4.9 s to 19.9 s after power-on, 2 x 30 MiB at 4 MiB/s; root body alone p50 1900 ms / p99 7900 ms, 0.7 bodies in flight on average',
+      'netboot root window: 4.9 s to 19.9 s after power-on, 2 x 30 MiB at 4 MiB/s; root body alone p50 1900 ms / p99 7900 ms, 0.7 bodies in flight on average, 64 KiB per fleet read',
     ]);
     expect(rootWindowLines([stack('peer', [machine('52:54:00:88:00:01', null)])], 1)).toEqual([]);
   });
