@@ -17,9 +17,10 @@ export const BOOT_ASSETS_DIR = join(dirname(fileURLToPath(import.meta.url)), '..
 /**
  * For machines with a disk (config `disk:`, boot-assets/initramfs/lib/netboot/disk.sh): its
  * filesystem, common disk controllers, and dm_verity (with dm_mod, dm_bufio), through which
- * netboot-verity maps the cached root.
+ * netboot-verity maps the cached root, with the CPU's sha256 (SHA-NI/AVX2 on x86, the ARMv8
+ * crypto extensions on arm64: several times the generic code's speed for every block read).
  */
-export const DISK_MODULES = ['ext4', 'crc32c_generic', 'crc32c_intel', 'dm_verity', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
+export const DISK_MODULES = ['ext4', 'crc32c_generic', 'crc32c_intel', 'dm_verity', 'sha256_ssse3', 'sha2_ce', 'virtio_blk', 'virtio_scsi', 'sd_mod', 'ahci', 'ata_piix', 'nvme'];
 /** Modules /init needs for the root filesystem, whatever the hardware. */
 export const BASE_MODULES = ['af_packet', 'squashfs', 'overlay', 'loop', 'nbd', ...DISK_MODULES];
 

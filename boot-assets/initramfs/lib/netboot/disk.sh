@@ -215,6 +215,9 @@ disk_verity_ready() {
 	[ "$(manifest_verity blockSize)" = 4096 ] && [ "${#VERITY_ROOT}" = 64 ] || return 1
 	case "$VERITY_BLOCKS" in '' | *[!0-9]*) return 1 ;; esac
 	[ $((VERITY_BLOCKS * 4096)) = "$1" ] || return 1
+	# The CPU's sha256 first: dm-verity takes the best one registered when the table loads.
+	modprobe -q sha256_ssse3 2>/dev/null
+	modprobe -q sha2_ce 2>/dev/null
 	modprobe -q dm_verity 2>/dev/null
 	[ -e /sys/module/dm_verity ]
 }
