@@ -235,12 +235,25 @@ function replyDestination(request: DhcpMessage, nak: boolean): Destination {
 
 // ---- full -------------------------------------------------------------------------------
 
+/**
+ * The pool without the server's address and every reservation, built once per config (a
+ * config is replaced, never changed, on reload): the lease store indexes its pool by this
+ * object, and a per-packet walk of every machine would cost O(machines) per packet. A MAC's
+ * own reservation being in `excluded` does not matter: a MAC with a reservation gets only it.
+ */
+const poolSpecs = new WeakMap<Config, PoolSpec>();
+
 function poolSpec(config: Config, mac: string): { spec: PoolSpec; reserved: string | undefined } | null {
   const pool = config.server.dhcp.pool;
   if (!pool) return null;
-  const excluded = new Set<string>([config.server.address]);
-  for (const machine of config.machines.values()) if (machine.ip && machine.mac !== mac) excluded.add(machine.ip);
-  return { spec: { start: pool.start, end: pool.end, excluded }, reserved: config.machines.get(mac)?.ip };
+  let spec = poolSpecs.get(config);
+  if (!spec || spec.start !== pool.start || spec.end !== pool.end) {
+    const excluded = new Set<string>([config.server.address]);
+    for (const machine of config.machines.values()) if (machine.ip) excluded.add(machine.ip);
+    spec = { start: pool.start, end: pool.end, excluded };
+    poolSpecs.set(config, spec);
+  }
+  return { spec, reserved: config.machines.get(mac)?.ip };
 }
 
 /**
