@@ -10,14 +10,6 @@ export type { DhcpExchange } from './responder.ts';
 
 const ROUTINE = new Set(['not-a-pxe-client', 'not-a-boot-client', 'for-address-server', 'other-server', 'no-record']);
 
-/**
- * Receive buffer asked for each socket. A fleet powering on sends its DISCOVERs within a few
- * milliseconds; the default buffer (rmem_default, 208 KiB: about a hundred packets counting the
- * kernel's overhead) overflows before the loop drains it, and every dropped packet costs its
- * machine a firmware retransmit (4 s, then 8, 16). The kernel caps it at net.core.rmem_max.
- */
-export const DHCP_RECV_BUFFER_BYTES = 4 << 20;
-
 export interface DhcpServerOptions {
   /** Read at every packet, so a reloaded config applies to the next one (mode, pool, machines). */
   config: () => Config;
@@ -79,7 +71,7 @@ export class DhcpServer {
   }
 
   async #bind(address: string, port: number): Promise<number> {
-    const socket = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: DHCP_RECV_BUFFER_BYTES });
+    const socket = createSocket({ type: 'udp4', reuseAddr: true });
     this.#sockets.push(socket);
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);

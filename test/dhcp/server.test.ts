@@ -94,24 +94,6 @@ describe('DHCP server in a network namespace (proxy mode)', () => {
     expect(peer.inbox.filter((r) => xidOf(r) === 0x1003)).toEqual([]);
   });
 
-  it('a fleet-sized burst that arrives while the loop is busy waits in the socket buffer: every DISCOVER is handled', async () => {
-    // 600 DISCOVERs (~800 KB of kernel buffer) sent while the server is stopped: the default
-    // 208 KiB buffer drops most of them; the server's 4 MiB one keeps them all.
-    const rmemMax = Number((await segment.exec('cat', ['/proc/sys/net/core/rmem_max'])).stdout.trim());
-    expect(rmemMax, 'net.core.rmem_max caps the server socket buffer; this host needs >= 2 MiB').toBeGreaterThanOrEqual(2 << 20);
-    const burst = Array.from({ length: 600 }, (_, i) => withXid(fixture('ovmf-pxe-discover.bin'), 0x3000 + i));
-    const before = server.exchanges.length;
-    server.child.kill('SIGSTOP');
-    try {
-      await peer.send(burst, '255.255.255.255', 67);
-    } finally {
-      server.child.kill('SIGCONT');
-    }
-    // Each handled DISCOVER is one exchange; a dropped one never shows up (the wait times out).
-    await server.waitForExchange(() => server.exchanges.length >= before + burst.length, 20_000);
-    expect(server.exchanges.slice(before).filter((e) => e.mac === KNOWN && e.replyType === 'OFFER')).toHaveLength(burst.length);
-  });
-
   it('survives thousands of random and mutated packets, then still answers a valid DISCOVER', async () => {
     const seeds = ['ovmf-pxe-discover.bin', 'ovmf-http-discover.bin', 'ipxe-bios-discover.bin'].map(fixture);
     seeds.push(encodeMessage(request(MessageType.REQUEST, KNOWN, [ipOption(Opt.SERVER_ID, segment.serverIp), ipOption(Opt.REQUESTED_IP, '1.2.3.4')])));
