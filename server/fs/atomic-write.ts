@@ -99,23 +99,6 @@ export async function createFileDurable(path: string, data: string | Uint8Array,
 }
 
 /**
- * Appends one line and fsyncs it before resolving. A newly created file also gets its directory fsynced.
- * A crash can leave a torn last line: readers must skip a line that does not parse.
- */
-export async function appendDurable(path: string, line: string, mode = 0o644): Promise<void> {
-  const text = line.endsWith('\n') ? line : `${line}\n`;
-  const existed = await stat(path).then(() => true, () => false);
-  const handle = await open(path, 'a', mode);
-  try {
-    await handle.appendFile(text);
-    await handle.sync();
-  } finally {
-    await handle.close();
-  }
-  if (!existed) await fsyncDir(dirname(path));
-}
-
-/**
  * An append-only file whose appends become durable in groups (group commit): `append` queues its bytes and
  * resolves once they are on disk. One write + fdatasync covers every append queued while the previous one ran,
  * and never more than one is in flight, so N concurrent appends cost about two fsyncs instead of N, and none of

@@ -3,7 +3,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  appendDurable,
   createFileDurable,
   fsyncTree,
   GroupCommitLog,
@@ -49,19 +48,6 @@ describe('writeFileAtomic', () => {
     writeFileAtomicSync(path, Buffer.from('abc'));
     writeFileAtomicSync(path, 'abcd');
     return readFile(path, 'utf8').then((t) => expect(t).toBe('abcd'));
-  });
-});
-
-describe('appendDurable', () => {
-  it('appends whole lines, creating the file', async () => {
-    const path = join(dir, 'ledger');
-    await appendDurable(path, '{"a":1}');
-    await appendDurable(path, '{"a":2}\n');
-    expect(await readFile(path, 'utf8')).toBe('{"a":1}\n{"a":2}\n');
-  });
-
-  it('rejects when the directory is gone (the caller decides what to do)', async () => {
-    await expect(appendDurable(join(dir, 'gone', 'ledger'), 'x')).rejects.toThrow(/ENOENT/);
   });
 });
 
