@@ -7,16 +7,16 @@
  *
  * Compiled by static-tool.ts.
  */
-import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { compileStaticTool, staticToolFingerprint, type InitramfsFile } from './static-tool.ts';
+import { compileStaticTool, staticToolFile, staticToolFingerprint, type InitramfsFile } from './static-tool.ts';
 
 export type { InitramfsFile } from './static-tool.ts';
 
 export const NBD_CLIENT_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'nbd-client', 'netboot-nbd.c');
 /** Where /init finds it (on PATH). */
 export const NBD_CLIENT_PATH = 'bin/netboot-nbd';
+const NBD_CLIENT_WHAT = 'the initramfs NBD client';
 
 /** Hash of what determines the binary: the source and the flags (part of image ids for `root: nbd`). */
 export function nbdClientFingerprint(source = NBD_CLIENT_SOURCE): Promise<string> {
@@ -25,11 +25,10 @@ export function nbdClientFingerprint(source = NBD_CLIENT_SOURCE): Promise<string
 
 /** Path of the compiled client, compiling it first if this source version has not been. */
 export function compileNbdClient(source = NBD_CLIENT_SOURCE, outDir?: string): Promise<string> {
-  return compileStaticTool(source, 'the initramfs NBD client', outDir);
+  return compileStaticTool(source, NBD_CLIENT_WHAT, outDir);
 }
 
 /** The files `root: nbd` adds to an initramfs: the static client at bin/netboot-nbd. */
 export async function nbdClientFiles(source = NBD_CLIENT_SOURCE): Promise<InitramfsFile[]> {
-  const binary = await compileNbdClient(source);
-  return [{ path: NBD_CLIENT_PATH, mode: 0o755, data: await readFile(binary) }];
+  return [await staticToolFile(source, NBD_CLIENT_PATH, NBD_CLIENT_WHAT)];
 }

@@ -55,3 +55,8 @@ async function compile(source: string, what: string, outDir: string): Promise<st
   await rename(partial, output);
   return output;
 }
+
+/** The tool as an initramfs file: executable at `path` (relative to /, on /init's PATH under bin/). */
+export async function staticToolFile(source: string, path: string, what: string): Promise<InitramfsFile> {
+  return { path, mode: 0o755, data: await readFile(await compileStaticTool(source, what)) };
+}

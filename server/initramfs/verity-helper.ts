@@ -4,11 +4,10 @@
  * manifest's root hash (disk.sh). Built for the host's architecture only: an initramfs for
  * another one goes without it, and its machines check the cached copy's whole sha256 instead.
  */
-import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { platformArchitecture } from '../images/kernel-arch.ts';
-import { compileStaticTool, staticToolFingerprint, type InitramfsFile } from './static-tool.ts';
+import { staticToolFile, staticToolFingerprint, type InitramfsFile } from './static-tool.ts';
 
 export const VERITY_HELPER_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'verity', 'netboot-verity.c');
 /** Where /init finds it (on PATH). */
@@ -26,6 +25,5 @@ export function verityHelperFingerprint(source = VERITY_HELPER_SOURCE): Promise<
 }
 
 export async function verityHelperFiles(source = VERITY_HELPER_SOURCE): Promise<InitramfsFile[]> {
-  const binary = await compileStaticTool(source, 'the initramfs dm-verity helper');
-  return [{ path: VERITY_HELPER_PATH, mode: 0o755, data: await readFile(binary) }];
+  return [await staticToolFile(source, VERITY_HELPER_PATH, 'the initramfs dm-verity helper')];
 }
