@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { link, open, readFile, rename, rm, stat } from 'node:fs/promises';
 
 export interface LockOptions {
@@ -13,8 +14,10 @@ export interface LockOptions {
 }
 
 /**
- * Takes a lock file holding our pid, waiting while another live process holds it. A lock
- * whose holder died is taken over; so is an empty or garbled one that stayed so for
+ * Takes a lock file holding our pid and start time, waiting while another live process holds
+ * it. A lock whose holder died is taken over, also when its pid now names another process (a
+ * container's server is pid 1 every time: a build killed with its container left a lock of
+ * "pid 1" that the next container's pid 1 would otherwise wait on forever); so is an empty or garbled one that stayed so for
  * `staleEmptyMs` (the holder died, or the disk filled, between creating it and writing the pid).
  * Resolves with the release function.
  */
@@ -28,6 +31,10 @@ export async function acquireLockFile(path: string, options: LockOptions = {}): 
     if (held === null) continue; // released meanwhile
     let stale: string | null = null;
     if (held.pid !== null && !isAlive(held.pid)) stale = `its holder, pid ${held.pid}, is gone`;
+    else if (held.pid !== null && held.started !== null) {
+      const now = processStartTime(held.pid);
+      if (now !== null && now !== held.started) stale = `its holder, pid ${held.pid} started at tick ${held.started}, is gone (pid ${held.pid} is now another process)`;
+    }
     if (held.pid === null && Date.now() - held.mtimeMs > staleEmptyMs) {
       stale = `it has held no pid for ${Math.round((Date.now() - held.mtimeMs) / 1000)} s (${held.text ? `content ${JSON.stringify(held.text.slice(0, 20))}` : 'empty'}: its writer died or the disk was full)`;
     }
@@ -49,7 +56,7 @@ async function tryCreate(path: string): Promise<boolean> {
     throw err;
   }
   try {
-    await handle.writeFile(`${process.pid}\n`);
+    await handle.writeFile(`${lockOwner()}\n`);
     await handle.close();
     return true;
   } catch (err) {
@@ -60,12 +67,37 @@ async function tryCreate(path: string): Promise<boolean> {
   }
 }
 
-async function holder(path: string): Promise<{ pid: number | null; text: string; ino: number; mtimeMs: number } | null> {
+/** What a lock we take holds: `pid starttime`, or only the pid where /proc is not there to read. */
+function lockOwner(): string {
+  const started = processStartTime(process.pid);
+  return started === null ? String(process.pid) : `${process.pid} ${started}`;
+}
+
+/**
+ * When the process started, in clock ticks since boot (/proc/PID/stat, field 22), or null when
+ * it cannot be read (no such process, no /proc). With the pid, it names one process for the
+ * whole uptime: a recycled pid has another start time.
+ */
+export function processStartTime(pid: number): string | null {
+  let stat: string;
+  try {
+    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null;
+  }
+  // The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const started = fields[22 - 3];
+  return started !== undefined && /^\d+$/.test(started) ? started : null;
+}
+
+async function holder(path: string): Promise<{ pid: number | null; started: string | null; text: string; ino: number; mtimeMs: number } | null> {
   try {
     const info = await stat(path);
     const text = (await readFile(path, 'utf8')).trim();
-    const pid = /^\d{1,10}$/.test(text) && Number(text) > 0 ? Number(text) : null;
-    return { pid, text, ino: info.ino, mtimeMs: info.mtimeMs };
+    const m = /^(\d{1,10})(?: (\d{1,20}))?$/.exec(text);
+    const pid = m && Number(m[1]) > 0 ? Number(m[1]) : null;
+    return { pid, started: pid === null ? null : (m?.[2] ?? null), text, ino: info.ino, mtimeMs: info.mtimeMs };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
     throw err;

@@ -294,7 +294,7 @@ export class ImageCache {
       const already = await this.manifest(id);
       if (already) return { id, dir: finalDir, manifest: already, cached: true };
       await this.removeTornDir(finalDir, log);
-      await this.removeStaleTemps();
+      await this.removeStaleTemps(id);
       const tmp = join(this.imagesDir, `.tmp-${id}-${process.pid}-${randomBytes(4).toString('hex')}`);
       await mkdir(tmp);
       this.scratch.add(tmp);
@@ -428,11 +428,15 @@ export class ImageCache {
     await rm(dir, { recursive: true, force: true });
   }
 
-  /** Temp dirs of builds whose process is gone (interrupted by a crash or kill). */
-  private async removeStaleTemps(): Promise<void> {
+  /**
+   * Temp dirs of interrupted builds (a crash or kill): every one of `id`, whose lock we hold (so
+   * no one else is building it, though its pid may be alive and someone else: a container's
+   * pid 1); of other ids, those whose process is gone.
+   */
+  private async removeStaleTemps(id?: string): Promise<void> {
     for (const name of await readdir(this.imagesDir).catch(() => [] as string[])) {
-      const m = /^\.tmp-[0-9a-f]{16}-(\d+)-/.exec(name);
-      if (m && !isAlive(Number(m[1]))) await rm(join(this.imagesDir, name), { recursive: true, force: true });
+      const m = /^\.tmp-([0-9a-f]{16})-(\d+)-/.exec(name);
+      if (m && (m[1] === id || !isAlive(Number(m[2])))) await rm(join(this.imagesDir, name), { recursive: true, force: true });
     }
   }
 }

@@ -11,6 +11,7 @@ import type { Image } from '../../server/config/types.ts';
 import { ImageCache } from '../../server/images/cache.ts';
 import { readSquashfsFile } from '../../server/images/squashfs-reader.ts';
 import { silentLogger, type Logger } from '../../server/log.ts';
+import { processStartTime } from '../../server/lock-file.ts';
 import { bootableLayer, dockerSaveArchive, KERNEL_VERSION, ociLayoutArchive, rawTar, type RawEntry } from '../fixtures/images/hostile.ts';
 import { diffListings, squashfsListing, tarListing } from './listing.ts';
 
@@ -322,6 +323,23 @@ describe('hostile and unusual images', () => {
     const built = await logged.build(img);
     expect(built.id).toBe(id);
     expect(lines.join('\n')).toMatch(/took over the stale lock .*: it has held no pid for \d+ s \(empty: its writer died or the disk was full\)/);
+    expect(await leftovers()).toEqual([]);
+  }, 120_000);
+
+  it('takes over a lock and temp dir left by a killed container: pid 1 then, another pid 1 now (it would wait forever)', async () => {
+    const path = await archive([base, rawTar([{ name: 'container-case', data: 'x' }])]);
+    const img = image(`oci-archive:${path}`, { name: 'hostile7' });
+    const { id } = await cache.idFor(img);
+    // pid 1 is alive here too, but it started at another tick than the lock says.
+    const init = Number(processStartTime(1));
+    await writeFile(join(imagesDir, `.${id}.lock`), `1 ${init + 1}\n`);
+    const temp = join(imagesDir, `.tmp-${id}-1-0badf00d`);
+    await mkdir(temp);
+    await writeFile(join(temp, 'rootfs.squashfs'), 'half written');
+    const lines: string[] = [];
+    const built = await new ImageCache({ cacheDir, log: capturingLogger(lines) }).build(img);
+    expect(built.cached).toBe(false);
+    expect(lines.join('\n')).toMatch(/took over the stale lock .*: its holder, pid 1 started at tick \d+, is gone \(pid 1 is now another process\)/);
     expect(await leftovers()).toEqual([]);
   }, 120_000);
 

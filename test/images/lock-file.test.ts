@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { acquireLockFile } from '../../server/lock-file.ts';
+import { acquireLockFile, processStartTime } from '../../server/lock-file.ts';
 
 const run = promisify(execFile);
 
@@ -29,7 +29,7 @@ describe('lock files', () => {
       await aged(path, content, 30);
       const told: string[] = [];
       const release = await acquireLockFile(path, { timeoutMs: 5_000, onTakeover: (reason) => told.push(reason) });
-      expect(await readFile(path, 'utf8')).toBe(`${process.pid}\n`);
+      expect(await readFile(path, 'utf8')).toBe(`${process.pid} ${processStartTime(process.pid)}\n`);
       expect(told).toHaveLength(1);
       // At least the 30 s it was aged by; a busy machine only adds to it.
       const seconds = Number(/^took over the stale lock .*: it has held no pid for (\d+) s/.exec(told[0]!)?.[1]);
@@ -47,6 +47,21 @@ describe('lock files', () => {
     const live = join(dir, 'live.lock');
     await aged(live, `${process.pid}\n`, 3600);
     await expect(acquireLockFile(live, { timeoutMs: 300 })).rejects.toThrow(new RegExp(`is held by pid ${process.pid}`));
+    const ours = join(dir, 'live-with-start.lock');
+    await aged(ours, `${process.pid} ${processStartTime(process.pid)}\n`, 3600);
+    await expect(acquireLockFile(ours, { timeoutMs: 300 })).rejects.toThrow(new RegExp(`is held by pid ${process.pid}`));
+  });
+
+  it('takes over a lock whose pid now names another process (a container restarted: its server is pid 1 again)', async () => {
+    const started = Number(processStartTime(process.pid));
+    expect(started).toBeGreaterThan(0);
+    const path = join(dir, 'recycled.lock');
+    // Our pid, but a start time before ours: the process that wrote it is gone.
+    await writeFile(path, `${process.pid} ${started - 1}\n`);
+    const told: string[] = [];
+    const release = await acquireLockFile(path, { timeoutMs: 5_000, onTakeover: (r) => told.push(r) });
+    expect(told[0]).toMatch(new RegExp(`its holder, pid ${process.pid} started at tick ${started - 1}, is gone \\(pid ${process.pid} is now another process\\)`));
+    await release();
   });
 
   it('takes over a lock whose pid is gone', async () => {
