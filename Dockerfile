@@ -26,11 +26,12 @@ RUN npm_config_nodedir="$(dirname "$(dirname "$(readlink -f "$(command -v node)"
  && test -f build/Release/netboot_sendfile.node \
  && find build/Release -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 COPY . .
-# The server looks for the compiled client in <tmpdir>/netboot-native/, named by the hash of its
-# source and flags, and compiles it only when that file is missing: the runtime ships this one.
+# The server looks for its compiled initramfs tools (the NBD client, the dm-verity helper) in
+# <tmpdir>/netboot-native/, named by the hash of source and flags, and compiles one only when its
+# file is missing: the runtime, which has no compiler, ships these.
 # Everything the runtime takes is staged under /out, so that it is one layer there.
 RUN node --import tsx --input-type=module \
-      -e "const m = await import('/opt/netboot/server/initramfs/nbd-client.ts'); console.log(await m.compileNbdClient());" \
+      -e "const m = await import('/opt/netboot/server/initramfs/static-tools.ts'); console.log((await m.compileAllStaticTools()).join('\\n'));" \
  && install -d -m 0755 /out/opt /out/usr/local/share && install -d -m 1777 /out/tmp \
  && cp -a /opt/netboot /out/opt/ && cp -a /usr/local/share/netboot /out/usr/local/share/ && cp -a /tmp/netboot-native /out/tmp/
 
@@ -60,7 +61,7 @@ RUN set -eu; missing=; \
     install -d -o netboot -g netboot -m 0755 /var/cache/netboot; \
     install -d -m 0755 /etc/netboot; \
     setcap cap_net_bind_service=+ep "$(readlink -f "$(command -v node)")"
-# /opt/netboot, the iPXE build in /usr/local/share/netboot, the NBD client in /tmp/netboot-native.
+# /opt/netboot, the iPXE build in /usr/local/share/netboot, the initramfs tools in /tmp/netboot-native.
 COPY --from=build /out/ /
 RUN setcap cap_net_raw=+ep /opt/netboot/build/Release/netboot-ra-io
 USER netboot

@@ -7,7 +7,7 @@
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { platformArchitecture } from '../images/kernel-arch.ts';
-import { staticToolFile, staticToolFingerprint, type InitramfsFile } from './static-tool.ts';
+import { compileStaticTool, staticToolFile, staticToolFingerprint, type InitramfsFile } from './static-tool.ts';
 
 export const VERITY_HELPER_SOURCE = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'native', 'verity', 'netboot-verity.c');
 /** Where /init finds it (on PATH). */
@@ -24,6 +24,13 @@ export function verityHelperFingerprint(source = VERITY_HELPER_SOURCE): Promise<
   return staticToolFingerprint(source);
 }
 
+const VERITY_HELPER_WHAT = 'the initramfs dm-verity helper';
+
+/** Path of the compiled helper, compiling it first if this source version has not been. */
+export function compileVerityHelper(source = VERITY_HELPER_SOURCE): Promise<string> {
+  return compileStaticTool(source, VERITY_HELPER_WHAT);
+}
+
 export async function verityHelperFiles(source = VERITY_HELPER_SOURCE): Promise<InitramfsFile[]> {
-  return [await staticToolFile(source, VERITY_HELPER_PATH, 'the initramfs dm-verity helper')];
+  return [await staticToolFile(source, VERITY_HELPER_PATH, VERITY_HELPER_WHAT)];
 }
