@@ -34,6 +34,13 @@ export async function acquireLockFile(path: string, options: LockOptions = {}): 
     else if (held.pid !== null && held.started !== null) {
       const now = processStartTime(held.pid);
       if (now !== null && now !== held.started) stale = `its holder, pid ${held.pid} started at tick ${held.started}, is gone (pid ${held.pid} is now another process)`;
+    } else if (held.pid !== null) {
+      // A lock of only a pid (written before locks held start times): the process with that pid
+      // now cannot have written it if it started after the lock's last change.
+      const startedAt = processStartedAtMs(held.pid);
+      if (startedAt !== null && startedAt > held.mtimeMs + PID_START_SLACK_MS) {
+        stale = `its holder, pid ${held.pid}, is gone (pid ${held.pid} is now a process started after the lock was written)`;
+      }
     }
     if (held.pid === null && Date.now() - held.mtimeMs > staleEmptyMs) {
       stale = `it has held no pid for ${Math.round((Date.now() - held.mtimeMs) / 1000)} s (${held.text ? `content ${JSON.stringify(held.text.slice(0, 20))}` : 'empty'}: its writer died or the disk was full)`;
@@ -89,6 +96,24 @@ export function processStartTime(pid: number): string | null {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const started = fields[22 - 3];
   return started !== undefined && /^\d+$/.test(started) ? started : null;
+}
+
+/** Start times from /proc are in 1/100 s since boot, and boot time is in whole seconds. */
+const PID_START_SLACK_MS = 2_000;
+/** /proc's clock tick (USER_HZ): 100 on every Linux architecture. */
+const USER_HZ = 100;
+
+/** When the process started, wall clock (ms), or null when /proc cannot tell. */
+function processStartedAtMs(pid: number): number | null {
+  const ticks = processStartTime(pid);
+  let bootSeconds: number | undefined;
+  try {
+    bootSeconds = Number(/^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'))?.[1]);
+  } catch {
+    return null;
+  }
+  if (ticks === null || !bootSeconds) return null;
+  return bootSeconds * 1000 + (Number(ticks) * 1000) / USER_HZ;
 }
 
 async function holder(path: string): Promise<{ pid: number | null; started: string | null; text: string; ino: number; mtimeMs: number } | null> {

@@ -101,7 +101,9 @@ async function waitImageReady(timeoutMs = 600_000): Promise<void> {
     const { images } = await api<{ images: { name: string; state: string }[] }>('/api/images');
     if (images[0]?.state === 'ready') return;
     if (images[0]?.state === 'failed' || Date.now() > deadline) {
-      const logs = await dockerd!.cli(['logs', '--tail', '40', await containerId()]).then((r) => r.stdout + r.stderr, () => '');
+      // Its request lines (this loop's polling among them) would push the build's lines out of view.
+      const all = await dockerd!.cli(['logs', await containerId()]).then((r) => r.stdout + r.stderr, () => '');
+      const logs = all.split('\n').filter((line) => !line.includes('"msg":"http"')).slice(-40).join('\n');
       throw new Error(`image ${images[0]?.name} is ${images[0]?.state}:\n${logs}`);
     }
     await new Promise((r) => setTimeout(r, 2000));

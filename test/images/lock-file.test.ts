@@ -45,11 +45,24 @@ describe('lock files', () => {
     await writeFile(fresh, '');
     await expect(acquireLockFile(fresh, { timeoutMs: 300, what: 'the fresh thing' })).rejects.toThrow(/^the fresh thing is held by an unknown process \(empty lock file\)/);
     const live = join(dir, 'live.lock');
-    await aged(live, `${process.pid}\n`, 3600);
+    await writeFile(live, `${process.pid}\n`); // pid only (an older netboot), written after we started: ours
     await expect(acquireLockFile(live, { timeoutMs: 300 })).rejects.toThrow(new RegExp(`is held by pid ${process.pid}`));
     const ours = join(dir, 'live-with-start.lock');
     await aged(ours, `${process.pid} ${processStartTime(process.pid)}\n`, 3600);
     await expect(acquireLockFile(ours, { timeoutMs: 300 })).rejects.toThrow(new RegExp(`is held by pid ${process.pid}`));
+  });
+
+  it('takes over a pid-only lock written before its pid\'s process started (an older netboot\'s container, pid 1)', async () => {
+    const path = join(dir, 'recycled-old-format.lock');
+    await aged(path, `${process.pid}\n`, 60);
+    // ... but only when the lock is older than the process: this one was written just now.
+    const fresh = join(dir, 'fresh-old-format.lock');
+    await writeFile(fresh, `${process.pid}\n`);
+    await expect(acquireLockFile(fresh, { timeoutMs: 300 })).rejects.toThrow(new RegExp(`is held by pid ${process.pid}`));
+    const told: string[] = [];
+    const release = await acquireLockFile(path, { timeoutMs: 5_000, onTakeover: (r) => told.push(r) });
+    expect(told[0]).toMatch(new RegExp(`its holder, pid ${process.pid}, is gone \\(pid ${process.pid} is now a process started after the lock was written\\)`));
+    await release();
   });
 
   it('takes over a lock whose pid now names another process (a container restarted: its server is pid 1 again)', async () => {
