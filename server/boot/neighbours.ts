@@ -1,4 +1,4 @@
-import { readFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 
 /**
  * The kernel's IPv4 neighbour (ARP) table, as the server's own network namespace sees it:
@@ -39,17 +39,23 @@ export function arpEntry(text: string, ip: string): string | undefined {
 export type NeighbourLookup = (ip: string) => Promise<string | undefined>;
 
 /**
- * Reads the table afresh for each lookup. Lookups made before the next read starts share it
- * (a read begins on the next turn of the event loop), so each still sees a table read after
- * it asked, and a storm costs one read per turn instead of one per request.
+ * Reads the table for each turn of the event loop: lookups in the same turn share one read,
+ * and the first lookup of the next turn reads it afresh, so a change shows at once. The read
+ * is synchronous: /proc is kernel memory (a 500-entry table reads in well under a millisecond),
+ * while an async read is four trips through the thread pool, each waiting a whole turn of the
+ * loop, which in a boot storm is long.
  */
 export function kernelNeighbours(path = '/proc/net/arp'): NeighbourLookup {
-  let next: Promise<string> | null = null;
+  let table: string | null = null;
   return async (ip) => {
-    next ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-      next = null;
-      return readFile(path, 'utf8').catch(() => '');
-    });
-    return arpEntry(await next, ip);
+    if (table === null) {
+      try {
+        table = readFileSync(path, 'utf8');
+      } catch {
+        table = '';
+      }
+      setImmediate(() => (table = null));
+    }
+    return arpEntry(table, ip);
   };
 }

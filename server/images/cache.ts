@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream, rmSync } from 'node:fs';
-import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type Dockerode from 'dockerode';
 import type { Image } from '../config/types.ts';
@@ -9,6 +9,7 @@ import { defaultDocker, exportDockerImage, resolveDockerImage } from './docker-s
 import { ImageError } from './errors.ts';
 import { acquireLockFile, isAlive } from '../lock-file.ts';
 import { fsyncTree, renameDurable, writeFileAtomic } from '../fs/atomic-write.ts';
+import { ParsedFileCache } from '../fs/parsed-file-cache.ts';
 import { flattenLayers } from './flatten.ts';
 import { ImageProblem, RootInspector } from './inspect.ts';
 import { readOciArchive, type OciImage } from './oci-archive.ts';
@@ -114,6 +115,10 @@ interface ResolvedSource {
 
 const ID_PATTERN = IMAGE_ID_PATTERN;
 
+/** Read on every script, layer and artifact request: parsed once per file version (ParsedFileCache). */
+const manifests = new ParsedFileCache((text) => JSON.parse(text) as Manifest);
+const pointers = new ParsedFileCache((text) => JSON.parse(text) as { id?: unknown });
+
 export class ImageCache {
   readonly imagesDir: string;
   private readonly log: Logger;
@@ -133,23 +138,26 @@ export class ImageCache {
     return join(this.imagesDir, id, artifact);
   }
 
+  /** The id's manifest (shared, never to be changed by the caller), or null. */
   async manifest(id: string): Promise<Manifest | null> {
+    return this.manifestNow(id);
+  }
+
+  private manifestNow(id: string): Manifest | null {
     if (!ID_PATTERN.test(id)) return null;
-    try {
-      return JSON.parse(await readFile(join(this.imagesDir, id, 'manifest.json'), 'utf8')) as Manifest;
-    } catch {
-      return null;
-    }
+    return manifests.get(join(this.imagesDir, id, 'manifest.json'));
   }
 
   /** The id the image name points at (the last good build), or null. */
   async currentId(name: string): Promise<string | null> {
+    let path: string;
     try {
-      const { id } = JSON.parse(await readFile(this.pointerPath(name), 'utf8')) as { id: string };
-      return ID_PATTERN.test(id) && (await this.manifest(id)) ? id : null;
+      path = this.pointerPath(name);
     } catch {
       return null;
     }
+    const id = pointers.get(path)?.id;
+    return typeof id === 'string' && ID_PATTERN.test(id) && this.manifestNow(id) ? id : null;
   }
 
   async list(): Promise<BuiltImage[]> {
