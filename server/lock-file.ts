@@ -17,8 +17,9 @@ export interface LockOptions {
  * Takes a lock file holding our pid and start time, waiting while another live process holds
  * it. A lock whose holder died is taken over, also when its pid now names another process (a
  * container's server is pid 1 every time: a build killed with its container left a lock of
- * "pid 1" that the next container's pid 1 would otherwise wait on forever); so is an empty or garbled one that stayed so for
- * `staleEmptyMs` (the holder died, or the disk filled, between creating it and writing the pid).
+ * "pid 1" that the next container's pid 1 would otherwise wait on forever); so is an empty or
+ * garbled one that stayed so for `staleEmptyMs` (the holder died, or the disk filled, between
+ * creating it and writing the pid).
  * Resolves with the release function.
  */
 export async function acquireLockFile(path: string, options: LockOptions = {}): Promise<() => Promise<void>> {
@@ -29,22 +30,7 @@ export async function acquireLockFile(path: string, options: LockOptions = {}): 
     if (await tryCreate(path)) return () => rm(path, { force: true });
     const held = await holder(path);
     if (held === null) continue; // released meanwhile
-    let stale: string | null = null;
-    if (held.pid !== null && !isAlive(held.pid)) stale = `its holder, pid ${held.pid}, is gone`;
-    else if (held.pid !== null && held.started !== null) {
-      const now = processStartTime(held.pid);
-      if (now !== null && now !== held.started) stale = `its holder, pid ${held.pid} started at tick ${held.started}, is gone (pid ${held.pid} is now another process)`;
-    } else if (held.pid !== null) {
-      // A lock of only a pid (written before locks held start times): the process with that pid
-      // now cannot have written it if it started after the lock's last change.
-      const startedAt = processStartedAtMs(held.pid);
-      if (startedAt !== null && startedAt > held.mtimeMs + PID_START_SLACK_MS) {
-        stale = `its holder, pid ${held.pid}, is gone (pid ${held.pid} is now a process started after the lock was written)`;
-      }
-    }
-    if (held.pid === null && Date.now() - held.mtimeMs > staleEmptyMs) {
-      stale = `it has held no pid for ${Math.round((Date.now() - held.mtimeMs) / 1000)} s (${held.text ? `content ${JSON.stringify(held.text.slice(0, 20))}` : 'empty'}: its writer died or the disk was full)`;
-    }
+    const stale = staleReason(held, staleEmptyMs);
     if (stale !== null) {
       if (await takeOver(path, held.ino)) options.onTakeover?.(`took over the stale lock ${path}: ${stale}`);
       continue;
@@ -52,6 +38,30 @@ export async function acquireLockFile(path: string, options: LockOptions = {}): 
     if (Date.now() > deadline) throw new Error(`${options.what ?? path} is held by ${held.pid === null ? 'an unknown process (empty lock file)' : `pid ${held.pid}`} (${path})`);
     await new Promise((resolve) => setTimeout(resolve, Math.min(1000, 50 * (attempt + 1))));
   }
+}
+
+type Holder = { pid: number | null; started: string | null; text: string; ino: number; mtimeMs: number };
+
+/** Why the lock's holder can no longer hold it, or null while it may. */
+function staleReason(held: Holder, staleEmptyMs: number): string | null {
+  const { pid } = held;
+  if (pid === null) {
+    const age = Date.now() - held.mtimeMs;
+    if (age <= staleEmptyMs) return null;
+    return `it has held no pid for ${Math.round(age / 1000)} s (${held.text ? `content ${JSON.stringify(held.text.slice(0, 20))}` : 'empty'}: its writer died or the disk was full)`;
+  }
+  if (!isAlive(pid)) return `its holder, pid ${pid}, is gone`;
+  if (held.started !== null) {
+    const now = processStartTime(pid);
+    return now !== null && now !== held.started ? `its holder, pid ${pid} started at tick ${held.started}, is gone (pid ${pid} is now another process)` : null;
+  }
+  // A lock of only a pid (written before locks held start times): the process with that pid
+  // now cannot have written it if it started after the lock's last change.
+  const startedAt = processStartedAtMs(pid);
+  if (startedAt !== null && startedAt > held.mtimeMs + PID_START_SLACK_MS) {
+    return `its holder, pid ${pid}, is gone (pid ${pid} is now a process started after the lock was written)`;
+  }
+  return null;
 }
 
 async function tryCreate(path: string): Promise<boolean> {
@@ -116,7 +126,7 @@ function processStartedAtMs(pid: number): number | null {
   return bootSeconds * 1000 + (Number(ticks) * 1000) / USER_HZ;
 }
 
-async function holder(path: string): Promise<{ pid: number | null; started: string | null; text: string; ino: number; mtimeMs: number } | null> {
+async function holder(path: string): Promise<Holder | null> {
   try {
     const info = await stat(path);
     const text = (await readFile(path, 'utf8')).trim();

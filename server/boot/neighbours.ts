@@ -1,6 +1,8 @@
 import { readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
+import { isIPv4 } from 'node:net';
 import { networkInterfaces } from 'node:os';
+import { ipToInt } from '../config/ipv4.ts';
 
 /**
  * The kernel's IPv4 neighbour (ARP) table, as the server's own network namespace sees it:
@@ -56,26 +58,16 @@ function loadNeighAddon(): NeighBinding | null {
 
 /** IPv4 interfaces other than loopback, those whose subnet holds `ip` first. */
 export function interfacesFor(ip: string, interfaces = networkInterfaces()): string[] {
-  const target = ipv4ToInt(ip);
+  const target = isIPv4(ip) ? ipToInt(ip) : null;
   const near: string[] = [];
   const far: string[] = [];
   for (const [name, addresses] of Object.entries(interfaces)) {
     const v4 = (addresses ?? []).filter((a) => a.family === 'IPv4' && !a.internal);
     if (v4.length === 0) continue;
-    const holds = target !== null && v4.some((a) => {
-      const address = ipv4ToInt(a.address);
-      const mask = ipv4ToInt(a.netmask);
-      return address !== null && mask !== null && ((address ^ target) & mask) === 0;
-    });
+    const holds = target !== null && v4.some((a) => ((ipToInt(a.address) ^ target) & ipToInt(a.netmask)) === 0);
     (holds ? near : far).push(name);
   }
   return [...near, ...far];
-}
-
-function ipv4ToInt(ip: string): number | null {
-  const parts = ip.split('.');
-  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) return null;
-  return parts.reduce((n, p) => ((n << 8) | Number(p)) >>> 0, 0);
 }
 
 /**
@@ -89,7 +81,7 @@ function ipv4ToInt(ip: string): number | null {
 export function kernelNeighbours(path = '/proc/net/arp', addon: NeighBinding | null = path === '/proc/net/arp' ? loadNeighAddon() : null): NeighbourLookup {
   if (addon) {
     return async (ip) => {
-      if (ipv4ToInt(ip) === null) return undefined;
+      if (!isIPv4(ip)) return undefined;
       for (const name of interfacesFor(ip)) {
         const mac = addon.lookup(ip, name);
         if (mac !== null) return mac === '00:00:00:00:00:00' ? undefined : mac;
