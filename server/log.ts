@@ -1,4 +1,4 @@
-import { pino, type Logger, type LevelWithSilent } from 'pino';
+import { pino, type DestinationStream, type Logger, type LevelWithSilent } from 'pino';
 
 export type { Logger };
 
@@ -10,7 +10,7 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
  * `phase` fields; add them with `log.child({ mac, phase })`.
  */
 export function createLogger(level: LevelWithSilent = 'info', pretty = process.stdout.isTTY === true): Logger {
-  if (!pretty) return pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime });
+  if (!pretty) return pino({ level, base: undefined, timestamp: pino.stdTimeFunctions.isoTime }, asyncStdout());
   return pino({
     level,
     base: undefined,
@@ -20,3 +20,21 @@ export function createLogger(level: LevelWithSilent = 'info', pretty = process.s
 
 /** A logger that drops everything: for tests and library callers that pass none. */
 export const silentLogger: Logger = pino({ level: 'silent' });
+
+let stdoutDestination: DestinationStream | null = null;
+
+/** Log bytes held while stdout is not taking them; beyond it lines are dropped, never the server stalled. */
+export const STDOUT_BUFFER_BYTES = 16 << 20;
+
+/**
+ * stdout, written asynchronously: lines logged while a write is in progress go out together in
+ * the next one. A boot storm logs thousands of lines a second; written synchronously, one
+ * write(2) each, they took a tenth of the main thread, and a reader that falls behind (a full
+ * pipe, a busy journald) would stop the whole server, DHCP and TFTP included, until it caught
+ * up. Whatever is still buffered is written when the process exits (except the one write in
+ * progress if stdout is blocked at that moment).
+ */
+function asyncStdout(): DestinationStream {
+  stdoutDestination ??= pino.destination({ dest: 1, sync: false, maxLength: STDOUT_BUFFER_BYTES });
+  return stdoutDestination;
+}
