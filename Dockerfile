@@ -23,7 +23,7 @@ COPY package.json package-lock.json binding.gyp ./
 COPY native/ native/
 RUN npm_config_nodedir="$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")" \
       npm ci --omit=dev --no-audit --no-fund \
- && test -f build/Release/netboot_sendfile.node && test -f build/Release/netboot_neigh.node \
+ && test -f build/Release/netboot_sendfile.node && test -f build/Release/netboot_neigh.node && test -f build/Release/netboot_pread.node \
  && find build/Release -mindepth 1 -maxdepth 1 -type d -exec rm -rf {} +
 COPY . .
 # The server looks for its compiled initramfs tools (the NBD client, the dm-verity helper) in

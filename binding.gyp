@@ -17,6 +17,14 @@
       ]
     },
     {
+      "target_name": "netboot_pread",
+      "defines": ["NAPI_VERSION=8"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra"],
+      "conditions": [
+        ["OS=='linux'", { "sources": ["native/pread/pread.cc"] }]
+      ]
+    },
+    {
       "target_name": "netboot-ra-io",
       "type": "executable",
       "cflags": ["-O2", "-Wall", "-Wextra"],

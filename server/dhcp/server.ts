@@ -2,6 +2,7 @@ import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { join } from 'node:path';
 import type { Config } from '../config/types.ts';
 import { silentLogger, type Logger } from '../log.ts';
+import { BURST_RECEIVE_BYTES, warnIfReceiveBufferCapped } from '../udp-receive-buffer.ts';
 import { decodeMessage, encodeMessage, messageType, messageTypeName } from './codec.ts';
 import { LeaseStore } from './leases.ts';
 import { DHCP_SERVER_PORT, PXE_PORT, respond, type DhcpExchange } from './responder.ts';
@@ -71,7 +72,7 @@ export class DhcpServer {
   }
 
   async #bind(address: string, port: number): Promise<number> {
-    const socket = createSocket({ type: 'udp4', reuseAddr: true });
+    const socket = createSocket({ type: 'udp4', reuseAddr: true, recvBufferSize: BURST_RECEIVE_BYTES });
     this.#sockets.push(socket);
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
@@ -82,6 +83,7 @@ export class DhcpServer {
     });
     socket.setBroadcast(true);
     const bound = socket.address().port;
+    warnIfReceiveBufferCapped(socket, this.#log, `dhcp ${address}:${bound}`);
     socket.on('error', (err) => this.#log.warn({ err, port: bound }, 'DHCP socket error'));
     socket.on('message', (packet, from) => this.#onPacket(socket, bound, packet, from));
     return bound;

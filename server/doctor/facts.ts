@@ -62,6 +62,8 @@ async function sysctlNumber(path: string): Promise<number | null> {
   return text === null || !/^\d+/.test(text.trim()) ? null : Number(text.trim());
 }
 
+export const rmemMax = (): Promise<number | null> => sysctlNumber('/proc/sys/net/core/rmem_max');
+
 export async function rpFilter(ifname: string): Promise<{ all: number | null; iface: number | null }> {
   return {
     all: await sysctlNumber('/proc/sys/net/ipv4/conf/all/rp_filter'),

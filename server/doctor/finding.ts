@@ -4,7 +4,7 @@
  */
 export type Severity = 'ok' | 'info' | 'warn' | 'fail';
 
-export type CheckName = 'address' | 'ports' | 'dhcp' | 'ipv6-ra' | 'firewall' | 'rp_filter' | 'mtu' | 'images' | 'container';
+export type CheckName = 'address' | 'ports' | 'dhcp' | 'ipv6-ra' | 'firewall' | 'rp_filter' | 'mtu' | 'rmem_max' | 'images' | 'container';
 
 export interface Finding {
   check: CheckName;

@@ -1,3 +1,4 @@
+import { BURST_RECEIVE_BYTES, RMEM_MAX_FIX } from '../udp-receive-buffer.ts';
 import type { Finding } from './finding.ts';
 
 /** The parts of `ip -j -d addr show` the checks read. */
@@ -234,6 +235,20 @@ export function checkMtu(ifname: string, mtu: number | undefined, maxBlksize: nu
   }
   if (mtu > 1500) return { check: 'mtu', severity: 'info', summary: `MTU ${mtu} on ${ifname} (jumbo): PXE firmware sends 1500-byte frames; the switch and every machine must accept ${mtu}` };
   return { check: 'mtu', severity: 'ok', summary: `MTU ${mtu} on ${ifname}` };
+}
+
+/** net.core.rmem_max caps the receive buffer the DHCP and TFTP request sockets ask for (see udp-receive-buffer.ts). */
+export function checkReceiveBufferCap(rmemMax: number | null): Finding {
+  if (rmemMax === null) return { check: 'rmem_max', severity: 'info', summary: 'could not read net.core.rmem_max' };
+  if (rmemMax >= BURST_RECEIVE_BYTES) {
+    return { check: 'rmem_max', severity: 'ok', summary: `net.core.rmem_max ${rmemMax}: DHCP and TFTP get their ${BURST_RECEIVE_BYTES >> 20} MiB receive buffers` };
+  }
+  return {
+    check: 'rmem_max',
+    severity: 'warn',
+    summary: `net.core.rmem_max ${rmemMax} caps the DHCP and TFTP receive buffers below ${BURST_RECEIVE_BYTES >> 20} MiB: when many machines power on together, requests beyond what the buffer holds are dropped, and each drop costs its machine a 4 s firmware retry`,
+    fix: RMEM_MAX_FIX,
+  };
 }
 
 export interface ContainerFacts {

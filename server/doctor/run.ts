@@ -7,7 +7,7 @@ import type { Finding } from './finding.ts';
 import { checkFirewall, firewallProbes } from './firewall.ts';
 import { checkImages } from './images.ts';
 import { checkRouterAdvert, type RaSetting } from './ipv6-ra.ts';
-import { checkAddress, checkContainer, checkMtu, checkPorts, checkRpFilter, detectContainer, isNetbootServe, parseSs, requiredPorts } from './network.ts';
+import { checkAddress, checkContainer, checkMtu, checkPorts, checkReceiveBufferCap, checkRpFilter, detectContainer, isNetbootServe, parseSs, requiredPorts } from './network.ts';
 
 export interface DoctorOptions {
   /** The interface facing the machines; default: the one holding server.address. */
@@ -90,6 +90,7 @@ export async function runDoctor(config: Config, options: DoctorOptions = {}): Pr
       fix: 'fix server.address first, or name the interface with --interface',
     });
   }
+  if (server.dhcp.mode !== 'off' || server.tftp.enabled) findings.push(checkReceiveBufferCap(await facts.rmemMax()));
   findings.push(...checkImages(await imageFacts, server.cacheDir));
   return { config: config.file, interface: link?.ifname ?? null, findings };
 }

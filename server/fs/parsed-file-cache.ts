@@ -1,4 +1,7 @@
-import { readFileSync, statSync } from 'node:fs';
+import { readFileSync, statSync, type Stats } from 'node:fs';
+
+/** What changes when a file is replaced (a new inode renamed in) or rewritten in place. */
+export const statKey = (info: Stats): string => `${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}:${info.ctimeMs}`;
 
 /**
  * Small files read on every request (an image's `.current` pointer, its manifest), parsed once
@@ -25,7 +28,7 @@ export class ParsedFileCache<T> {
         this.#entries.delete(path);
         return null;
       }
-      key = `${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}:${info.ctimeMs}`;
+      key = statKey(info);
     } catch {
       return null;
     }

@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { stat } from 'node:fs/promises';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AdmissionDecision, Ticket } from '../admission/queue.ts';
 import { ROOT_STREAM_MIN_BYTES, RootStreams, waitBody, waitStatusMessage, type HoldOutcome } from '../admission/root-streams.ts';
 import { peerAddress } from '../boot/identity.ts';
 import { normalizeMac } from '../config/mac.ts';
+import { servedFiles } from '../fs/open-file-cache.ts';
 import type { Phase } from '../events/timeline.ts';
 import { ARTIFACT_NAMES, isValidImageId, type ArtifactName, type ImageManifestView } from './artifact-store.ts';
 import type { HttpContext } from './context.ts';
@@ -53,93 +53,99 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
       if (!isValidImageId(id) || !(ARTIFACT_NAMES as readonly string[]).includes(name)) return notFound(reply);
       const artifact = name as ArtifactName;
       const path = ctx.artifacts.artifactPath(id, artifact);
-      const info = path === null ? null : await stat(path).catch(() => null);
-      if (path === null || !info?.isFile()) return notFound(reply);
-
-      const digest = artifact === 'manifest.json' ? undefined : (await manifestOf(id))?.artifacts[artifact];
-      const etag = digest && digest.size === info.size
-        ? `"${digest.sha256}"`
-        : `"${createHash('sha256').update(`${id}\0${artifact}\0${info.size}\0${info.mtimeMs}`).digest('hex').slice(0, 32)}"`;
-      reply
-        .header('ETag', etag)
-        .header('Cache-Control', 'public, max-age=31536000, immutable')
-        .header('Accept-Ranges', 'bytes')
-        .header('Last-Modified', info.mtime.toUTCString())
-        .type(artifact === 'manifest.json' ? 'application/json' : 'application/octet-stream');
-      if (etagMatches(request.headers['if-none-match'], etag)) return reply.code(304).send();
-
-      const ifRange = request.headers['if-range'];
-      const rangeHeader = ifRange === undefined || ifRange === etag ? request.headers.range : undefined;
-      const range = parseRange(rangeHeader, info.size);
-      if (range.kind === 'unsatisfiable') {
-        return reply.code(416).header('Content-Range', `bytes */${info.size}`).send();
-      }
-      const start = range.kind === 'range' ? range.start : 0;
-      const end = range.kind === 'range' ? range.end : info.size - 1;
-      const length = info.size === 0 ? 0 : end - start + 1;
-      let ticket: Ticket | null = null;
-      if (request.method === 'GET' && artifact === 'rootfs.squashfs' && length >= ROOT_STREAM_MIN_BYTES) {
-        const who = { address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) };
-        let decision: AdmissionDecision | HoldOutcome = rootStreams.request(who, ctx.now());
-        syncMetrics();
-        if (decision.kind === 'wait') {
-          if (mac && decision.first) {
-            ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
-          }
-          // Held open until a slot is ours (or the hold runs out: then the 503 below).
-          decision = await rootStreams.hold(who, (cancel) => reply.raw.once('close', cancel));
-          syncMetrics();
-          if (decision.kind === 'gone') return hangUp(reply);
-        }
-        if (decision.kind !== 'admit') return tellToWait(request, reply, decision);
-        if (reply.raw.destroyed) {
-          release(decision.ticket, false);
-          return hangUp(reply);
-        }
-        ticket = decision.ticket;
-        if (decision.waited) ctx.metrics.rootStreamWaited(decision.waited.ms);
-        if (mac && decision.waited) {
-          const { ms, retries } = decision.waited;
-          ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a root stream (${retries} retries)`, imageId: id });
-        }
-      }
-      if (range.kind === 'range') reply.code(206).header('Content-Range', `bytes ${start}-${end}/${info.size}`);
-      reply.header('Content-Length', length);
-      if (request.method === 'HEAD' || length === 0) return reply.send();
-
-      const began = ctx.now();
-      // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
-      reply.hijack();
-      const record = (result: SendResult) => {
-        if (ticket) release(ticket, result.complete);
-        ctx.metrics.served(artifact, result.bytes);
-        if (mac && phase && range.kind === 'none') {
-          ctx.timeline.record(mac, phase, {
-            source: 'http',
-            bytes: result.bytes,
-            durationMs: ctx.now() - began,
-            imageId: id,
-            ...(result.complete ? {} : { detail: `aborted after ${result.bytes} of ${length} bytes` }),
-          });
-        }
-      };
-      const unguard = ticket
-        ? rootStreams.guard((ranMs, waiting) => {
-            request.note.warning = `root stream cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
-            ctx.metrics.rootStreamPreempted();
-            reply.raw.destroy();
-          })
-        : null;
+      // One shared open fd per artifact version (see OpenFileCache), held until the response is done.
+      const file = path === null ? null : servedFiles.acquire(path);
+      if (file === null) return notFound(reply);
       try {
-        // Inside the try: whatever throws, an admitted stream's slot is released below.
-        reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string>);
-        await sendFileRange(reply.raw, path, start, end, record);
-      } catch (err) {
-        request.note.error = (err as Error).message;
-        reply.raw.destroy();
+        const info = file.stat;
+
+        const digest = artifact === 'manifest.json' ? undefined : (await manifestOf(id))?.artifacts[artifact];
+        const etag = digest && digest.size === info.size
+          ? `"${digest.sha256}"`
+          : `"${createHash('sha256').update(`${id}\0${artifact}\0${info.size}\0${info.mtimeMs}`).digest('hex').slice(0, 32)}"`;
+        reply
+          .header('ETag', etag)
+          .header('Cache-Control', 'public, max-age=31536000, immutable')
+          .header('Accept-Ranges', 'bytes')
+          .header('Last-Modified', info.mtime.toUTCString())
+          .type(artifact === 'manifest.json' ? 'application/json' : 'application/octet-stream');
+        if (etagMatches(request.headers['if-none-match'], etag)) return reply.code(304).send();
+
+        const ifRange = request.headers['if-range'];
+        const rangeHeader = ifRange === undefined || ifRange === etag ? request.headers.range : undefined;
+        const range = parseRange(rangeHeader, info.size);
+        if (range.kind === 'unsatisfiable') {
+          return reply.code(416).header('Content-Range', `bytes */${info.size}`).send();
+        }
+        const start = range.kind === 'range' ? range.start : 0;
+        const end = range.kind === 'range' ? range.end : info.size - 1;
+        const length = info.size === 0 ? 0 : end - start + 1;
+        let ticket: Ticket | null = null;
+        if (request.method === 'GET' && artifact === 'rootfs.squashfs' && length >= ROOT_STREAM_MIN_BYTES) {
+          const who = { address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) };
+          let decision: AdmissionDecision | HoldOutcome = rootStreams.request(who, ctx.now());
+          syncMetrics();
+          if (decision.kind === 'wait') {
+            if (mac && decision.first) {
+              ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
+            }
+            // Held open until a slot is ours (or the hold runs out: then the 503 below).
+            decision = await rootStreams.hold(who, (cancel) => reply.raw.once('close', cancel));
+            syncMetrics();
+            if (decision.kind === 'gone') return hangUp(reply);
+          }
+          if (decision.kind !== 'admit') return tellToWait(request, reply, decision);
+          if (reply.raw.destroyed) {
+            release(decision.ticket, false);
+            return hangUp(reply);
+          }
+          ticket = decision.ticket;
+          if (decision.waited) ctx.metrics.rootStreamWaited(decision.waited.ms);
+          if (mac && decision.waited) {
+            const { ms, retries } = decision.waited;
+            ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a root stream (${retries} retries)`, imageId: id });
+          }
+        }
+        if (range.kind === 'range') reply.code(206).header('Content-Range', `bytes ${start}-${end}/${info.size}`);
+        reply.header('Content-Length', length);
+        if (request.method === 'HEAD' || length === 0) return reply.send();
+
+        const began = ctx.now();
+        // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
+        reply.hijack();
+        const record = (result: SendResult) => {
+          if (ticket) release(ticket, result.complete);
+          ctx.metrics.served(artifact, result.bytes);
+          if (mac && phase && range.kind === 'none') {
+            ctx.timeline.record(mac, phase, {
+              source: 'http',
+              bytes: result.bytes,
+              durationMs: ctx.now() - began,
+              imageId: id,
+              ...(result.complete ? {} : { detail: `aborted after ${result.bytes} of ${length} bytes` }),
+            });
+          }
+        };
+        const unguard = ticket
+          ? rootStreams.guard((ranMs, waiting) => {
+              request.note.warning = `root stream cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
+              ctx.metrics.rootStreamPreempted();
+              reply.raw.destroy();
+            })
+          : null;
+        try {
+          // Inside the try: whatever throws, an admitted stream's slot is released below.
+          reply.raw.writeHead(reply.statusCode, reply.getHeaders() as Record<string, string>);
+          await sendFileRange(reply.raw, file, start, end, record);
+        } catch (err) {
+          request.note.error = (err as Error).message;
+          reply.raw.destroy();
+        } finally {
+          unguard?.();
+          if (ticket) release(ticket, false);
+        }
       } finally {
-        unguard?.();
-        if (ticket) release(ticket, false);
+        file.release();
       }
     },
   });

@@ -1,5 +1,5 @@
-import { stat } from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
+import { servedFiles } from '../fs/open-file-cache.ts';
 import { ipxeBinaryPath } from '../ipxe-binaries.ts';
 import type { HttpContext } from './context.ts';
 import { sendFileRange } from './send-file.ts';
@@ -17,16 +17,21 @@ export function registerIpxeBinaryRoutes(app: FastifyInstance, ctx: HttpContext)
     handler: async (request, reply) => {
       request.note.phase = 'ipxe';
       const path = ipxeBinaryPath(request.params.name, ctx.ipxeDir);
-      const info = path ? await stat(path).catch(() => null) : null;
-      if (!path || !info?.isFile()) return reply.code(404).type('text/plain; charset=utf-8').send('not found\n');
-      reply.header('Content-Length', info.size).type('application/efi');
-      if (request.method === 'HEAD' || info.size === 0) return reply.send();
-      reply.hijack();
-      reply.raw.writeHead(200, reply.getHeaders() as Record<string, string>);
-      await sendFileRange(reply.raw, path, 0, info.size - 1, () => undefined).catch((err: Error) => {
-        request.note.error = err.message;
-        reply.raw.destroy();
-      });
+      const file = path ? servedFiles.acquire(path) : null;
+      if (!file) return reply.code(404).type('text/plain; charset=utf-8').send('not found\n');
+      try {
+        const { size } = file.stat;
+        reply.header('Content-Length', size).type('application/efi');
+        if (request.method === 'HEAD' || size === 0) return reply.send();
+        reply.hijack();
+        reply.raw.writeHead(200, reply.getHeaders() as Record<string, string>);
+        await sendFileRange(reply.raw, file, 0, size - 1, () => undefined).catch((err: Error) => {
+          request.note.error = err.message;
+          reply.raw.destroy();
+        });
+      } finally {
+        file.release();
+      }
     },
   });
 }

@@ -1,5 +1,5 @@
-import { createRequire } from 'node:module';
 import type { Logger } from '../log.ts';
+import { loadAddon } from '../native-addon.ts';
 
 /**
  * The netboot_sendfile addon (native/sendfile/, built by `npm ci` through binding.gyp):
@@ -31,18 +31,7 @@ export interface NativeSendJob {
 
 export const ECANCELED = 125;
 
-const ADDON = '../../build/Release/netboot_sendfile.node';
-
-function load(): { binding: Binding | null; error: Error | null } {
-  if (process.platform !== 'linux') return { binding: null, error: new Error('sendfile addon is Linux-only') };
-  try {
-    return { binding: createRequire(import.meta.url)(ADDON) as Binding, error: null };
-  } catch (err) {
-    return { binding: null, error: err as Error };
-  }
-}
-
-const { binding, error: loadError } = load();
+const { binding, error: loadError } = loadAddon<Binding>('netboot_sendfile');
 
 /** Whether the addon loaded, and if not, why. */
 export function nativeSendfileStatus(): { available: true } | { available: false; reason: string } {

@@ -1,6 +1,6 @@
-import { open, type FileHandle } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
+import type { OpenFile } from '../fs/open-file-cache.ts';
 import { startNativeSend } from './native-sendfile.ts';
 
 /**
@@ -28,23 +28,21 @@ export interface SendResult {
 /** Responses whose body went out by each path since start (the tests assert the native path is taken). */
 export const sendFilePaths = { native: 0, copy: 0 };
 
-/** `done` runs once, before the response is ended (so that its effects are visible to whoever waits for the response). */
+/**
+ * `done` runs once, before the response is ended (so that its effects are visible to whoever
+ * waits for the response). `file` stays the caller's to release, after this resolves.
+ */
 export async function sendFileRange(
   res: ServerResponse,
-  path: string,
+  file: OpenFile,
   start: number,
   end: number,
   done: (result: SendResult) => void,
   chunk = SEND_CHUNK,
 ): Promise<void> {
-  const file = await open(path, 'r');
-  try {
-    if (process.env.NETBOOT_SENDFILE !== 'copy' && tcpFd(res) !== null && (await sendNative(res, file, start, end, done))) return;
-    sendFilePaths.copy++;
-    await copyRange(res, file, start, end, done, chunk);
-  } finally {
-    await file.close();
-  }
+  if (process.env.NETBOOT_SENDFILE !== 'copy' && tcpFd(res) !== null && (await sendNative(res, file, start, end, done))) return;
+  sendFilePaths.copy++;
+  await copyRange(res, file, start, end, done, chunk);
 }
 
 interface HandleInternals {
@@ -85,7 +83,7 @@ function headersOnTheWire(res: ServerResponse): Promise<boolean> {
 }
 
 /** Returns false when it sent nothing and the copy loop should take over (headers may already be out: that is fine for it). */
-async function sendNative(res: ServerResponse, file: FileHandle, start: number, end: number, done: (result: SendResult) => void): Promise<boolean> {
+async function sendNative(res: ServerResponse, file: OpenFile, start: number, end: number, done: (result: SendResult) => void): Promise<boolean> {
   if (!(await headersOnTheWire(res))) {
     sendFilePaths.native++;
     done({ bytes: 0, complete: false });
@@ -115,7 +113,7 @@ async function sendNative(res: ServerResponse, file: FileHandle, start: number, 
   return true;
 }
 
-async function copyRange(res: ServerResponse, file: FileHandle, start: number, end: number, done: (result: SendResult) => void, chunk: number): Promise<void> {
+async function copyRange(res: ServerResponse, file: OpenFile, start: number, end: number, done: (result: SendResult) => void, chunk: number): Promise<void> {
   let closed = res.destroyed;
   const onClose = () => {
     closed = true;
@@ -130,7 +128,7 @@ async function copyRange(res: ServerResponse, file: FileHandle, start: number, e
   try {
     while (position <= end && !closed) {
       const buffer = buffers[which]!;
-      const { bytesRead } = await file.read(buffer, 0, Math.min(buffer.length, end - position + 1), position);
+      const bytesRead = await file.read(buffer, 0, Math.min(buffer.length, end - position + 1), position);
       if (bytesRead === 0) break; // the file shrank under us: end short, the client sees a length mismatch
       // The other buffer's write must be done before we queue this one (and before that buffer is refilled next round).
       await Promise.race([previousWrite, gone]);

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { macToHyphens } from '../config/mac.ts';
 import { createFileDurable, fsyncTree, renameDurable } from '../fs/atomic-write.ts';
+import { ParsedFileCache } from '../fs/parsed-file-cache.ts';
 
 const run = promisify(execFile);
 
@@ -82,14 +83,18 @@ async function pruneOldest(machinesDir: string, keep: number): Promise<void> {
   for (const { name } of aged.slice(0, aged.length - keep)) await rm(join(machinesDir, name), { recursive: true, force: true });
 }
 
+/** Host key files (ASCII), read again only when they change: a boot storm asks for every machine's keys at once. */
+const keyFiles = new ParsedFileCache((text) => Buffer.from(text, 'utf8'), 16384);
+
+/** The keys in `dir`; rejects with code ENOENT when one is missing (or unreadable). */
 async function readHostKeys(dir: string): Promise<HostKey[]> {
-  return Promise.all(
-    HOST_KEY_TYPES.map(async (type) => ({
-      type,
-      privateKey: await readFile(join(dir, `ssh_host_${type}_key`)),
-      publicKey: await readFile(join(dir, `ssh_host_${type}_key.pub`)),
-    })),
-  );
+  return HOST_KEY_TYPES.map((type) => {
+    const privatePath = join(dir, `ssh_host_${type}_key`);
+    const privateKey = keyFiles.get(privatePath);
+    const publicKey = keyFiles.get(`${privatePath}.pub`);
+    if (!privateKey || !publicKey) throw Object.assign(new Error(`${privatePath}(.pub): missing or unreadable`), { code: 'ENOENT' });
+    return { type, privateKey, publicKey };
+  });
 }
 
 async function readOrCreateHostKeys(dir: string): Promise<HostKey[]> {

@@ -5,9 +5,11 @@
  * Reads of all connections share one fair queue with a global concurrency cap.
  * Nothing a client sends can throw out of a connection: protocol errors end that connection.
  */
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
+import { servedFiles, type OpenFile } from '../fs/open-file-cache.ts';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { readCached } from '../fs/cached-read.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { Errno, SIMPLE_REPLY_HEADER_LENGTH, writeSimpleReplyHeader } from './codec.ts';
 import { BufferPool } from './buffer-pool.ts';
@@ -89,6 +91,8 @@ export interface NbdServerOptions {
   handshakeTimeoutMs?: number;
   /** Option requests allowed per connection before we consider it abuse and disconnect. */
   maxOptionsPerConnection?: number;
+  /** Copy what the page cache holds synchronously (see readCached); false: every read goes through the thread pool. */
+  cachedReads?: boolean;
   log?: Logger;
   onConnection?: (event: NbdConnectionEvent) => void;
   onRead?: (event: NbdReadEvent) => void;
@@ -104,13 +108,14 @@ const DEFAULTS = {
   handshakeTimeoutMs: defaultSessionLimits.handshakeTimeoutMs,
   stallTimeoutMs: defaultSessionLimits.stallTimeoutMs,
   maxOptionsPerConnection: defaultSessionLimits.maxOptions,
+  cachedReads: true,
 };
 
 const KEEPALIVE_IDLE_MS = 30_000;
 
 interface OpenExport {
   name: string;
-  file: FileHandle;
+  file: OpenFile;
   size: number;
 }
 
@@ -278,7 +283,7 @@ export class NbdServer {
   }
 
   /** @internal Looks an export up and opens it; null if unknown or unopenable. */
-  async openExport(name: string, keepOpen: boolean): Promise<{ size: number; file: FileHandle | null } | null> {
+  async openExport(name: string, keepOpen: boolean): Promise<{ size: number; file: OpenFile | null } | null> {
     let found: NbdExport | null;
     try {
       found = this.options.lookupExport(name);
@@ -292,13 +297,8 @@ export class NbdServer {
         const st = await stat(found.path);
         return st.isFile() ? { size: st.size, file: null } : null;
       }
-      const file = await open(found.path, 'r');
-      const st = await file.stat();
-      if (!st.isFile()) {
-        await file.close();
-        return null;
-      }
-      return { size: st.size, file };
+      const file = servedFiles.acquire(found.path);
+      return file ? { size: file.stat.size, file } : null;
     } catch (err) {
       this.log.warn({ err, export: name, path: found.path }, 'nbd export could not be opened');
       return null;
@@ -384,8 +384,8 @@ class Connection {
       requests: this.requests,
       reason,
     });
-    const file = this.exp?.file;
-    this.closing = file ? file.close().catch(() => undefined) : Promise.resolve();
+    this.exp?.file.release();
+    this.closing = Promise.resolve();
     return this.closing;
   }
 
@@ -470,7 +470,7 @@ class Connection {
   }
 
   private async lookup(name: string, open: boolean): Promise<void> {
-    let opened: { size: number; file: FileHandle | null } | null = null;
+    let opened: { size: number; file: OpenFile | null } | null = null;
     try {
       opened = await this.server.openExport(name, open);
     } catch (err) {
@@ -478,13 +478,13 @@ class Connection {
     }
     if (!opened) this.log.info({ export: name }, 'nbd unknown export');
     if (this.closing) {
-      await opened?.file?.close().catch(() => undefined);
+      opened?.file?.release();
       return;
     }
     const actions = this.session.exportResult(opened);
     if (opened?.file) {
       if (actions.some((a) => a.kind === 'transmission')) this.exp = { name, file: opened.file, size: opened.size };
-      else void opened.file.close().catch(() => undefined);
+      else opened.file.release();
     }
     this.apply(actions);
   }
@@ -500,7 +500,9 @@ class Connection {
       const reply = buffer.subarray(0, SIMPLE_REPLY_HEADER_LENGTH + length);
       let error = 0;
       try {
-        await readFully(exp.file, reply, SIMPLE_REPLY_HEADER_LENGTH, length, offset);
+        // Pages every machine reads are in the page cache: copied now, without a trip through the thread pool.
+        const cached = this.server.config.cachedReads ? readCached(exp.file.fd, reply, SIMPLE_REPLY_HEADER_LENGTH, length, offset) : 0;
+        if (cached < length) await readFully(exp.file, reply, SIMPLE_REPLY_HEADER_LENGTH + cached, length - cached, offset + cached);
       } catch (err) {
         if (!this.closing) this.log.error({ err, offset, length }, 'nbd read failed');
         error = Errno.EIO;
@@ -538,11 +540,7 @@ class Connection {
 }
 
 /** pread until `length` bytes are in; a short file (truncated under us) is an error. */
-async function readFully(file: FileHandle, buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
-  let done = 0;
-  while (done < length) {
-    const { bytesRead } = await file.read(buffer, offset + done, length - done, position + done);
-    if (bytesRead === 0) throw new Error(`unexpected end of file at ${position + done}`);
-    done += bytesRead;
-  }
+async function readFully(file: OpenFile, buffer: Buffer, offset: number, length: number, position: number): Promise<void> {
+  const got = await file.read(buffer, offset, length, position);
+  if (got < length) throw new Error(`unexpected end of file at ${position + got}`);
 }

@@ -4,7 +4,8 @@
  * checked before any source sees them, and the directory source re-checks the real path so
  * a symlink cannot point out of its root.
  */
-import { open, realpath, stat } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
+import { servedFiles } from '../fs/open-file-cache.ts';
 import { IPXE_BINARIES, IPXE_DIR, ipxeBinaryPath } from '../ipxe-binaries.ts';
 import { join, sep } from 'node:path';
 
@@ -78,36 +79,20 @@ export function dirSource(root: string): TftpFileSource {
   };
 }
 
-/** A regular file as a TftpFile (fd kept open for the transfer), or null. */
+/** A regular file as a TftpFile (its fd, shared with other transfers of it, held for the transfer), or null. */
 export async function openRegularFile(target: string): Promise<TftpFile | null> {
-  let handle;
-  try {
-    handle = await open(target, 'r');
-  } catch {
-    return null;
-  }
-  const info = await handle.stat().catch(() => null);
-  if (info === null || !info.isFile()) {
-    await handle.close().catch(() => undefined);
-    return null;
-  }
-  const fd = handle;
+  const file = servedFiles.acquire(target);
+  if (file === null) return null;
+  const { size } = file.stat;
   return {
-    size: info.size,
-    version: `${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}`,
+    size,
+    version: file.version,
     async read(offset, length) {
       // Never more than what is left: a 256 KiB buffer for a 27 KiB tail is held as long as the chunk.
-      const buffer = Buffer.allocUnsafe(Math.max(0, Math.min(length, info.size - offset)));
-      length = buffer.length;
-      let filled = 0;
-      while (filled < length) {
-        const { bytesRead } = await fd.read(buffer, filled, length - filled, offset + filled);
-        if (bytesRead === 0) break;
-        filled += bytesRead;
-      }
-      return buffer.subarray(0, filled);
+      const buffer = Buffer.allocUnsafe(Math.max(0, Math.min(length, size - offset)));
+      return buffer.subarray(0, await file.read(buffer, 0, buffer.length, offset));
     },
-    close: () => fd.close().catch(() => undefined),
+    close: async () => file.release(),
   };
 }
 

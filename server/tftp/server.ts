@@ -7,13 +7,18 @@
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { isIPv6 } from 'node:net';
 import { silentLogger, type Logger } from '../log.ts';
+import { BURST_RECEIVE_BYTES, warnIfReceiveBufferCapped } from '../udp-receive-buffer.ts';
 import { ErrorCode, errorPacket, parsePacket, type RequestPacket } from './codec.ts';
 import { normaliseTftpPath, type TftpClient, type TftpFile, type TftpFileSource } from './files.ts';
 import { defaultSessionLimits, ReadSession, type DataBlock, type SessionAction, type SessionLimits, type TransferOutcome } from './session.ts';
 
-/** RRQs of one client dropped while the server is at maxTransfers before it gets the ERROR. */
-export const BUSY_SILENT_RETRIES = 3;
-const MAX_DEFERRED_CLIENTS = 4096;
+/** RRQs that may wait for a transfer slot while the server is at maxTransfers; more are refused. */
+export const MAX_WAITING_REQUESTS = 4096;
+/**
+ * A waiting RRQ older than this is dropped when its turn comes: its client has given up on it
+ * (EDK2 tries 6 times, 4 s apart), and if it is still there its next retransmission waits anew.
+ */
+export const MAX_WAIT_MS = 20_000;
 
 export interface TransferEvent {
   client: TftpClient;
@@ -42,6 +47,8 @@ export interface TftpServerOptions {
    * acknowledges from many ports holds every slot for the whole retry period and locks every other machine out.
    */
   maxTransfersPerAddress?: number;
+  /** RRQs that may wait for a slot while maxTransfers are running (default MAX_WAITING_REQUESTS); more get an ERROR. */
+  maxWaiting?: number;
   limits?: Partial<SessionLimits>;
   log?: Logger;
   onTransfer?: (event: TransferEvent) => void;
@@ -398,8 +405,9 @@ export class TftpServer {
   private readonly perAddress = new Map<string, number>();
   private readonly limits: SessionLimits;
   private readonly maxTransfers: number;
-  /** Clients whose RRQ was dropped while busy, and how often (oldest first; bounded). */
-  private readonly deferred = new Map<string, number>();
+  /** RRQs waiting for a slot, first come first served (Map order), by client address and port. */
+  private readonly waiting = new Map<string, { request: RequestPacket; rinfo: RemoteInfo; since: number }>();
+  private readonly maxWaiting: number;
   private readonly maxTransfersPerAddress: number;
   private readonly log: Logger;
 
@@ -407,7 +415,13 @@ export class TftpServer {
     this.limits = { ...defaultSessionLimits, ...options.limits };
     this.maxTransfers = options.maxTransfers ?? 64;
     this.maxTransfersPerAddress = options.maxTransfersPerAddress ?? 4;
+    this.maxWaiting = options.maxWaiting ?? MAX_WAITING_REQUESTS;
     this.log = (options.log ?? silentLogger).child({ phase: 'tftp' });
+  }
+
+  /** RRQs waiting for a transfer slot. */
+  get waitingRequests(): number {
+    return this.waiting.size;
   }
 
   get activeTransfers(): number {
@@ -428,8 +442,9 @@ export class TftpServer {
   /** Binds the request socket; resolves with the bound address (port 0 -> the chosen one). */
   async start(): Promise<{ address: string; port: number }> {
     if (this.socket) throw new Error('tftp server already started');
-    const socket = createSocket({ type: isIPv6(this.options.host) ? 'udp6' : 'udp4' });
+    const socket = createSocket({ type: isIPv6(this.options.host) ? 'udp6' : 'udp4', recvBufferSize: BURST_RECEIVE_BYTES });
     await bindSocket(socket, this.options.host, this.options.port);
+    warnIfReceiveBufferCapped(socket, this.log, `tftp ${this.options.host}:${this.options.port}`);
     socket.on('error', (err) => this.log.error({ err }, 'tftp request socket error'));
     socket.on('message', (msg, rinfo) => {
       this.onRequest(msg, rinfo).catch((err: unknown) => this.log.error({ err }, 'tftp request handling failed'));
@@ -445,6 +460,7 @@ export class TftpServer {
     const socket = this.socket;
     this.socket = undefined;
     if (socket) await new Promise<void>((resolve) => socket.close(() => resolve()));
+    this.waiting.clear();
     const transfers = [...this.transfers];
     for (const t of transfers) t.abort('server shutting down');
     await Promise.all(transfers.map((t) => t.done));
@@ -473,7 +489,41 @@ export class TftpServer {
     await this.onReadRequest(packet, rinfo);
   }
 
-  private async onReadRequest(request: RequestPacket, rinfo: RemoteInfo): Promise<void> {
+  /**
+   * Over maxTransfers an RRQ waits for a slot, in order of arrival, unanswered: PXE firmware
+   * takes an ERROR as the end of its boot, while it retransmits an unanswered RRQ for about 24 s
+   * (a retransmission keeps the first one's place), so waiting costs it no retry period and no
+   * refusal. Bounded: beyond maxWaiting, an ERROR.
+   */
+  private wait(key: string, request: RequestPacket, rinfo: RemoteInfo, path: string): void {
+    const client = { address: rinfo.address, port: rinfo.port };
+    if (this.waiting.has(key)) {
+      this.log.debug({ client, path }, 'tftp request retransmitted while waiting for a transfer slot (keeps its place)');
+      return;
+    }
+    if (this.waiting.size >= this.maxWaiting) {
+      return this.refuse(rinfo, path, ErrorCode.NotDefined, `Server busy: ${this.maxTransfers} transfers in progress and ${this.maxWaiting} waiting (the limits), retry later`);
+    }
+    this.waiting.set(key, { request, rinfo, since: Date.now() });
+    this.log.debug({ client, path, waiting: this.waiting.size }, 'tftp request waits for a transfer slot: server busy');
+    this.admitWaiting();
+  }
+
+  /** Starts waiting RRQs, oldest first, while slots are free. */
+  private admitWaiting(): void {
+    for (const [key, { request, rinfo, since }] of this.waiting) {
+      if (this.activeTransfers >= this.maxTransfers || !this.socket) return;
+      this.waiting.delete(key);
+      if (Date.now() - since > MAX_WAIT_MS) {
+        this.log.debug({ client: { address: rinfo.address, port: rinfo.port }, waitedMs: Date.now() - since }, 'tftp waiting request dropped: its client has given up on it');
+        continue;
+      }
+      // Synchronously counted against the limit (pending) before any await in onReadRequest.
+      this.onReadRequest(request, rinfo, true).catch((err: unknown) => this.log.error({ err }, 'tftp request handling failed'));
+    }
+  }
+
+  private async onReadRequest(request: RequestPacket, rinfo: RemoteInfo, fromQueue = false): Promise<void> {
     const client: TftpClient = { address: rinfo.address, port: rinfo.port };
     const key = `${rinfo.address}|${rinfo.port}`;
     // A retransmitted RRQ (our first answer was lost) must not start a second transfer.
@@ -485,20 +535,7 @@ export class TftpServer {
     const normalised = normaliseTftpPath(request.filename);
     if (!normalised.ok) return this.refuse(rinfo, request.filename, ErrorCode.AccessViolation, `Access violation: ${normalised.reason}`);
     const path = normalised.path;
-    if (this.activeTransfers >= this.maxTransfers) {
-      // PXE firmware takes an ERROR as the end of its boot, but retransmits an unanswered RRQ:
-      // a full server stays quiet the first times, so a boot storm queues on the clients' retries.
-      const times = (this.deferred.get(key) ?? 0) + 1;
-      this.deferred.delete(key);
-      if (times <= BUSY_SILENT_RETRIES) {
-        this.deferred.set(key, times);
-        if (this.deferred.size > MAX_DEFERRED_CLIENTS) this.deferred.delete(this.deferred.keys().next().value!);
-        this.log.debug({ client, path, times }, 'tftp request deferred: server busy, the client will retransmit');
-        return;
-      }
-      return this.refuse(rinfo, path, ErrorCode.NotDefined, `Server busy: ${this.maxTransfers} transfers in progress (the limit), retry later`);
-    }
-    this.deferred.delete(key);
+    if (this.activeTransfers >= this.maxTransfers || (this.waiting.size > 0 && !fromQueue)) return this.wait(key, request, rinfo, path);
     if (this.transfersFrom(rinfo.address) >= this.maxTransfersPerAddress) {
       return this.refuse(
         rinfo,
@@ -537,6 +574,7 @@ export class TftpServer {
       if (file === null || sockets === undefined) {
         this.clientsInTransfer.delete(key);
         this.countAddress(rinfo.address, -1);
+        this.admitWaiting();
       }
     }
 
@@ -547,6 +585,7 @@ export class TftpServer {
       this.transfers.delete(transfer);
       this.clientsInTransfer.delete(key);
       this.countAddress(rinfo.address, -1);
+      this.admitWaiting();
       try {
         this.options.onTransfer?.(event);
       } catch (err) {

@@ -9,6 +9,7 @@ import {
   checkContainer,
   checkMtu,
   checkPorts,
+  checkReceiveBufferCap,
   checkRpFilter,
   detectContainer,
   isNetbootServe,
@@ -104,6 +105,16 @@ describe('doctor: rp_filter, MTU, container', () => {
     const strict = checkRpFilter({ all: 0, iface: 1 }, 'eno1', 'eno2');
     expect(strict.severity).toBe('warn');
     expect(strict.fix).toContain('net.ipv4.conf.eno1.rp_filter=2');
+  });
+
+  it('warns when net.core.rmem_max holds the DHCP and TFTP receive buffers below 4 MiB, with the sysctl that fixes it', () => {
+    expect(checkReceiveBufferCap(4194304)).toMatchObject({ check: 'rmem_max', severity: 'ok' });
+    const capped = checkReceiveBufferCap(212992); // a stock kernel's default
+    expect(capped.severity).toBe('warn');
+    expect(capped.summary).toContain('212992');
+    expect(capped.fix).toContain('sysctl -w net.core.rmem_max=4194304');
+    expect(capped.fix).toContain('/etc/sysctl.d/');
+    expect(checkReceiveBufferCap(null).severity).toBe('info');
   });
 
   it('warns when a TFTP block does not fit the MTU', () => {

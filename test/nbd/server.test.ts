@@ -312,7 +312,8 @@ describe('nbd server: limits, accounting, stop', () => {
   it('shares read slots fairly: a one-read client is not served after a greedy client’s whole queue', async () => {
     const reads: NbdReadEvent[] = [];
     const big = 4 * 1024 * 1024;
-    const f = await startServer({ img: big }, { maxConcurrentReads: 1, onRead: (e) => reads.push(e) });
+    // Reads through the thread pool (cached pages would be copied at once and never queue).
+    const f = await startServer({ img: big }, { maxConcurrentReads: 1, cachedReads: false, onRead: (e) => reads.push(e) });
     try {
       const greedy = await RawClient.connect(f.port);
       await greedy.open('img');

@@ -6,7 +6,7 @@ import { pino } from 'pino';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import type { TftpPacket } from '../../server/tftp/codec.ts';
 import { dirSource, generatedSource, mountSources, type TftpFileSource } from '../../server/tftp/files.ts';
-import { BUSY_SILENT_RETRIES, TftpServer, type TransferEvent } from '../../server/tftp/server.ts';
+import { TftpServer, type TftpServerOptions, type TransferEvent } from '../../server/tftp/server.ts';
 import type { SessionLimits } from '../../server/tftp/session.ts';
 import { waitUntil } from '../lab/wait-until.ts';
 import { RawPeer, runClient, sha256, sha256File } from './helpers.ts';
@@ -57,12 +57,13 @@ beforeAll(async () => {
 });
 
 /** A server on this file's tree, 4 transfers at most, reporting into `events` and `logLines`. */
-function serverOn(source: TftpFileSource, limits: Partial<SessionLimits>): TftpServer {
+function serverOn(source: TftpFileSource, limits: Partial<SessionLimits>, options: Partial<TftpServerOptions> = {}): TftpServer {
   return new TftpServer({
     host: '127.0.0.1',
     port: 0,
     source,
     maxTransfers: 4,
+    ...options,
     limits,
     onTransfer: (e) => events.push(e),
     log: pino({ level: 'debug' }, { write: (line: string) => void logLines.push(JSON.parse(line)) }),
@@ -221,60 +222,47 @@ describe('protocol rules', () => {
     }
   });
 
-  it('over the limit an RRQ is first left unanswered (firmware retransmits; an ERROR would end its boot), then refused clearly; a retransmission after slots free is served', async () => {
+  it('over the limit RRQs wait unanswered, first come first served (a retransmission keeps its place), and start as slots free; beyond the wait bound they are refused clearly', async () => {
     // Its own server, whose transfers wait a minute before a retransmission: the holders keep
     // their slots however long the rest of the test takes on a busy machine.
-    const busy = serverOn(dirSource(dir), { timeoutMs: 60_000, maxTimeoutMs: 60_000, maxRetries: 3 });
+    const busy = serverOn(dirSource(dir), { timeoutMs: 60_000, maxTimeoutMs: 60_000, maxRetries: 3 }, { maxWaiting: 4 });
     const busyPort = (await busy.start()).port;
     const holders = await Promise.all(Array.from({ length: 4 }, () => RawPeer.open()));
-    const flood = await Promise.all(Array.from({ length: 5 }, () => RawPeer.open()));
-    const deferrals = (clientPort: number) => logLines.filter((l) => l.client?.port === clientPort && /deferred: server busy/.test(l.msg)).length;
-    const deferredTimes = async (clientPort: number, times: number) => {
-      await waitUntil(() => deferrals(clientPort) >= times, `deferral ${times} of client port ${clientPort}`);
-      expect(deferrals(clientPort)).toBe(times);
-    };
+    const queue = await Promise.all(Array.from({ length: 5 }, () => RawPeer.open()));
+    const logged = (clientPort: number, pattern: RegExp) => logLines.filter((l) => l.client?.port === clientPort && pattern.test(l.msg)).length;
+    const rrq: TftpPacket = { op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] };
     try {
       // Four transfers that never ACK fill the limit.
       const firsts = [];
       for (const h of holders) {
-        await h.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
+        await h.send(rrq, busyPort);
         firsts.push(await h.next());
       }
       expect(firsts.every((f) => f?.packet.op === 'DATA')).toBe(true);
       expect(busy.activeTransfers).toBe(4);
-      // A client retransmitting its RRQ: silence BUSY_SILENT_RETRIES times, then the ERROR.
-      for (const f of flood) {
-        for (let times = 1; times <= BUSY_SILENT_RETRIES; times++) {
-          await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
-          await deferredTimes(f.port, times);
-        }
+      // Four wait, in order; the fifth is over maxWaiting: an ERROR that names both limits.
+      for (const q of queue.slice(0, 4)) {
+        await q.send(rrq, busyPort);
+        await waitUntil(() => logged(q.port, /waits for a transfer slot/) === 1, `client port ${q.port} waiting`);
       }
-      for (const f of flood) await f.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
-      for (const f of flood) {
-        const r = await f.next();
-        expect(r?.packet).toMatchObject({ op: 'ERROR', code: 0 });
-        expect(r?.packet.op === 'ERROR' && r.packet.message).toMatch(/busy.*4 transfers/i);
+      expect(busy.waitingRequests).toBe(4);
+      await queue[4]!.send(rrq, busyPort);
+      const refused = await queue[4]!.next();
+      expect(refused?.packet).toMatchObject({ op: 'ERROR', code: 0 });
+      expect(refused?.packet.op === 'ERROR' && refused.packet.message).toMatch(/busy: 4 transfers in progress and 4 waiting/i);
+      // The first in line retransmits: still one place, still first.
+      await queue[0]!.send(rrq, busyPort);
+      await waitUntil(() => logged(queue[0]!.port, /retransmitted while waiting/) === 1, 'the retransmission seen');
+      expect(busy.waitingRequests).toBe(4);
+      // Each slot that frees goes to the oldest waiting request, which gets its first DATA from a new transfer ID.
+      for (let i = 0; i < 2; i++) {
+        await holders[i]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[i]!.from.port);
+        expect((await queue[i]!.next())?.packet).toMatchObject({ op: 'DATA', block: 1 });
+        expect(busy.waitingRequests).toBe(3 - i);
       }
-      // A client that was told to wait once, then retransmits after a holder gave up, is served.
-      const patient = await RawPeer.open();
-      try {
-        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
-        await deferredTimes(patient.port, 1);
-        await holders[0]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[0]!.from.port);
-        await waitForEvent(holders[0]!.port);
-        await patient.send({ op: 'RRQ', filename: 'small.bin', mode: 'octet', options: [] }, busyPort);
-        expect((await patient.next())?.packet).toMatchObject({ op: 'DATA', block: 1 });
-      } finally {
-        patient.close();
-      }
-      // The holders give up; their slots free and a real client is served again.
-      for (let i = 1; i < holders.length; i++) await holders[i]!.send({ op: 'ERROR', code: 0, message: 'bye' }, firsts[i]!.from.port);
-      for (const h of holders) await waitForEvent(h.port);
-      const file = join(out, 'after-flood');
-      await runClient('curl', ['-sS', '-m', '30', '-o', file, `tftp://127.0.0.1:${busyPort}/small.bin`]);
-      expect(await sha256File(file)).toBe(sha256(small));
+      expect(busy.activeTransfers).toBe(4);
     } finally {
-      for (const p of [...holders, ...flood]) p.close();
+      for (const p of [...holders, ...queue]) p.close();
       await busy.stop();
     }
   });
