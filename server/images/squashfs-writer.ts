@@ -56,9 +56,12 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
       stdio: ['pipe', 'ignore', 'pipe', outFile.fd],
       ...drop,
     }) as unknown as ChildProcessByStdio<Writable, null, Readable>;
-  } finally {
+  } catch (err) {
     await outFile.close();
+    throw err;
   }
+  // Listeners first, then the await: a tar2sqfs that exits at once (a bad option) could
+  // otherwise exit while we wait, and an 'exit' nobody heard leaves the build hanging.
   let stderr = '';
   child.stderr.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
   const exited = new Promise<number>((resolve, reject) => {
@@ -80,6 +83,7 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
   stdin.on('error', () => {
     /* EPIPE when tar2sqfs died: reported from its exit status below */
   });
+  await outFile.close();
   let bytes = 0;
   let sinceYield = 0;
   const early = async () => {
