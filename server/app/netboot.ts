@@ -12,7 +12,7 @@ import { startRouterAdvertResponder, type RouterAdvertResponder } from '../ipv6/
 import type { ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
 import { NbdServer, type NbdConnectionEvent, type NbdExport } from '../nbd/server.ts';
-import { createTftpServer, dirSource, generatedSource, ipxeSource, mountSources, type TftpServer, type TransferEvent } from '../tftp/index.ts';
+import { dirSource, generatedSource, ipxeSource, mountSources, TftpThread, type TransferEvent } from '../tftp/index.ts';
 import { cacheArtifactStore } from './cache-artifact-store.ts';
 import { ImageBuilds } from './image-builds.ts';
 import { openImageCache } from './images.ts';
@@ -28,7 +28,7 @@ export interface NetbootOptions {
 /** The running server: every service, and how to stop them all. */
 export interface Netboot {
   http: FastifyInstance;
-  tftp: TftpServer | null;
+  tftp: TftpThread | null;
   dhcp: DhcpServer | null;
   nbd: NbdServer | null;
   timeline: Timeline;
@@ -89,9 +89,9 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
     await http.listen({ host: config.server.bind, port: config.server.httpPort });
     started.push({ stop: () => http.close() });
 
-    let tftp: TftpServer | null = null;
+    let tftp: TftpThread | null = null;
     if (config.server.tftp.enabled) {
-      tftp = createTftpServer({
+      tftp = new TftpThread({
         host: config.server.bind,
         port: config.server.tftp.port,
         maxTransfers: config.server.tftp.maxTransfers,

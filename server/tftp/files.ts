@@ -23,6 +23,10 @@ export interface TftpFile {
   version?: string;
   /** Up to `length` bytes at `offset` (fewer only at the end of the file). */
   read(offset: number, length: number): Promise<Buffer>;
+  /** The open file descriptor behind `read`, valid until `close()`: lets the transfer thread read it directly. */
+  fd?: number;
+  /** The whole content, when it is in memory. */
+  bytes?: Buffer;
   close(): Promise<void>;
 }
 
@@ -49,6 +53,7 @@ export function normaliseTftpPath(requested: string): NormalisedPath {
 export function bufferFile(content: Buffer): TftpFile {
   return {
     size: content.length,
+    bytes: content,
     async read(offset, length) {
       return content.subarray(offset, Math.min(content.length, offset + length));
     },
@@ -87,6 +92,7 @@ export async function openRegularFile(target: string): Promise<TftpFile | null> 
   return {
     size,
     version: file.version,
+    fd: file.fd,
     async read(offset, length) {
       // Never more than what is left: a 256 KiB buffer for a 27 KiB tail is held as long as the chunk.
       const buffer = Buffer.allocUnsafe(Math.max(0, Math.min(length, size - offset)));

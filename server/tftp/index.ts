@@ -1,4 +1,5 @@
 export { TftpServer, createTftpServer, type TftpServerOptions, type TransferEvent } from './server.ts';
+export { TftpThread } from './thread.ts';
 export {
   bufferFile,
   dirSource,

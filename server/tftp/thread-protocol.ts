@@ -1,0 +1,32 @@
+/** Messages between the TFTP thread (server/tftp/thread-worker.ts) and the main thread (server/tftp/thread.ts). */
+import type { SessionLimits } from './session.ts';
+import type { TftpClient } from './files.ts';
+import type { TransferEvent } from './server.ts';
+
+export interface ThreadServerOptions {
+  host: string;
+  port: number;
+  maxTransfers?: number;
+  maxTransfersPerAddress?: number;
+  maxWaiting?: number;
+  limits?: Partial<SessionLimits>;
+  logLevel: string;
+}
+
+/** A file the main thread opened for the TFTP thread: its fd (held open until `close`), or its bytes. */
+export type SharedFile = { size: number; version?: string } & ({ fd: number } | { bytes: Uint8Array });
+
+export type ToThread =
+  | { type: 'start'; options: ThreadServerOptions }
+  | { type: 'opened'; id: number; file: SharedFile | null; error?: string }
+  | { type: 'stop' };
+
+export type FromThread =
+  | { type: 'listening'; address: string; port: number }
+  | { type: 'start-failed'; message: string }
+  | { type: 'open'; id: number; path: string; client: TftpClient }
+  | { type: 'close'; id: number }
+  | { type: 'transfer'; event: TransferEvent }
+  /** One pino line (JSON) the thread logged. */
+  | { type: 'log'; line: string }
+  | { type: 'stopped' };
