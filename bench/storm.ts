@@ -31,7 +31,7 @@ import { promisify } from 'node:util';
 import { addClientNamespace, createSegment, type ClientNamespace, type Segment } from '../server/lab/netns.ts';
 import { cleanupOnInterrupt } from './lib/interrupt.ts';
 import type { ClientPlan, ClientReport } from './lib/storm-client.ts';
-import { prepareStormCache, STORM_IMAGE_ID } from './lib/storm-image.ts';
+import { E2E_CACHE, prepareStormCache, stormImageId } from './lib/storm-image.ts';
 import { watchStack } from './lib/storm-procs.ts';
 import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
 import { failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, phaseTable, rootWindowLines, stackTable, threadLines, type StackRun } from './lib/storm-summary.ts';
@@ -121,12 +121,18 @@ async function storm(): Promise<void> {
   const maxRootStreams = rootStreamsArg === undefined ? undefined : Number(rootStreamsArg);
   if (maxRootStreams !== undefined && !(Number.isInteger(maxRootStreams) && maxRootStreams >= 0)) throw new Error(`--max-root-streams ${rootStreamsArg}: expected an integer >= 0`);
   const macs = Array.from({ length: n }, (_, i) => stormMac(i + 1));
+  const imageId = stormImageId();
   let reads: [number, number, number][] = [];
+  let traceNote: string | null = null;
   if (root === 'nbd') {
     if (!existsSync(TRACE)) throw new Error(`${TRACE} is missing: record it with --record-trace`);
     const trace = JSON.parse(readFileSync(TRACE, 'utf8')) as NbdTrace;
-    if (trace.imageId !== STORM_IMAGE_ID) throw new Error(`${TRACE} was recorded on image ${trace.imageId}, the bench boots ${STORM_IMAGE_ID}: re-record it`);
     reads = trace.reads;
+    // Another build of the same image (the id follows Debian's packages): the reads are replayed
+    // as recorded, which is the same load as long as they stay inside the file.
+    const size = statSync(join(E2E_CACHE, 'images', imageId, 'rootfs.squashfs')).size;
+    if (reads.some(([offset, length]) => offset + length > size)) throw new Error(`${TRACE} (recorded on image ${trace.imageId}) reads beyond ${imageId}'s squashfs: re-record it with --record-trace`);
+    if (trace.imageId !== imageId) traceNote = `NBD trace recorded on image ${trace.imageId}, replayed on ${imageId} (a rebuild of the same image)`;
   }
 
   // /var/tmp: the same file system as the fixture cache, so the image is hard-linked, not copied.
@@ -145,7 +151,7 @@ async function storm(): Promise<void> {
   let rootBytes = 0;
   try {
     const cacheDir = join(workDir, 'cache');
-    const imageDir = await prepareStormCache(cacheDir, ['storm']);
+    const imageDir = await prepareStormCache(cacheDir, ['storm'], imageId);
     rootBytes = statSync(join(imageDir, 'rootfs.squashfs')).size;
     // Both stacks read the same inodes: warm the page cache once, so neither pays the disk.
     await run('cat', [join(imageDir, 'vmlinuz'), join(imageDir, 'initrd.img'), join(imageDir, 'rootfs.squashfs')], { maxBuffer: 1 << 30, encoding: 'buffer' });
@@ -154,7 +160,7 @@ async function storm(): Promise<void> {
     const planFile = join(workDir, 'plan.json');
     const plan: ClientPlan = { macs, root, reads, deadlineMs, serverNs: segment.ns };
     await writeFile(planFile, JSON.stringify(plan));
-    const spec: StackSpec = { workDir, segment, macs, root, imageId: STORM_IMAGE_ID, cacheDir, tftpMaxTransfers, maxRootStreams };
+    const spec: StackSpec = { workDir, segment, macs, root, imageId, cacheDir, tftpMaxTransfers, maxRootStreams };
     for (const name of ['netboot', 'peer'] as const) {
       if (only && only !== name) continue;
       process.stderr.write(`storm: ${name}: starting the stack\n`);
@@ -175,7 +181,8 @@ async function storm(): Promise<void> {
   }
 
   const out: string[] = [];
-  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}${maxRootStreams === undefined ? '' : `, netboot admission.maxRootStreams ${maxRootStreams}`}, image ${STORM_IMAGE_ID} (e2e busybox)`);
+  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}${maxRootStreams === undefined ? '' : `, netboot admission.maxRootStreams ${maxRootStreams}`}, image ${imageId} (e2e busybox)`);
+  if (traceNote) out.push(traceNote);
   out.push('per phase, over the machines that finished it (script = boot.ipxe + per-MAC script; root waits in a queue count in the phase)\n');
   out.push(phaseTable(runs));
   out.push('');

@@ -16,7 +16,7 @@ import { stringify } from 'yaml';
 import { Lab } from '../../server/lab/lab.ts';
 import { stopChild } from '../../server/lab/netns.ts';
 import { cleanupOnInterrupt } from './interrupt.ts';
-import { NO_DOCKER_ENV, prepareStormCache, STORM_IMAGE_ID } from './storm-image.ts';
+import { NO_DOCKER_ENV, prepareStormCache, stormImageId } from './storm-image.ts';
 import type { NbdTrace } from './storm-trace.ts';
 
 const REPO = join(import.meta.dirname, '../..');
@@ -36,7 +36,8 @@ export async function recordNbdTrace(): Promise<void> {
   const unregister = cleanupOnInterrupt(cleanup);
   try {
     const cacheDir = join(workDir, 'cache');
-    const imageDir = await prepareStormCache(cacheDir, ['storm']);
+    const imageId = stormImageId();
+    const imageDir = await prepareStormCache(cacheDir, ['storm'], imageId);
     const configFile = join(workDir, 'netboot.yaml');
     await writeFile(
       configFile,
@@ -48,7 +49,7 @@ export async function recordNbdTrace(): Promise<void> {
       }),
     );
     lab = await Lab.start({ configFile, logDir: join(workDir, 'logs'), env: NO_DOCKER_ENV });
-    const recorder = lab.segment.spawn('node', ['--import', 'tsx', join(REPO, 'bench/lib/nbd-trace-recorder.ts'), join(imageDir, 'rootfs.squashfs'), STORM_IMAGE_ID, String(RECORDER_PORT)], { cwd: REPO });
+    const recorder = lab.segment.spawn('node', ['--import', 'tsx', join(REPO, 'bench/lib/nbd-trace-recorder.ts'), join(imageDir, 'rootfs.squashfs'), imageId, String(RECORDER_PORT)], { cwd: REPO });
     recorder.stderr!.pipe(process.stderr);
     const reads: { t: number; offset: number; length: number; conn: string }[] = [];
     await new Promise<void>((resolve, reject) => {
@@ -66,7 +67,7 @@ export async function recordNbdTrace(): Promise<void> {
     await stopChild(recorder);
     const conns = [...new Set(reads.map((r) => r.conn))];
     const trace: NbdTrace = {
-      imageId: STORM_IMAGE_ID,
+      imageId,
       recordedAt: new Date().toISOString(),
       how: 'bench/storm.ts --record-trace: QEMU (TCG, SeaBIOS + iPXE) booting the e2e busybox image with root: nbd; reads in the order the server got them, until the userspace marker',
       connections: conns.length,

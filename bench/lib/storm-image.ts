@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { copyFile, link, mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { FIXTURE_DIR } from '../../test/fixtures/cache.ts';
@@ -10,14 +10,23 @@ import { FIXTURE_DIR } from '../../test/fixtures/cache.ts';
  * file naming it current, and a docker source that cannot be reached, so the server serves
  * "the last good build" and nothing else runs beside the storm.
  */
-export const STORM_IMAGE_ID = '381d3caa26214686';
 export const E2E_CACHE = join(FIXTURE_DIR, 'e2e-cache');
+const STORM_IMAGE_POINTER = join(E2E_CACHE, 'images', 'busybox-nbd.current');
 
-export async function prepareStormCache(cacheDir: string, imageNames: string[], id = STORM_IMAGE_ID): Promise<string> {
+/**
+ * The id of the e2e suite's busybox image with root: nbd in this machine's fixture cache (its
+ * pointer file): each machine builds its own, and the id changes with Debian's packages.
+ */
+export function stormImageId(): string {
+  const hint = 'run the e2e suite (or bench/nbd.ts --only boot --boot-images busybox) once to build it';
+  if (!existsSync(STORM_IMAGE_POINTER)) throw new Error(`${STORM_IMAGE_POINTER} is missing: the e2e busybox image is not in the fixture cache; ${hint}`);
+  const { id } = JSON.parse(readFileSync(STORM_IMAGE_POINTER, 'utf8')) as { id: string };
+  if (!existsSync(join(E2E_CACHE, 'images', id, 'manifest.json'))) throw new Error(`${STORM_IMAGE_POINTER} names ${id}, which is not in the fixture cache; ${hint}`);
+  return id;
+}
+
+export async function prepareStormCache(cacheDir: string, imageNames: string[], id: string): Promise<string> {
   const from = join(E2E_CACHE, 'images', id);
-  if (!existsSync(join(from, 'manifest.json'))) {
-    throw new Error(`${from}: the e2e busybox image is not in the fixture cache; run the e2e suite (or bench/nbd.ts --only boot --boot-images busybox) once to build it`);
-  }
   const to = join(cacheDir, 'images', id);
   await mkdir(to, { recursive: true });
   for (const name of await readdir(from)) {
