@@ -65,7 +65,10 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
     for (const service of started.reverse()) await service.stop().catch((err) => log.warn({ err }, 'stopping a service failed'));
   };
 
+  // Declared before HTTP listens: its handlers ask for DHCP leases and NBD clients from the
+  // first request on, while the services after it are still starting (null until then).
   let nbd: NbdServer | null = null;
+  let dhcp: DhcpServer | null = null;
   const ipxe = selectIpxeDir(options.ipxeDir ?? config.server.ipxeDir);
   log[ipxe.warning ? 'warn' : 'info']({ phase: 'serve', ipxeDir: ipxe.dir, source: ipxe.source, version: ipxe.version }, ipxe.warning ?? 'iPXE binaries');
   try {
@@ -112,7 +115,6 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       if (routerAdverts) started.push(routerAdverts);
     }
 
-    let dhcp: DhcpServer | null = null;
     if (config.server.dhcp.mode !== 'off') {
       dhcp = new DhcpServer({
         config: () => store.current,
