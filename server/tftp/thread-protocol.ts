@@ -1,17 +1,9 @@
 /** Messages between the TFTP thread (server/tftp/thread-worker.ts) and the main thread (server/tftp/thread.ts). */
-import type { SessionLimits } from './session.ts';
 import type { TftpClient } from './files.ts';
-import type { TransferEvent } from './server.ts';
+import type { TftpServerOptions, TransferEvent } from './server.ts';
 
-export interface ThreadServerOptions {
-  host: string;
-  port: number;
-  maxTransfers?: number;
-  maxTransfersPerAddress?: number;
-  maxWaiting?: number;
-  limits?: Partial<SessionLimits>;
-  logLevel: string;
-}
+/** The server's options that cross to the thread: all but the callbacks, which stay on the main thread. */
+export type ThreadServerOptions = Omit<TftpServerOptions, 'source' | 'onTransfer' | 'log'> & { logLevel: string };
 
 /** A file the main thread opened for the TFTP thread: its fd (held open until `close`), or its bytes. */
 export type SharedFile = { size: number; version?: string } & ({ fd: number } | { bytes: Uint8Array });
