@@ -79,6 +79,13 @@ export interface RequestContext {
   from: Destination;
   /** Full mode only. */
   leases: LeaseStore | null;
+  /**
+   * The server's neighbour (ARP) entry for the address a RELEASE or DECLINE names (server.ts
+   * looks it up first; undefined mac: no entry). Both messages are unauthenticated, and anyone
+   * on the segment can send one with a machine's MAC, from its address: the entry is evidence
+   * the sender cannot write without also spoofing ARP.
+   */
+  neighbour?: { ip: string; mac: string | undefined };
 }
 
 const ZERO = '0.0.0.0';
@@ -376,11 +383,18 @@ function full(request: DhcpMessage, type: number, facts: ClientFacts, decision: 
     case MessageType.DECLINE: {
       const ip = requestedIp(request);
       if (asked !== me || !ip) return silent('decline-not-ours', 'DECLINE without our server id or a requested address');
+      // A client declines an address someone *else* answers ARP for; the server's own entry naming the client says otherwise.
+      if (ctx.neighbour?.ip === ip && ctx.neighbour.mac === mac) return silent('decline-forged', `${ip} is at ${mac} itself in the neighbour table: a DECLINE in its name is forged`);
       if (!leases.decline(mac, ip, DECLINE_HOLD_SECONDS)) return silent('decline-unknown', `${ip} is not leased or offered to ${mac}`);
       return silent('declined', `${ip} declined; kept out of the pool for ${DECLINE_HOLD_SECONDS} s`);
     }
     case MessageType.RELEASE: {
       if (asked !== undefined && asked !== me) return silent('other-server', `RELEASE names server ${asked}`);
+      // A client releases by unicast from the address it gives back (RFC 2131 4.4.6), from the MAC the server's ARP entry knows there.
+      const sender = ctx.from.address;
+      if (sender !== request.ciaddr && !(request.giaddr !== ZERO && sender === request.giaddr)) return silent('release-forged', `RELEASE of ${request.ciaddr} for ${mac} sent from ${sender}, not from that address`);
+      const holder = ctx.neighbour?.ip === request.ciaddr ? ctx.neighbour.mac : undefined;
+      if (holder !== undefined && holder !== mac) return silent('release-forged', `${request.ciaddr} is at ${holder} in the neighbour table, not ${mac}: a RELEASE in its name is forged`);
       if (!leases.release(mac, request.ciaddr)) return silent('release-unknown', `${request.ciaddr} is not leased to ${mac}`);
       return silent('released', `${request.ciaddr} released`);
     }

@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import type { Config } from '../config/types.ts';
 import { silentLogger, type Logger } from '../log.ts';
 import { BURST_RECEIVE_BYTES, warnIfReceiveBufferCapped } from '../udp-receive-buffer.ts';
-import { decodeMessage, encodeMessage, messageType, messageTypeName } from './codec.ts';
+import { kernelNeighbours, type NeighbourLookup } from '../boot/neighbours.ts';
+import { decodeMessage, encodeMessage, MessageType, messageType, messageTypeName, requestedIp, type DhcpMessage } from './codec.ts';
 import { LeaseStore } from './leases.ts';
 import { DHCP_SERVER_PORT, PXE_PORT, respond, type DhcpExchange } from './responder.ts';
 
@@ -29,6 +30,8 @@ export interface DhcpServerOptions {
   ports?: { dhcp?: number; pxe?: number };
   /** Leases file; default <config.server.stateDir>/leases.json, read at start(). */
   leaseFile?: string;
+  /** The neighbour table a RELEASE or DECLINE is checked against (full mode); default the kernel's. */
+  neighbours?: NeighbourLookup;
   now?: () => number;
 }
 
@@ -42,9 +45,11 @@ export class DhcpServer {
   #sockets: Socket[] = [];
   #leases: LeaseStore | null = null;
   readonly #log: Logger;
+  readonly #neighbours: NeighbourLookup;
 
   constructor(private readonly options: DhcpServerOptions) {
     this.#log = (options.logger ?? silentLogger).child({ phase: 'dhcp' });
+    this.#neighbours = options.neighbours ?? kernelNeighbours();
   }
 
   get leases(): LeaseStore | null {
@@ -105,18 +110,33 @@ export class DhcpServer {
       return;
     }
     const request = decoded.message;
-    this.options.onPacket?.(messageTypeName(messageType(request)), 'in');
+    const type = messageType(request);
+    this.options.onPacket?.(messageTypeName(type), 'in');
+    // RELEASE and DECLINE (rare) wait for the neighbour entry of the address they name; the rest is answered at once.
+    const named = this.options.config().server.dhcp.mode !== 'full' ? undefined : type === MessageType.RELEASE ? request.ciaddr : type === MessageType.DECLINE ? requestedIp(request) : undefined;
+    if (named === undefined) return this.#answer(socket, port, request, from);
+    this.#neighbours(named).then(
+      (mac) => this.#answer(socket, port, request, from, { ip: named, mac }),
+      (err: unknown) => {
+        this.#log.warn({ err, ip: named }, 'neighbour lookup failed; answering without it');
+        this.#answer(socket, port, request, from);
+      },
+    ).catch((err: unknown) => this.#log.error({ err, from: from.address }, 'DHCP packet handling failed'));
+  }
+
+  #answer(socket: Socket, port: number, request: DhcpMessage, from: RemoteInfo, neighbour?: { ip: string; mac: string | undefined }): void {
     const config = this.options.config();
     const { reply, exchange } = respond(request, {
       config,
       port,
       from: { address: from.address, port: from.port },
       leases: config.server.dhcp.mode === 'full' ? this.#leases : null,
+      ...(neighbour ? { neighbour } : {}),
     });
     if (exchange) {
       const fields = { mac: exchange.mac, arch: exchange.arch, mode: exchange.mode, port, type: exchange.messageType, reply: exchange.replyType, ...exchange.offered };
       const reason = exchange.ignoredReason;
-      const level = reason === 'arm64-no-ipxe' ? 'warn' : reason && ROUTINE.has(reason) ? 'debug' : 'info';
+      const level = reason === 'arm64-no-ipxe' || reason === 'release-forged' || reason === 'decline-forged' ? 'warn' : reason && ROUTINE.has(reason) ? 'debug' : 'info';
       // Every DHCP client on a shared LAN passes by: routine non-answers are debug lines.
       const what = !reply
         ? `not answered: ${exchange.detail ?? reason}`

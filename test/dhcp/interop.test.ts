@@ -116,9 +116,37 @@ describe('full mode against busybox udhcpc', () => {
     const bound = await waitForOutput(running, /BOUND ip=(\S+)/, 20_000);
     expect(bound).toBe(`BOUND ip=${segment.subnet}.104`);
     running.kill('SIGUSR2');
-    await server.waitForExchange((e) => e.mac === '02:00:00:00:0a:05' && e.messageType === 'RELEASE');
+    await server.waitForExchange((e) => e.mac === '02:00:00:00:0a:05' && e.messageType === 'RELEASE' && e.ignoredReason === 'released');
     running.kill('SIGTERM');
     expect((await udhcpc(c, script)).ip).toBe(`${segment.subnet}.104`);
+  });
+
+  it("a stranger's RELEASE and DECLINE in a machine's name are ignored: the server's neighbour table puts the address at the machine", async () => {
+    const mac = '02:00:00:00:0a:07';
+    const victim = await client(mac);
+    const running = victim.spawn('busybox', ['udhcpc', '-i', victim.ifname, '-f', '-t', '5', '-T', '1', '-s', script]);
+    const stranger = await UdpPeer.start(await client('02:00:00:00:0a:66'), 68);
+    try {
+      const ip = /BOUND ip=(\S+)/.exec(await waitForOutput(running, /BOUND ip=(\S+)/, 20_000))![1]!;
+      // What any traffic between them leaves (a script or layer request): the server's ARP entry for the machine.
+      await segment.exec('busybox', ['ping', '-c', '1', '-W', '5', ip]);
+      const serverId = ipOption(Opt.SERVER_ID, segment.serverIp);
+      await stranger.send([encodeMessage(request(MessageType.RELEASE, mac, [serverId], { ciaddr: ip }))], '255.255.255.255', 67);
+      await server.waitForExchange((e) => e.mac === mac && e.messageType === 'RELEASE' && e.ignoredReason === 'release-forged');
+      await stranger.send([encodeMessage(request(MessageType.DECLINE, mac, [ipOption(Opt.REQUESTED_IP, ip), serverId]))], '255.255.255.255', 67);
+      await server.waitForExchange((e) => e.mac === mac && e.messageType === 'DECLINE' && e.ignoredReason === 'decline-forged');
+      // The lease stands: the stranger asking for that address is refused it.
+      const xid = 0x3001;
+      await stranger.send([encodeMessage({ ...request(MessageType.DISCOVER, '02:00:00:00:0a:66', [ipOption(Opt.REQUESTED_IP, ip)]), xid })], '255.255.255.255', 67);
+      const offer = decoded((await stranger.next((r) => r.bytes.readUInt32BE(4) === xid))!);
+      expect(offer.yiaddr).not.toBe(ip);
+      // The machine's own RELEASE still counts.
+      running.kill('SIGUSR2');
+      await server.waitForExchange((e) => e.mac === mac && e.messageType === 'RELEASE' && e.ignoredReason === 'released');
+    } finally {
+      running.kill('SIGTERM');
+      await stranger.stop();
+    }
   });
 
   it('a REQUEST naming another server is not ACKed', async () => {

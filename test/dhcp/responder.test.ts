@@ -224,7 +224,7 @@ describe('full mode', () => {
     expect(wire(handle(plain(MessageType.DISCOVER, '02:00:00:00:00:09'))).yiaddr).toBe('10.9.0.102');
 
     handle(plain(MessageType.REQUEST, mac, [ipOption(Opt.REQUESTED_IP, '10.9.0.101'), ipOption(Opt.SERVER_ID, '10.9.0.1')]));
-    const release = handle(plain(MessageType.RELEASE, mac, [ipOption(Opt.SERVER_ID, '10.9.0.1')], { ciaddr: '10.9.0.101' }));
+    const release = handle(plain(MessageType.RELEASE, mac, [ipOption(Opt.SERVER_ID, '10.9.0.1')], { ciaddr: '10.9.0.101' }), { from: { address: '10.9.0.101', port: 68 } });
     expect(release).toMatchObject({ reply: null, exchange: { ignoredReason: 'released' } });
     // Released and nothing else free (100 declined, 102 offered): a new client gets the released one...
     expect(wire(handle(plain(MessageType.DISCOVER, '02:00:00:00:00:0a'))).yiaddr).toBe('10.9.0.101');

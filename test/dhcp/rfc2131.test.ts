@@ -78,7 +78,8 @@ const typeOf = (outcome: Outcome) => (outcome.reply ? messageType(wire(outcome))
 async function setup(config = makeConfig(raw())) {
   let clock = 1_000_000;
   const leases = await LeaseStore.open(null, { now: () => clock });
-  const handle = (msg: DhcpMessage, from = { address: '0.0.0.0', port: 68 }) => respond(msg, { config, port: 67, from, leases } satisfies RequestContext);
+  const handle = (msg: DhcpMessage, from = { address: '0.0.0.0', port: 68 }, neighbour?: RequestContext['neighbour']) =>
+    respond(msg, { config, port: 67, from, leases, ...(neighbour ? { neighbour } : {}) } satisfies RequestContext);
   const advance = (ms: number) => (clock += ms);
   /** DISCOVER + SELECTING as udhcpc does: bound to the first pool address. */
   const bindUdhcpc = () => {
@@ -291,8 +292,42 @@ describe('DECLINE and RELEASE touch only the sender MAC\'s own address', () => {
   it("RELEASE of someone else's address: ignored, the lease stays", async () => {
     const { handle, leases, bindUdhcpc } = await setup();
     bindUdhcpc();
-    expect(handle(edit(fixture.release, { mac: '02:00:00:00:66:05' }))).toMatchObject({ reply: null, exchange: { ignoredReason: 'release-unknown' } });
+    expect(handle(edit(fixture.release, { mac: '02:00:00:00:66:05' }), { address: FIRST, port: 68 })).toMatchObject({ reply: null, exchange: { ignoredReason: 'release-unknown' } });
     expect(leases.active(UDHCPC_MAC)?.ip).toBe(FIRST);
+  });
+
+  it('a RELEASE that does not come from the address it gives back (a broadcast, another host): forged, the lease stays', async () => {
+    const { handle, leases, bindUdhcpc } = await setup();
+    bindUdhcpc();
+    expect(handle(fixture.release)).toMatchObject({ reply: null, exchange: { ignoredReason: 'release-forged' } });
+    expect(handle(fixture.release, { address: '10.0.0.66', port: 68 })).toMatchObject({ reply: null, exchange: { ignoredReason: 'release-forged' } });
+    expect(leases.active(UDHCPC_MAC)?.ip).toBe(FIRST);
+  });
+
+  it("a RELEASE in the client's name while the neighbour table puts its address at another MAC: forged, the lease stays", async () => {
+    const { handle, leases, bindUdhcpc } = await setup();
+    bindUdhcpc();
+    const stranger = '02:00:00:00:66:06';
+    expect(handle(fixture.release, { address: FIRST, port: 68 }, { ip: FIRST, mac: stranger })).toMatchObject({ reply: null, exchange: { ignoredReason: 'release-forged' } });
+    expect(leases.active(UDHCPC_MAC)?.ip).toBe(FIRST);
+    // An entry for another address says nothing about this one; the client's own entry (or none) lets it release.
+    expect(handle(fixture.release, { address: FIRST, port: 68 }, { ip: '10.0.0.99', mac: stranger })).toMatchObject({ exchange: { ignoredReason: 'released' } });
+    bindUdhcpc();
+    expect(handle(fixture.release, { address: FIRST, port: 68 }, { ip: FIRST, mac: UDHCPC_MAC })).toMatchObject({ exchange: { ignoredReason: 'released' } });
+    bindUdhcpc();
+    expect(handle(fixture.release, { address: FIRST, port: 68 }, { ip: FIRST, mac: undefined })).toMatchObject({ exchange: { ignoredReason: 'released' } });
+    expect(leases.active(UDHCPC_MAC)).toBeUndefined();
+  });
+
+  it('a DECLINE in the name of the MAC the neighbour table puts at that address: forged (it would decline itself), the lease stays', async () => {
+    const { handle, leases, bindUdhcpc } = await setup();
+    bindUdhcpc();
+    expect(handle(decline(FIRST), undefined, { ip: FIRST, mac: UDHCPC_MAC })).toMatchObject({ reply: null, exchange: { ignoredReason: 'decline-forged' } });
+    expect(leases.active(UDHCPC_MAC)?.ip).toBe(FIRST);
+    expect(leases.isDeclined(FIRST)).toBe(false);
+    // Someone else at the address is what a real DECLINE reports.
+    expect(handle(decline(FIRST), undefined, { ip: FIRST, mac: '02:00:00:00:66:07' })).toMatchObject({ exchange: { ignoredReason: 'declined' } });
+    expect(leases.isDeclined(FIRST)).toBe(true);
   });
 });
 
