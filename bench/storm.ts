@@ -15,10 +15,13 @@
  *        [--max-root-streams K]     (netboot's server.admission.maxRootStreams; default: netboot's own; 0 = no limit)
  *        [--tftp-max-transfers K]   (both stacks' TFTP limit; default max(64, 2N): a size probe and a download per machine)
  *   node --import tsx bench/storm.ts --record-trace      (re-records the NBD trace: QEMU, minutes)
+ *   STORM_DUMP_DIR=DIR: also writes each stack's raw fleet report (every machine's phases) there
  *
  * --link-mbit shapes the server -> fleet direction of the segment (htb on the bridge port) so
  * the link, not loopback speed, is the shared resource. Needs root. Prints per-phase p50/p99,
- * failures, 503 waits, time until all are up, server CPU and peak RSS, and ends with
+ * failures, 503 waits, time until all are up, server CPU and peak RSS, the script times of one
+ * more machine probing from its own idle process (bench/lib/storm-probe.ts: the fleet's phase
+ * times include the fleet's own backlog, whose event-loop delay is printed too), and ends with
  *   storm: N machines, F failed, netboot X s vs peer Y s = R.RRx
  * (F: netboot's failed machines; R = X / Y, below 1 means netboot got the fleet up sooner).
  */
@@ -30,11 +33,11 @@ import { createInterface } from 'node:readline';
 import { promisify } from 'node:util';
 import { addClientNamespace, createSegment, type ClientNamespace, type Segment } from '../server/lab/netns.ts';
 import { cleanupOnInterrupt } from './lib/interrupt.ts';
-import type { ClientPlan, ClientReport } from './lib/storm-client.ts';
+import { POWER_ON_LINE, type ClientPlan, type ClientReport } from './lib/storm-client.ts';
 import { E2E_CACHE, prepareStormCache, stormImageId } from './lib/storm-image.ts';
 import { watchStack } from './lib/storm-procs.ts';
 import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
-import { failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, phaseTable, rootWindowLines, stackTable, threadLines, type StackRun } from './lib/storm-summary.ts';
+import { failureSamples, finalLine, fleetLagLines, netbootScriptTimes, nginxScriptTimes, phaseTable, probeLines, rootWindowLines, stackTable, threadLines, type ProbeReport, type StackRun } from './lib/storm-summary.ts';
 import type { NbdTrace } from './lib/storm-trace.ts';
 
 const run = promisify(execFile);
@@ -88,9 +91,12 @@ async function wireSegment(segment: Segment, linkMbit: number | undefined): Prom
   return client;
 }
 
-async function runFleet(client: ClientNamespace, planFile: string): Promise<ClientReport> {
+async function runFleet(client: ClientNamespace, planFile: string, onPowerOn: () => void): Promise<ClientReport> {
   const child = client.spawn('node', ['--import', 'tsx', join(REPO, 'bench/lib/storm-client.ts'), planFile], { cwd: REPO });
-  child.stderr!.pipe(process.stderr);
+  createInterface({ input: child.stderr! }).on('line', (line) => {
+    if (line === POWER_ON_LINE) onPowerOn();
+    else process.stderr.write(`${line}\n`);
+  });
   return new Promise((resolve, reject) => {
     let got = false;
     createInterface({ input: child.stdout! }).on('line', (line) => {
@@ -104,9 +110,32 @@ async function runFleet(client: ClientNamespace, planFile: string): Promise<Clie
   });
 }
 
+/** The script probe (bench/lib/storm-probe.ts), leased and waiting: go() starts its requests, finish() ends them and gives its report. */
+async function startProbe(client: ClientNamespace, mac: string, serverNs: string): Promise<{ go(): void; finish(): Promise<ProbeReport> }> {
+  const child = client.spawn('node', ['--import', 'tsx', join(REPO, 'bench/lib/storm-probe.ts'), mac, serverNs], { cwd: REPO });
+  child.stderr!.pipe(process.stderr);
+  const lines = createInterface({ input: child.stdout! });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  const next = () =>
+    Promise.race([
+      new Promise<string>((resolve) => lines.once('line', resolve)),
+      exited.then((code) => Promise.reject(new Error(`the script probe exited with ${code}`))),
+    ]);
+  const ready = await next();
+  if (ready !== 'ready') throw new Error(`the script probe said ${JSON.stringify(ready)}, not ready`);
+  return {
+    go: () => child.stdin!.write('go\n'),
+    finish: async () => {
+      const report = next();
+      child.stdin!.end();
+      return JSON.parse(await report) as ProbeReport;
+    },
+  };
+}
+
 async function storm(): Promise<void> {
   const n = Math.floor(numberArg('machines', 200));
-  if (n > 766) throw new Error('--machines: at most 766 (the pool 10.88.21.1 - 10.88.23.254)');
+  if (n > 765) throw new Error('--machines: at most 765 (the pool 10.88.21.1 - 10.88.23.254 less one address for the script probe)');
   const root = stringArg('root') ?? 'ram';
   if (root !== 'ram' && root !== 'nbd') throw new Error(`--root ${root}: expected ram or nbd`);
   const linkArg = stringArg('link-mbit');
@@ -121,6 +150,8 @@ async function storm(): Promise<void> {
   const maxRootStreams = rootStreamsArg === undefined ? undefined : Number(rootStreamsArg);
   if (maxRootStreams !== undefined && !(Number.isInteger(maxRootStreams) && maxRootStreams >= 0)) throw new Error(`--max-root-streams ${rootStreamsArg}: expected an integer >= 0`);
   const macs = Array.from({ length: n }, (_, i) => stormMac(i + 1));
+  // One more machine, known to both stacks, that times script requests from an idle process.
+  const probeMac = stormMac(n + 1);
   const imageId = stormImageId();
   let reads: [number, number, number][] = [];
   let traceNote: string | null = null;
@@ -160,20 +191,24 @@ async function storm(): Promise<void> {
     const planFile = join(workDir, 'plan.json');
     const plan: ClientPlan = { macs, root, reads, deadlineMs, serverNs: segment.ns };
     await writeFile(planFile, JSON.stringify(plan));
-    const spec: StackSpec = { workDir, segment, macs, root, imageId, cacheDir, tftpMaxTransfers, maxRootStreams };
+    const spec: StackSpec = { workDir, segment, macs: [...macs, probeMac], root, imageId, cacheDir, tftpMaxTransfers, maxRootStreams };
     for (const name of ['netboot', 'peer'] as const) {
       if (only && only !== name) continue;
       process.stderr.write(`storm: ${name}: starting the stack\n`);
       stack = name === 'netboot' ? await startNetboot(spec) : await startPeer(spec);
       const watch = await watchStack(segment.ns);
       process.stderr.write(`storm: ${name}: ${n} machines power on\n`);
-      const report = await runFleet(client, planFile);
+      const probe = await startProbe(client, probeMac, segment.ns);
+      const report = await runFleet(client, planFile, () => probe.go());
+      const probeReport = await probe.finish();
+      // Every machine's phases and timings, for a closer look than the summary's percentiles.
+      if (process.env.STORM_DUMP_DIR) await writeFile(join(process.env.STORM_DUMP_DIR, `storm-${name}-${root}-${n}.json`), JSON.stringify({ fleet: report, probe: probeReport }));
       const usage = await watch.stop();
       await stack.stop();
       stack = null;
       const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(workDir) : nginxAccessLogPath(workDir), 'utf8');
       const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
-      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, serverScriptMs });
+      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), serverScriptMs, probe: probeReport });
     }
   } finally {
     await cleanup();
@@ -188,6 +223,8 @@ async function storm(): Promise<void> {
   out.push('');
   out.push(stackTable(runs));
   out.push(...threadLines(runs));
+  out.push(...probeLines(runs));
+  out.push(...fleetLagLines(runs));
   if (root === 'ram') out.push(...rootWindowLines(runs, rootBytes));
   for (const r of runs) for (const sample of failureSamples(r)) out.push(`  ${r.stack} failure: ${sample}`);
   out.push(`load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 shared cores; the fleet runs on them too)`);

@@ -11,7 +11,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
+import { Downloads, jitterFrom } from './storm-downloads.ts';
 import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
 
 export interface ClientPlan {
@@ -53,20 +55,26 @@ export interface ClientReport {
   tftpRetransmits: number;
   /** CPU seconds the fleet process used (it shares the cores with the servers). */
   cpuSeconds: number;
+  /**
+   * The fleet's own event-loop delay, ms (p50, p99, max): how late the fleet itself took what
+   * the servers sent. Every phase time includes it, and a DHCP or TFTP timer that fires before a
+   * reply already in the socket is read counts a resend the server did not cause.
+   */
+  loopDelayMs?: [number, number, number];
 }
+
+/** The fleet's stderr line at the instant every machine powers on (bench/storm starts the script probe on it). */
+export const POWER_ON_LINE = 'storm client: power on';
 
 const hyphens = (mac: string) => mac.replace(/:/g, '-');
 
-/** Deterministic per-machine jitter in [0, 1) (xorshift seeded by the MAC). */
-function jitterSource(mac: string): () => number {
-  let x = Number.parseInt(mac.replace(/:/g, '').slice(-8), 16) | 1;
-  return () => {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    return (x >>> 0) / 2 ** 32;
-  };
+/** A per-machine seed for the jitter of its waits (the MAC's last four bytes). */
+function seedOf(mac: string): number {
+  return Number.parseInt(mac.replace(/:/g, '').slice(-8), 16);
 }
+
+/** Kernels, initrds and ram roots are taken in on this many worker threads (bench/lib/storm-downloads.ts). */
+export const DOWNLOAD_THREADS = 2;
 
 /** `kernel [--opts] URL args...` / `initrd [--opts] URL` / `chain [--opts] URL` lines of an iPXE script. */
 export function scriptCommand(script: string, command: 'kernel' | 'initrd' | 'chain'): { url: string; args: string[] } | null {
@@ -86,11 +94,11 @@ function kernelArg(args: string[], name: string): string | undefined {
   return args.filter((a) => a.startsWith(`${name}=`)).map((a) => a.slice(name.length + 1)).at(-1);
 }
 
-async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, index: number, t0: number, tftp: { retransmits: number }): Promise<MachineResult> {
+async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, downloads: Downloads, index: number, t0: number, tftp: { retransmits: number }): Promise<MachineResult> {
   const mac = plan.macs[index]!;
   const phases: Partial<Record<Phase, number>> = {};
   const counters: HttpCounters = { waits: 0, waitMs: 0, retries: 0 };
-  const jitter = jitterSource(mac);
+  const jitter = jitterFrom(seedOf(mac));
   let phase: Phase = 'dhcp-pxe';
   let mark = performance.now();
   const done = (p: Phase) => {
@@ -123,11 +131,25 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, inde
     const initrd = scriptCommand(own.body, 'initrd');
     if (!kernel || !initrd) throw new Error(`${chain.url}: no kernel/initrd lines in ${JSON.stringify(own.body.slice(0, 300))}`);
     done('script');
+    // Bodies of megabytes (kernel, initrd, ram root) are taken in on the download threads, as a machine's own CPU would.
+    const bulk = async (url: string, tries: number) => {
+      const addUp = (c: HttpCounters) => {
+        counters.waits += c.waits;
+        counters.waitMs += c.waitMs;
+        counters.retries += c.retries;
+      };
+      const got = await downloads.get(index, url, ipxe.ip, seedOf(mac), tries).catch((err: Error & { counters?: HttpCounters }) => {
+        if (err.counters) addUp(err.counters);
+        throw err;
+      });
+      addUp(got.counters);
+      return got.timing;
+    };
     phase = 'kernel';
-    await httpFetch(kernel.url, http);
+    await bulk(kernel.url, 3);
     done('kernel');
     phase = 'initrd';
-    await httpFetch(initrd.url, http);
+    await bulk(initrd.url, 3);
     done('initrd');
     const arg = (name: string) => {
       const value = kernelArg(kernel.args, name);
@@ -141,8 +163,7 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, inde
     done('layer');
     phase = 'root';
     if (plan.root === 'ram') {
-      const timing = { headersAt: NaN, endAt: NaN, reads: 0 };
-      await httpFetch(`${server}/images/${image}/rootfs.squashfs?mac=${hyphens(mac)}`, { ...http, tries: 5, timing });
+      const timing = await bulk(`${server}/images/${image}/rootfs.squashfs?mac=${hyphens(mac)}`, 5);
       rootBody = [timing.headersAt - t0, timing.endAt - t0];
       rootReads = timing.reads;
     } else {
@@ -171,7 +192,11 @@ async function main(): Promise<void> {
   const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
   const mux = await DhcpMux.open();
   const pins = new NeighbourPins(plan.serverNs);
+  const downloads = new Downloads(DOWNLOAD_THREADS);
   const tftp = { retransmits: 0 };
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
+  process.stderr.write(`${POWER_ON_LINE}\n`);
   const startedAt = Date.now();
   const t0 = performance.now();
   let up = 0;
@@ -179,7 +204,7 @@ async function main(): Promise<void> {
   const machines = await Promise.all(
     plan.macs.map((_, i) =>
       Promise.race([
-        bootOne(plan, mux, pins, i, t0, tftp).then((r) => {
+        bootOne(plan, mux, pins, downloads, i, t0, tftp).then((r) => {
           if (!r.failed) up++;
           return r;
         }),
@@ -192,8 +217,18 @@ async function main(): Promise<void> {
   clearInterval(progress);
   mux.close();
   pins.close();
+  await downloads.close();
   const cpu = process.cpuUsage();
-  const report: ClientReport = { startedAt, machines, dhcpRetransmits: mux.retransmits, tftpRetransmits: tftp.retransmits, cpuSeconds: (cpu.user + cpu.system) / 1e6 };
+  loopDelay.disable();
+  const delayMs = (ns: number) => Math.round(ns / 1e5) / 10;
+  const report: ClientReport = {
+    startedAt,
+    machines,
+    dhcpRetransmits: mux.retransmits,
+    tftpRetransmits: tftp.retransmits,
+    cpuSeconds: (cpu.user + cpu.system) / 1e6,
+    loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
+  };
   process.stdout.write(JSON.stringify(report) + '\n');
   process.exit(0);
 }

@@ -21,6 +21,17 @@ export interface MachineResult {
   failed?: { phase: Phase; error: string };
 }
 
+/** bench/lib/storm-probe.ts: script requests timed from an idle process while the fleet boots. */
+export interface ProbeReport {
+  /** Milliseconds per request, in the order sent: boot.ipxe, and the per-MAC script it chains to. */
+  entryMs: number[];
+  machineMs: number[];
+  /** Requests that got no answer or no 200. */
+  failures: number;
+  /** The first few distinct errors. */
+  errors: string[];
+}
+
 export interface StackRun {
   stack: string;
   machines: MachineResult[];
@@ -33,11 +44,14 @@ export interface StackRun {
   threadCpu?: { name: string; seconds: number; threads: number }[];
   /** CPU seconds of the simulated fleet (one process, on the same cores). */
   fleetCpuSeconds?: number;
+  /** The fleet's event-loop delay, ms: p50, p99, max (its own lag, inside every phase time). */
+  fleetLoopDelayMs?: [number, number, number];
   /**
    * Milliseconds the server took over each script request (boot.ipxe and the per-MAC script),
    * from its own log: what the server adds, without the fleet's wait for a core of its own.
    */
   serverScriptMs?: number[];
+  probe?: ProbeReport;
 }
 
 const SCRIPT_PATH = /^\/(machines\/[^/]+\/)?boot\.ipxe(\?|$)/;
@@ -185,4 +199,30 @@ export function rootWindowLines(runs: readonly StackRun[], rootBytes: number): s
     const body = bodies.length ? `; root body alone p50 ${ms(percentile(bodyMs, 50))} / p99 ${ms(percentile(bodyMs, 99))}, ${inFlight.toFixed(1)} bodies in flight on average${perRead}` : '';
     return [`${r.stack} root window: ${(first / 1000).toFixed(1)} s to ${(last / 1000).toFixed(1)} s after power-on, ${spans.length} x ${mib(rootBytes)} MiB at ${mibPerS.toFixed(0)} MiB/s${body}`];
   });
+}
+
+/**
+ * Per stack: the script probe's request times (boot.ipxe and the per-MAC script, from an idle
+ * process on the fleet's segment), the end-to-end script latency a machine sees when its own
+ * CPU is free, unlike the fleet's script phase (which includes the fleet's own backlog).
+ */
+export function probeLines(runs: readonly StackRun[]): string[] {
+  return runs
+    .filter((r) => r.probe)
+    .map((r) => {
+      const p = r.probe!;
+      const stat = (values: number[]) => (values.length ? `p50 ${ms(percentile(values, 50))} / p99 ${ms(percentile(values, 99))} / max ${ms(Math.max(...values))}` : 'none');
+      const failed = p.failures ? `, ${p.failures} failed (${p.errors.join('; ')})` : '';
+      return `${r.stack} script probe (one idle client during the storm): boot.ipxe ${stat(p.entryMs)}, per-MAC script ${stat(p.machineMs)}, ${p.entryMs.length + p.machineMs.length} requests${failed}`;
+    });
+}
+
+/** Per stack: the fleet's own event-loop delay, which every phase time above includes. */
+export function fleetLagLines(runs: readonly StackRun[]): string[] {
+  return runs
+    .filter((r) => r.fleetLoopDelayMs)
+    .map((r) => {
+      const [p50, p99, max] = r.fleetLoopDelayMs!;
+      return `${r.stack} fleet event-loop delay: p50 ${ms(p50)} / p99 ${ms(p99)} / max ${ms(max)} (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)`;
+    });
 }

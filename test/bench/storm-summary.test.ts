@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { scriptCommand } from '../../bench/lib/storm-client.ts';
 import { threadCpuByName } from '../../bench/lib/storm-procs.ts';
-import { allUpSeconds, failureSamples, finalLine, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, rootWindowLines, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+import { allUpSeconds, failureSamples, finalLine, fleetLagLines, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, probeLines, rootWindowLines, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
 
 function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
   return {
@@ -54,6 +54,23 @@ describe('bench/storm summary', () => {
     expect(stacks).toContain('| 1 machines, 3 waits, 4.5 s |');
     expect(stacks).toContain('| 12.3 ');
     expect(stacks).toContain('| 150 ');
+  });
+
+  it("gives the script probe's request times per stack, and its failures, only for runs that had a probe", () => {
+    const entryMs = Array.from({ length: 100 }, (_, i) => i + 1);
+    const probed = { ...stack('netboot', []), probe: { entryMs, machineMs: [3, 5, 250], failures: 0, errors: [] } };
+    const failing = { ...stack('peer', []), probe: { entryMs: [], machineMs: [], failures: 2, errors: ['GET http://x/boot.ipxe: HTTP 500 (1 tries)'] } };
+    expect(probeLines([probed, stack('other', []), failing])).toEqual([
+      'netboot script probe (one idle client during the storm): boot.ipxe p50 50 ms / p99 99 ms / max 100 ms, per-MAC script p50 5.0 ms / p99 250 ms / max 250 ms, 103 requests',
+      'peer script probe (one idle client during the storm): boot.ipxe none, per-MAC script none, 0 requests, 2 failed (GET http://x/boot.ipxe: HTTP 500 (1 tries))',
+    ]);
+  });
+
+  it("gives the fleet's own event-loop delay per stack that reported it", () => {
+    const lagging = { ...stack('netboot', []), fleetLoopDelayMs: [10.5, 850, 1234] as [number, number, number] };
+    expect(fleetLagLines([lagging, stack('peer', [])])).toEqual([
+      "netboot fleet event-loop delay: p50 11 ms / p99 850 ms / max 1234 ms (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)",
+    ]);
   });
 
   it('lists one failure per kind, whatever the address or MAC', () => {
