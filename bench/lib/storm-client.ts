@@ -74,7 +74,7 @@ function seedOf(mac: string): number {
 }
 
 /** Kernels, initrds and ram roots are taken in on this many worker threads (bench/lib/storm-downloads.ts). */
-export const DOWNLOAD_THREADS = 2;
+export const DOWNLOAD_THREADS = 16;
 
 /** `kernel [--opts] URL args...` / `initrd [--opts] URL` / `chain [--opts] URL` lines of an iPXE script. */
 export function scriptCommand(script: string, command: 'kernel' | 'initrd' | 'chain'): { url: string; args: string[] } | null {
@@ -193,6 +193,7 @@ async function main(): Promise<void> {
   const mux = await DhcpMux.open();
   const pins = new NeighbourPins(plan.serverNs);
   const downloads = new Downloads(DOWNLOAD_THREADS);
+  await downloads.ready;
   const tftp = { retransmits: 0 };
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
@@ -229,8 +230,8 @@ async function main(): Promise<void> {
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
     loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
   };
-  process.stdout.write(JSON.stringify(report) + '\n');
-  process.exit(0);
+  // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.
+  process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(0));
 }
 
 if (process.argv[1] === import.meta.filename) await main();

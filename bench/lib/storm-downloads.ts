@@ -4,8 +4,12 @@
  * the fleet's one event loop, beside every machine's DHCP, TFTP and scripts, that loop was the
  * storm's bottleneck (its thread at 100 %, hundreds of ms late for every packet), so the figures
  * measured the fleet. Real machines each have a CPU of their own: here each worker thread takes
- * a share of the machines' bodies on its own event loop.
+ * a share of the machines' bodies on its own event loop, enough threads that the few streams of
+ * an admission-limited server do not all land on one (8 threads of 2 made a 2-thread fleet, not
+ * the server, the limit), at a lower priority so that they take the cores the servers leave.
  */
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { httpFetch, type HttpCounters } from './storm-protocols.ts';
 
@@ -35,11 +39,21 @@ export class Downloads {
   readonly #workers: Worker[];
   readonly #pending = new Map<number, (done: Done) => void>();
   #next = 1;
+  /** Resolves once every thread has loaded its modules (about 0.3 s of CPU each: not to be spent during the storm). */
+  readonly ready: Promise<void>;
 
   constructor(threads: number) {
+    const loaded: Promise<void>[] = [];
     this.#workers = Array.from({ length: threads }, () => {
       const worker = new Worker(new URL('./storm-downloads-worker.mjs', import.meta.url));
-      worker.on('message', (done: Done) => {
+      loaded.push(
+        new Promise<void>((resolve, reject) => {
+          worker.once('message', () => resolve());
+          worker.once('error', reject);
+        }),
+      );
+      worker.on('message', (done: Done | 'ready') => {
+        if (done === 'ready') return;
         this.#pending.get(done.id)?.(done);
         this.#pending.delete(done.id);
       });
@@ -49,6 +63,7 @@ export class Downloads {
       });
       return worker;
     });
+    this.ready = Promise.all(loaded).then(() => undefined);
   }
 
   /**
@@ -73,8 +88,17 @@ export class Downloads {
   }
 }
 
+/** Niceness of the download threads: the servers under test (and the fleet's DHCP and TFTP timers) come first when the cores are contended. */
+export const DOWNLOAD_NICE = 10;
+
 if (!isMainThread && parentPort) {
   const port = parentPort;
+  try {
+    // A thread is a task of its own on Linux: its id from /proc/thread-self (PID/task/TID) takes a priority of its own.
+    setPriority(Number(readlinkSync('/proc/thread-self').split('/').at(-1)), DOWNLOAD_NICE);
+  } catch {
+    // not Linux: the same priority as the rest
+  }
   port.on('message', (job: Job) => {
     const counters: HttpCounters = { waits: 0, waitMs: 0, retries: 0 };
     const timing = { headersAt: NaN, endAt: NaN, reads: 0 };
@@ -85,4 +109,5 @@ if (!isMainThread && parentPort) {
       (err: Error) => port.postMessage({ id: job.id, counters, timing, error: err.message } satisfies Done),
     );
   });
+  port.postMessage('ready');
 }

@@ -64,8 +64,8 @@ async function main(): Promise<void> {
     if (chain) await timed(chain.url.replace('${mac:hexhyp}', mac.replace(/:/g, '-')), report.machineMs);
     await Promise.race([ended, sleep(Math.max(0, next - performance.now()))]);
   }
-  process.stdout.write(JSON.stringify(report) + '\n');
-  process.exit(0);
+  // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.
+  process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(0));
 }
 
 if (process.argv[1] === import.meta.filename) await main();
