@@ -11,6 +11,7 @@ import type { HttpContext, HttpDeps } from './context.ts';
 import { loadIpxeTemplates } from './ipxe.ts';
 import { dropUnprovenArtifactClaims } from './identity.ts';
 import { registerLayerRoute } from './layer-route.ts';
+import { refuseConnect } from './refuse-connect.ts';
 import { registerScriptRoutes } from './scripts.ts';
 import { registerUiRoutes } from './ui/index.ts';
 
@@ -40,11 +41,8 @@ export async function createHttpServer(deps: HttpDeps): Promise<FastifyInstance>
   };
   // fastify's own request logging writes two lines per request; we write one, in onResponse.
   const app = Fastify({ logger: false, trustProxy: false, return503OnClosing: true, forceCloseConnections: true });
-  // Node closes a CONNECT (proxy tunnel) request's connection without a word unless someone listens: answer it.
-  app.server.on('connect', (_request, socket: import('node:net').Socket) => {
-    socket.on('error', () => undefined);
-    socket.end('HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
-  });
+  const tunnels = refuseConnect(app.server);
+  app.addHook('preClose', async () => tunnels.destroyAll());
   app.decorateRequest('note', null as never);
   app.addHook('onRequest', async (request) => {
     request.note = {};

@@ -1,9 +1,9 @@
 import { request as httpRequest } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { addImage, sha256, type FakeImage } from './fixtures.ts';
-import { describeRequest, generateRequests, runFuzz, type FuzzReport } from './fuzz-requests.ts';
+import { describeRequest, generateRequests, runFuzz, sendRaw, type FuzzReport } from './fuzz-requests.ts';
 import { baseYaml, harness, MAC, MAC_HYP, type Harness } from './setup.ts';
 
 /** GET over real TCP; the whole body. */
@@ -79,6 +79,17 @@ describe('HTTP fuzz: a few thousand hostile requests over real TCP', () => {
     const res = await get(base, `/images/${image.id}/manifest.json?mac=${MAC_HYP}&mac=${MAC_HYP}`);
     expect(res.status).toBe(200);
     expect(res.body.equals(image.files['manifest.json']!)).toBe(true);
+  });
+
+  it('a CONNECT whose body is still coming is answered 405 and its connection ends with the client\'s FIN (it held the server\'s close open forever: found by the fuzz in ipxe-qemu.test.ts)', async () => {
+    const serverSide = new Promise<Socket>((resolve) => h.app.server.once('connect', (_request, socket: Socket) => resolve(socket)));
+    const body = Buffer.alloc(1_100_000, 0x61);
+    const answer = await sendRaw('127.0.0.1', (h.app.server.address() as AddressInfo).port, { method: 'CONNECT', target: `/api/machines/${MAC_HYP}/events`, headers: [['Host', '127.0.0.1']], body }, 15_000);
+    expect(answer.outcome).toBe(405);
+    const socket = await serverSide;
+    if (!socket.destroyed) await new Promise((resolve) => socket.once('close', resolve));
+    // Closed because the client's FIN arrived (the body was read and dropped), not by the linger timer.
+    expect(socket.readableEnded).toBe(true);
   });
 
   it('afterwards the server still answers, serves an artifact byte-identical, and holds no connections', async () => {
