@@ -11,7 +11,8 @@ import { selectIpxeDir } from '../ipxe-binaries.ts';
 import { startRouterAdvertResponder, type RouterAdvertResponder } from '../ipv6/start.ts';
 import type { ImageCache } from '../images/cache.ts';
 import type { Logger } from '../log.ts';
-import { NbdServer, type NbdConnectionEvent, type NbdExport } from '../nbd/server.ts';
+import type { NbdConnectionEvent, NbdExport } from '../nbd/server.ts';
+import { NbdThread } from '../nbd/thread.ts';
 import { dirSource, generatedSource, ipxeSource, mountSources, TftpThread, type TransferEvent } from '../tftp/index.ts';
 import { cacheArtifactStore } from './cache-artifact-store.ts';
 import { ImageBuilds } from './image-builds.ts';
@@ -30,7 +31,7 @@ export interface Netboot {
   http: FastifyInstance;
   tftp: TftpThread | null;
   dhcp: DhcpServer | null;
-  nbd: NbdServer | null;
+  nbd: NbdThread | null;
   timeline: Timeline;
   metrics: Metrics;
   builds: ImageBuilds;
@@ -67,7 +68,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
 
   // Declared before HTTP listens: its handlers ask for DHCP leases and NBD clients from the
   // first request on, while the services after it are still starting (null until then).
-  let nbd: NbdServer | null = null;
+  let nbd: NbdThread | null = null;
   let dhcp: DhcpServer | null = null;
   const ipxe = selectIpxeDir(options.ipxeDir ?? config.server.ipxeDir);
   log[ipxe.warning ? 'warn' : 'info']({ phase: 'serve', ipxeDir: ipxe.dir, source: ipxe.source, version: ipxe.version }, ipxe.warning ?? 'iPXE binaries');
@@ -132,7 +133,9 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
     }
 
     if ([...config.images.values()].some((image) => image.root === 'nbd')) {
-      nbd = new NbdServer({
+      nbd = new NbdThread({
+        host: config.server.bind,
+        port: config.server.nbd.port,
         lookupExport: (id) => nbdExport(cache, id),
         maxConnections: config.server.nbd.maxConnections,
         maxConcurrentReads: config.server.nbd.maxConcurrentReads,
@@ -140,9 +143,9 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         stallTimeoutMs: config.server.nbd.stallTimeoutSeconds * 1000,
         log: log.child({ service: 'nbd' }),
         onConnection: (event) => recordNbd(event, addressOwners, timeline),
-        onRead: (event) => metrics.nbdRead(event.export, event.length, event.latencyMs),
+        onReads: (batch) => metrics.nbdReads(batch),
       });
-      await nbd.start({ host: config.server.bind, port: config.server.nbd.port });
+      await nbd.start();
       started.push(nbd);
     }
 

@@ -124,9 +124,10 @@ export class Metrics {
     registers: [this.registry],
   });
 
-  nbdRead(exportName: string, bytes: number, latencyMs: number): void {
-    this.nbdBytes.inc({ export: exportName }, bytes);
-    this.nbdReadSeconds.observe(latencyMs / 1000);
+  /** NBD reads answered since the last batch (the NBD thread reports them every 100 ms). */
+  nbdReads(batch: { bytesByExport: [string, number][]; latenciesMs: ArrayLike<number> }): void {
+    for (const [exportName, bytes] of batch.bytesByExport) this.nbdBytes.inc({ export: exportName }, bytes);
+    for (let i = 0; i < batch.latenciesMs.length; i++) this.nbdReadSeconds.observe(batch.latenciesMs[i]! / 1000);
   }
 
   readonly rootStreamsActive = new Gauge({

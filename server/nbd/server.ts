@@ -69,7 +69,7 @@ export interface NbdThrottleEvent {
 
 export interface NbdServerOptions {
   /** Export name -> file, or null for an unknown export. Called at each INFO/GO/EXPORT_NAME. */
-  lookupExport: (name: string) => NbdExport | null;
+  lookupExport: (name: string) => NbdExport | null | Promise<NbdExport | null>;
   /** Names for NBD_OPT_LIST; without it the list is empty. */
   listExports?: () => string[];
   /** Connections over this are closed right after accept (config.server.nbd.maxConnections). */
@@ -286,7 +286,7 @@ export class NbdServer {
   async openExport(name: string, keepOpen: boolean): Promise<{ size: number; file: OpenFile | null } | null> {
     let found: NbdExport | null;
     try {
-      found = this.options.lookupExport(name);
+      found = await this.options.lookupExport(name);
     } catch (err) {
       this.log.error({ err, export: name }, 'nbd lookupExport threw');
       return null;

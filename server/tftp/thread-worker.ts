@@ -4,15 +4,13 @@
  */
 import { read } from 'node:fs';
 import { promisify } from 'node:util';
-import { parentPort } from 'node:worker_threads';
-import { pino } from 'pino';
+import { postToMain, runServiceWorker } from '../threads/service-worker.ts';
 import type { TftpFile, TftpFileSource } from './files.ts';
 import { TftpServer } from './server.ts';
-import type { FromThread, SharedFile, ToThread } from './thread-protocol.ts';
+import type { FromThread, SharedFile, ThreadServerOptions, ToThread } from './thread-protocol.ts';
 
 const readAsync = promisify(read);
-const port = parentPort!;
-const post = (message: FromThread) => port.postMessage(message);
+const post = (message: FromThread) => postToMain(message);
 
 const opening = new Map<number, { resolve: (file: TftpFile | null) => void; reject: (err: Error) => void }>();
 let nextId = 1;
@@ -56,31 +54,18 @@ function sharedFile(id: number, shared: SharedFile): TftpFile {
 
 let server: TftpServer | undefined;
 
-port.on('message', (message: ToThread) => {
-  switch (message.type) {
-    case 'start': {
-      const { logLevel, ...options } = message.options;
-      const log = pino({ level: logLevel, base: undefined }, { write: (line: string) => post({ type: 'log', line }) });
-      server = new TftpServer({ ...options, source, log, onTransfer: (event) => post({ type: 'transfer', event }) });
-      server.start().then(
-        ({ address, port: bound }) => post({ type: 'listening', address, port: bound }),
-        (err: Error) => post({ type: 'start-failed', message: err.message }),
-      );
-      break;
-    }
-    case 'opened': {
-      const waiter = opening.get(message.id);
-      opening.delete(message.id);
-      if (!waiter) break;
-      if (message.error !== undefined) waiter.reject(new Error(message.error));
-      else waiter.resolve(message.file === null ? null : sharedFile(message.id, message.file));
-      break;
-    }
-    case 'stop':
-      void (server?.stop() ?? Promise.resolve()).then(() => {
-        post({ type: 'stopped' });
-        port.close();
-      });
-      break;
-  }
+runServiceWorker<ThreadServerOptions, ToThread>({
+  start(options, log) {
+    server = new TftpServer({ ...options, source, log, onTransfer: (event) => post({ type: 'transfer', event }) });
+    return server.start();
+  },
+  stop: () => server?.stop() ?? Promise.resolve(),
+  onMessage(message) {
+    if (message.type !== 'opened') return;
+    const waiter = opening.get(message.id);
+    opening.delete(message.id);
+    if (!waiter) return;
+    if (message.error !== undefined) waiter.reject(new Error(message.error));
+    else waiter.resolve(message.file === null ? null : sharedFile(message.id, message.file));
+  },
 });

@@ -3,11 +3,9 @@ import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, 
 import { request as httpRequest, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { addImage, sha256, tempDir, type FakeImage } from './fixtures.ts';
-import type { Logger } from '../../server/log.ts';
+import { capturedLog } from '../lab/captured-log.ts';
 import { baseYaml, harness, MAC, MAC_HYP, type Harness } from './setup.ts';
 
 /**
@@ -48,17 +46,6 @@ function send(base: string, path: string, options: { method?: string; headers?: 
 
 const fetchAll = async (base: string, path: string, options?: Parameters<typeof send>[2]) => collect(await send(base, path, options));
 
-function logSink(): { lines: Record<string, unknown>[]; logger: Logger } {
-  const lines: Record<string, unknown>[] = [];
-  const sink = new Writable({
-    write(chunk: Buffer, _enc, done) {
-      for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line) as Record<string, unknown>);
-      done();
-    },
-  });
-  return { lines, logger: pino({ level: 'info', base: undefined }, sink) };
-}
-
 const mounts: string[] = [];
 function mount(...args: string[]): void {
   execFileSync('mount', args);
@@ -94,7 +81,7 @@ interface Server {
 }
 
 async function start(stateDir: string | undefined, folders: Record<string, Record<string, string | Buffer>> = {}): Promise<Server> {
-  const { lines, logger } = logSink();
+  const { lines, logger } = capturedLog();
   const h = await harness(baseYaml({ machines: `  ${MAC2}:\n    hostname: demo2\n` }), folders, { log: logger, ...(stateDir ? { stateDir } : {}) });
   const image = addImage(h.store, 'demo');
   await h.app.listen({ host: '127.0.0.1', port: 0 });

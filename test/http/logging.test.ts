@@ -1,6 +1,5 @@
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
+import { capturedLog } from '../lab/captured-log.ts';
 import { addImage } from './fixtures.ts';
 import { baseYaml, harness, MAC, MAC_HYP, type Harness } from './setup.ts';
 
@@ -9,14 +8,8 @@ afterEach(async () => h?.close());
 
 describe('request logging', () => {
   it('one JSON line per request, with mac and phase; refusals are warnings; signatures never logged', async () => {
-    const lines: Record<string, unknown>[] = [];
-    const sink = new Writable({
-      write(chunk: Buffer, _enc, done) {
-        for (const line of chunk.toString().split('\n').filter(Boolean)) lines.push(JSON.parse(line));
-        done();
-      },
-    });
-    h = await harness(baseYaml(), {}, { log: pino({ level: 'info', base: undefined }, sink) });
+    const { lines, logger } = capturedLog();
+    h = await harness(baseYaml(), {}, { log: logger });
     const image = addImage(h.store, 'demo');
     const script = (await h.app.inject(`/machines/${MAC_HYP}/boot.ipxe`)).body;
     const layer = /netboot\.layer=http:\/\/127\.0\.0\.1:8080(\S+)/.exec(script)![1]!;

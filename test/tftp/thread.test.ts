@@ -4,12 +4,11 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { bufferFile, dirSource, mountSources, type TftpFile, type TftpFileSource } from '../../server/tftp/files.ts';
 import type { TransferEvent } from '../../server/tftp/server.ts';
 import { TftpThread } from '../../server/tftp/thread.ts';
+import { capturedLog } from '../lab/captured-log.ts';
 import { waitUntil } from '../lab/wait-until.ts';
 import { runClient, sha256, sha256File } from './helpers.ts';
 
@@ -23,7 +22,7 @@ describe('TftpThread: TFTP on its own thread', () => {
   const readOnly = randomBytes(20_000);
   const large = randomBytes(4 << 20);
   const events: TransferEvent[] = [];
-  const logLines: { level: number; msg: string; service?: string; phase?: string; path?: string }[] = [];
+  const { lines: logLines, logger: log } = capturedLog<{ level: number; msg: string; service?: string; phase?: string; path?: string }>({ level: 'debug', base: { service: 'tftp' } });
   let opened = 0;
   let closed = 0;
   let largeOpened: () => void = () => undefined;
@@ -47,15 +46,6 @@ describe('TftpThread: TFTP on its own thread', () => {
     out = await mkdtemp(join(tmpdir(), 'tftp-thread-out-'));
     await writeFile(join(dir, 'disk.bin'), onDisk);
     await writeFile(join(dir, 'large.bin'), large);
-    const log = pino(
-      { level: 'debug', base: { service: 'tftp' } },
-      new Writable({
-        write(chunk: Buffer, _encoding, done) {
-          for (const line of chunk.toString().split('\n').filter(Boolean)) logLines.push(JSON.parse(line) as (typeof logLines)[number]);
-          done();
-        },
-      }),
-    );
     thread = new TftpThread({
       host: '127.0.0.1',
       port: 0,
