@@ -36,7 +36,7 @@ import { cleanupOnInterrupt } from './lib/interrupt.ts';
 import { POWER_ON_LINE, type ClientPlan, type ClientReport } from './lib/storm-client.ts';
 import { E2E_CACHE, prepareStormCache, stormImageId } from './lib/storm-image.ts';
 import { watchStack } from './lib/storm-procs.ts';
-import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
+import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, STORM_IPXE_EFI, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
 import { failureSamples, finalLine, fleetLagLines, netbootScriptTimes, nginxScriptTimes, phaseTable, probeLines, rootWindowLines, stackTable, threadLines, type ProbeReport, type StackRun } from './lib/storm-summary.ts';
 import type { NbdTrace } from './lib/storm-trace.ts';
 
@@ -208,7 +208,7 @@ async function storm(): Promise<void> {
       stack = null;
       const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(workDir) : nginxAccessLogPath(workDir), 'utf8');
       const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
-      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), serverScriptMs, probe: probeReport });
+      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), serverScriptMs, probe: probeReport });
     }
   } finally {
     await cleanup();
@@ -218,6 +218,7 @@ async function storm(): Promise<void> {
   const out: string[] = [];
   out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}${maxRootStreams === undefined ? '' : `, netboot admission.maxRootStreams ${maxRootStreams}`}, image ${imageId} (e2e busybox)`);
   if (traceNote) out.push(traceNote);
+  out.push(`TFTP: both stacks serve ${STORM_IPXE_EFI} (${Math.round(statSync(STORM_IPXE_EFI).size / 1024)} KiB) to the firmware`);
   out.push('per phase, over the machines that finished it (script = boot.ipxe + per-MAC script; root waits in a queue count in the phase)\n');
   out.push(phaseTable(runs));
   out.push('');

@@ -61,6 +61,8 @@ export interface ClientReport {
    * reply already in the socket is read counts a resend the server did not cause.
    */
   loopDelayMs?: [number, number, number];
+  /** CPU seconds of the fleet's main thread (DHCP, TFTP, scripts, NBD replay); the rest of cpuSeconds is the download threads. */
+  mainThreadCpuSeconds?: number;
 }
 
 /** The fleet's stderr line at the instant every machine powers on (bench/storm starts the script probe on it). */
@@ -188,6 +190,12 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, down
   }
 }
 
+/** utime + stime of one thread, from its /proc stat file. */
+function threadCpuSeconds(statFile: string): number {
+  const fields = readFileSync(statFile, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 async function main(): Promise<void> {
   const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
   const mux = await DhcpMux.open();
@@ -229,6 +237,7 @@ async function main(): Promise<void> {
     tftpRetransmits: tftp.retransmits,
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
     loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
+    mainThreadCpuSeconds: threadCpuSeconds(`/proc/self/task/${process.pid}/stat`),
   };
   // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.
   process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(0));

@@ -27,7 +27,8 @@ async function main(): Promise<void> {
   const lease = await dhcpBoot(mux, 'ipxe', mac, 0x5f000001).finally(() => mux.close());
   // As for every fleet machine: the neighbour entry a real machine's ARP would leave (netboot's identity check).
   await promisify(execFile)('ip', ['-n', serverNs, 'neigh', 'replace', lease.ip, 'lladdr', mac, 'nud', 'permanent', 'dev', 'br0']);
-  const report: ProbeReport = { entryMs: [], machineMs: [], failures: 0, errors: [] };
+  const report: ProbeReport = { entryMs: [], machineMs: [], entryAtMs: [], failures: 0, errors: [] };
+  let goAt = 0;
   const counters: HttpCounters = { waits: 0, waitMs: 0, retries: 0 };
   const http = { localAddress: lease.ip, jitter: () => 0, counters, tries: 1, keepBody: true, idleTimeoutMs: 30_000 };
   const timed = async (url: string, into: number[]): Promise<string | null> => {
@@ -47,7 +48,10 @@ async function main(): Promise<void> {
   let state = 'waiting' as 'waiting' | 'probing' | 'done';
   const lines = createInterface({ input: process.stdin });
   lines.on('line', (line) => {
-    if (line.trim() === 'go' && state === 'waiting') state = 'probing';
+    if (line.trim() === 'go' && state === 'waiting') {
+      state = 'probing';
+      goAt = performance.now();
+    }
   });
   const ended = new Promise<void>((resolve) => lines.once('close', resolve)).then(() => {
     state = 'done';
@@ -59,6 +63,7 @@ async function main(): Promise<void> {
       continue;
     }
     const next = performance.now() + PROBE_INTERVAL_MS;
+    report.entryAtMs!.push(performance.now() - goAt);
     const entry = await timed(lease.bootfile, report.entryMs);
     const chain = entry === null ? null : scriptCommand(entry, 'chain');
     if (chain) await timed(chain.url.replace('${mac:hexhyp}', mac.replace(/:/g, '-')), report.machineMs);

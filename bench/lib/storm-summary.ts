@@ -26,6 +26,8 @@ export interface ProbeReport {
   /** Milliseconds per request, in the order sent: boot.ipxe, and the per-MAC script it chains to. */
   entryMs: number[];
   machineMs: number[];
+  /** When each boot.ipxe request was sent, ms after `go` (where in the storm a slow one fell). */
+  entryAtMs?: number[];
   /** Requests that got no answer or no 200. */
   failures: number;
   /** The first few distinct errors. */
@@ -46,6 +48,8 @@ export interface StackRun {
   fleetCpuSeconds?: number;
   /** The fleet's event-loop delay, ms: p50, p99, max (its own lag, inside every phase time). */
   fleetLoopDelayMs?: [number, number, number];
+  /** CPU seconds of the fleet's main thread (the rest of fleetCpuSeconds: its download threads). */
+  fleetMainCpuSeconds?: number;
   /**
    * Milliseconds the server took over each script request (boot.ipxe and the per-MAC script),
    * from its own log: what the server adds, without the fleet's wait for a core of its own.
@@ -213,7 +217,8 @@ export function probeLines(runs: readonly StackRun[]): string[] {
       const p = r.probe!;
       const stat = (values: number[]) => (values.length ? `p50 ${ms(percentile(values, 50))} / p99 ${ms(percentile(values, 99))} / max ${ms(Math.max(...values))}` : 'none');
       const failed = p.failures ? `, ${p.failures} failed (${p.errors.join('; ')})` : '';
-      return `${r.stack} script probe (one idle client during the storm): boot.ipxe ${stat(p.entryMs)}, per-MAC script ${stat(p.machineMs)}, ${p.entryMs.length + p.machineMs.length} requests${failed}`;
+      const slowest = p.entryMs.length && p.entryAtMs?.length === p.entryMs.length ? `; the slowest boot.ipxe was sent ${(p.entryAtMs[p.entryMs.indexOf(Math.max(...p.entryMs))]! / 1000).toFixed(1)} s after power-on` : '';
+      return `${r.stack} script probe (one idle client during the storm): boot.ipxe ${stat(p.entryMs)}, per-MAC script ${stat(p.machineMs)}, ${p.entryMs.length + p.machineMs.length} requests${failed}${slowest}`;
     });
 }
 
@@ -223,6 +228,7 @@ export function fleetLagLines(runs: readonly StackRun[]): string[] {
     .filter((r) => r.fleetLoopDelayMs)
     .map((r) => {
       const [p50, p99, max] = r.fleetLoopDelayMs!;
-      return `${r.stack} fleet event-loop delay: p50 ${ms(p50)} / p99 ${ms(p99)} / max ${ms(max)} (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)`;
+      const cpu = r.fleetMainCpuSeconds === undefined || r.fleetCpuSeconds === undefined ? '' : `; fleet CPU s: main thread ${r.fleetMainCpuSeconds.toFixed(1)}, download threads ${(r.fleetCpuSeconds - r.fleetMainCpuSeconds).toFixed(1)}`;
+      return `${r.stack} fleet event-loop delay: p50 ${ms(p50)} / p99 ${ms(p99)} / max ${ms(max)} (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)${cpu}`;
     });
 }

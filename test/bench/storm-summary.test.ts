@@ -58,18 +58,20 @@ describe('bench/storm summary', () => {
 
   it("gives the script probe's request times per stack, and its failures, only for runs that had a probe", () => {
     const entryMs = Array.from({ length: 100 }, (_, i) => i + 1);
-    const probed = { ...stack('netboot', []), probe: { entryMs, machineMs: [3, 5, 250], failures: 0, errors: [] } };
+    const probed = { ...stack('netboot', []), probe: { entryMs, machineMs: [3, 5, 250], entryAtMs: entryMs.map((_, i) => i * 50), failures: 0, errors: [] } };
     const failing = { ...stack('peer', []), probe: { entryMs: [], machineMs: [], failures: 2, errors: ['GET http://x/boot.ipxe: HTTP 500 (1 tries)'] } };
     expect(probeLines([probed, stack('other', []), failing])).toEqual([
-      'netboot script probe (one idle client during the storm): boot.ipxe p50 50 ms / p99 99 ms / max 100 ms, per-MAC script p50 5.0 ms / p99 250 ms / max 250 ms, 103 requests',
+      'netboot script probe (one idle client during the storm): boot.ipxe p50 50 ms / p99 99 ms / max 100 ms, per-MAC script p50 5.0 ms / p99 250 ms / max 250 ms, 103 requests; the slowest boot.ipxe was sent 5.0 s after power-on',
       'peer script probe (one idle client during the storm): boot.ipxe none, per-MAC script none, 0 requests, 2 failed (GET http://x/boot.ipxe: HTTP 500 (1 tries))',
     ]);
   });
 
   it("gives the fleet's own event-loop delay per stack that reported it", () => {
     const lagging = { ...stack('netboot', []), fleetLoopDelayMs: [10.5, 850, 1234] as [number, number, number] };
-    expect(fleetLagLines([lagging, stack('peer', [])])).toEqual([
+    const split = { ...stack('peer', []), fleetLoopDelayMs: [10, 20, 30] as [number, number, number], fleetCpuSeconds: 31.5, fleetMainCpuSeconds: 2.5 };
+    expect(fleetLagLines([lagging, stack('other', []), split])).toEqual([
       "netboot fleet event-loop delay: p50 11 ms / p99 850 ms / max 1234 ms (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)",
+      "peer fleet event-loop delay: p50 10 ms / p99 20 ms / max 30 ms (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer); fleet CPU s: main thread 2.5, download threads 29.0",
     ]);
   });
 
