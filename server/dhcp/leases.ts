@@ -86,6 +86,8 @@ export function sameSubnet(a: string, b: string, netmask: string): boolean {
 
 /** How long an OFFER holds an address for the client that was offered it. */
 export const OFFER_HOLD_MS = 60_000;
+/** How long the unknown-MAC cap reuses its count of addresses held by unknown MACs (see LeaseStore#unknownCount). */
+const UNKNOWN_COUNT_TTL_MS = 1000;
 /** DISCOVER retransmissions a client may make (with new xids) before its REQUEST still matches. */
 const XIDS_PER_OFFER = 4;
 
@@ -162,6 +164,13 @@ export class LeaseStore {
   readonly #declineExpiry = new MinHeap<Expiry>(earlier);
   #pool: PoolIndex | null = null;
   #examined = 0;
+  /**
+   * The unknown-MAC cap's last count of addresses held by unknown MACs, reused for up to
+   * UNKNOWN_COUNT_TTL_MS: counting walks every lease, offer and decline, and a stranger can send
+   * DISCOVERs from a new MAC each time. Offers made to unknown MACs since the walk are added, so
+   * the cap holds exactly; addresses given up since are still counted until the next walk.
+   */
+  #unknownCount: { at: number; held: number } | null = null;
   #saving: Promise<void> = Promise.resolve();
   #dirty = false;
   #writing = false;
@@ -289,9 +298,17 @@ export class LeaseStore {
 
   /** Whether `mac` may take one more address under the unknown-MAC cap (known MACs and current holders always may). */
   withinUnknownCap(mac: string, limit: UnknownLimit | undefined): boolean {
-    if (!limit || limit.isKnown(mac)) return true;
-    if (this.active(mac) || this.offerTo(mac)) return true;
-    return this.heldByUnknown(limit) < limit.max;
+    if (!this.#takesUnknownPlace(mac, limit)) return true;
+    const now = this.now();
+    if (!this.#unknownCount || now - this.#unknownCount.at >= UNKNOWN_COUNT_TTL_MS || now < this.#unknownCount.at) {
+      this.#unknownCount = { at: now, held: this.heldByUnknown(limit!) };
+    }
+    return this.#unknownCount.held < limit!.max;
+  }
+
+  /** An unknown MAC that holds nothing yet: an address for it is one more under the cap. */
+  #takesUnknownPlace(mac: string, limit: UnknownLimit | undefined): boolean {
+    return limit !== undefined && !limit.isKnown(mac) && !this.active(mac) && !this.offerTo(mac);
   }
 
   /**
@@ -304,6 +321,7 @@ export class LeaseStore {
   offer(mac: string, xid: number, pool: PoolSpec, reservedIp: string | undefined, requested: string | undefined, limit?: UnknownLimit): OfferResult {
     this.#dropExpired();
     if (!this.withinUnknownCap(mac, limit)) return { ip: null, reason: 'unknown-lease-cap' };
+    const newUnknownHolder = this.#takesUnknownPlace(mac, limit);
     let ip = this.#choose(mac, pool, reservedIp, requested);
     if (ip === null && limit?.isKnown(mac) && this.#reclaimUnknownOffer(limit)) ip = this.#choose(mac, pool, reservedIp, requested);
     if (ip === null) return { ip: null, reason: 'pool-exhausted' };
@@ -320,6 +338,7 @@ export class LeaseStore {
     this.#offers.set(mac, { mac, ip, xids, expiresAt });
     this.#offerByIp.set(n, mac);
     this.#offerExpiry.push({ at: expiresAt, mac });
+    if (newUnknownHolder && this.#unknownCount) this.#unknownCount.held++;
     if (this.#offerExpiry.size > 2 * this.#offers.size + 64) {
       const seen = new Set<string>();
       this.#offerExpiry.rebuild((e) => this.#offers.get(e.mac)?.expiresAt === e.at && !seen.has(e.mac) && seen.add(e.mac) !== undefined);

@@ -148,6 +148,13 @@ describe('lease store', () => {
     // A holder may ask again (same address), a known MAC is not counted.
     expect(store.offer(mac(1), XID, big, undefined, undefined, limit).ip).toBe('10.2.0.1');
     expect(store.offer('52:54:00:00:00:01', XID, big, undefined, undefined, limit).ip).toBe('10.2.0.4');
+    // The count is reused for a second: an address given up is still counted until then (the cap errs on refusing).
+    expect(store.release(mac(1), '10.2.0.1')).toBe(true);
+    expect(store.offer(mac(200), XID, big, undefined, undefined, limit)).toEqual({ ip: null, reason: 'unknown-lease-cap' });
+    clock += 1000;
+    expect(store.offer(mac(200), XID, big, undefined, undefined, limit).ip).not.toBeNull();
+    expect(store.heldByUnknown(limit)).toBe(3);
+    expect(store.offer(mac(201), XID, big, undefined, undefined, limit)).toEqual({ ip: null, reason: 'unknown-lease-cap' });
     // When offers run out, room again.
     clock += 60_001;
     expect(store.offer(mac(9), XID, big, undefined, undefined, limit).ip).toBe('10.2.0.3');
