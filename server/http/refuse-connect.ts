@@ -23,9 +23,8 @@ export function refuseConnect(server: Server): { destroyAll(): void } {
     });
     socket.on('error', () => undefined);
     socket.resume();
-    socket.end('HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n', () => {
-      if (socket.readableEnded) socket.destroy();
-    });
+    // Once the client's FIN arrives too, Node destroys the socket (both halves ended).
+    socket.end('HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST\r\nContent-Length: 0\r\nConnection: close\r\n\r\n');
   });
   return {
     destroyAll() {
