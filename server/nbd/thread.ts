@@ -1,22 +1,17 @@
 /**
- * NBD on its own thread. In a boot storm every machine's root is hundreds of small reads a
- * second, and on the main thread they queued the requests that must stay quick (scripts, DHCP
- * answers, events) behind them (bench/storm --root nbd: the script probe's p99 went past
- * 100 ms). Here the listener, the sessions, the fair read queue and the reads run in a worker
+ * NBD on its own thread. In a boot storm every machine's root is hundreds of small reads, and
+ * on the main thread they took turns from the requests that must stay quick (scripts, DHCP
+ * answers, events): about 1 s of a 500-machine storm (bench/storm --root nbd, profiled). Here the listener, the sessions, the fair read queue and the reads run in a worker
  * (server/nbd/thread-worker.ts); the main thread keeps what needs the boot logic: which file
  * an export name means, connection events for the timeline, read metrics (in batches) and the log.
  */
 import type { Worker } from 'node:worker_threads';
-import { silentLogger, type Logger } from '../log.ts';
+import { silentLogger } from '../log.ts';
 import { ServiceThread } from '../threads/service-thread.ts';
 import type { NbdConnectionEvent, NbdExport, NbdServerOptions } from './server.ts';
 import type { FromThread, NbdReadBatch, ThreadServerOptions, ToThread } from './thread-protocol.ts';
 
-export interface NbdThreadOptions extends ThreadServerOptions {
-  /** Export name -> file, or null for an unknown export. Called at each INFO/GO/EXPORT_NAME. */
-  lookupExport: (name: string) => NbdExport | null | Promise<NbdExport | null>;
-  log?: Logger;
-  onConnection?: (event: NbdConnectionEvent) => void;
+export interface NbdThreadOptions extends ThreadServerOptions, Pick<NbdServerOptions, 'lookupExport' | 'log' | 'onConnection'> {
   /** Reads answered since the last batch (at most every 100 ms). */
   onReads?: (batch: NbdReadBatch) => void;
 }
@@ -50,10 +45,10 @@ export class NbdThread extends ServiceThread<ThreadServerOptions, ToThread, From
         break;
       case 'connection':
         this.#count(message.event);
-        this.#call('onConnection', () => this.#options.onConnection?.(message.event));
+        this.callback('onConnection', () => this.#options.onConnection?.(message.event));
         break;
       case 'reads':
-        this.#call('onReads', () => this.#options.onReads?.(message.batch));
+        this.callback('onReads', () => this.#options.onReads?.(message.batch));
         break;
     }
   }
@@ -78,13 +73,5 @@ export class NbdThread extends ServiceThread<ThreadServerOptions, ToThread, From
     const now = (this.#readers.get(event.export) ?? 0) + (event.event === 'open' ? 1 : -1);
     if (now > 0) this.#readers.set(event.export, now);
     else this.#readers.delete(event.export);
-  }
-
-  #call(name: string, callback: () => void): void {
-    try {
-      callback();
-    } catch (err) {
-      this.log.error({ err }, `nbd ${name} callback threw`);
-    }
   }
 }

@@ -38,11 +38,7 @@ export class TftpThread extends ServiceThread<ThreadServerOptions, ToThread, Fro
         this.#close(message.id);
         break;
       case 'transfer':
-        try {
-          this.#options.onTransfer?.(message.event);
-        } catch (err) {
-          this.log.error({ err }, 'tftp onTransfer callback threw');
-        }
+        this.callback('onTransfer', () => this.#options.onTransfer?.(message.event));
         break;
     }
   }

@@ -100,6 +100,15 @@ export abstract class ServiceThread<StartOptions, To extends { type: string }, F
     return this.#worker;
   }
 
+  /** Calls the owner's callback `name`; one that throws is logged, never thrown into the message loop. */
+  protected callback(name: string, call: () => void): void {
+    try {
+      call();
+    } catch (err) {
+      this.log.error({ err }, `${this.name} ${name} callback threw`);
+    }
+  }
+
   protected post(worker: Worker, message: To | ToServiceWorker<StartOptions>): void {
     worker.postMessage(message);
   }
