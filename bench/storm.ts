@@ -14,6 +14,8 @@
  *        [--only netboot|peer] [--deadline-s 900]
  *        [--max-root-streams K]     (netboot's server.admission.maxRootStreams; default: netboot's own; 0 = no limit)
  *        [--tftp-max-transfers K]   (both stacks' TFTP limit; default max(64, 2N): a size probe and a download per machine)
+ *        [--rounds R]               (R storms per stack, alternating which goes first, each on a fresh stack; the final line compares medians)
+ *        [--warm]                   (the same fleet boots once, unmeasured, before the measured storm: a server that has booted its fleet before)
  *   node --import tsx bench/storm.ts --record-trace      (re-records the NBD trace: QEMU, minutes)
  *   STORM_DUMP_DIR=DIR: also writes each stack's raw fleet report (every machine's phases) there
  *
@@ -23,7 +25,9 @@
  * more machine probing from its own idle process (bench/lib/storm-probe.ts: the fleet's phase
  * times include the fleet's own backlog, whose event-loop delay is printed too), and ends with
  *   storm: N machines, F failed, netboot X s vs peer Y s = R.RRx
- * (F: netboot's failed machines; R = X / Y, below 1 means netboot got the fleet up sooner).
+ * (F: netboot's failed machines; R = X / Y, below 1 means netboot got the fleet up sooner). One
+ * storm on 2 shared cores varies by about 10 % from run to run (the same build gave 0.88x and
+ * 1.17x), more than the gaps this bench is for: --rounds 3 or more for a figure to rely on.
  */
 import { execFile } from 'node:child_process';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -37,7 +41,7 @@ import { POWER_ON_LINE, type ClientPlan, type ClientReport } from './lib/storm-c
 import { E2E_CACHE, prepareStormCache, stormImageId } from './lib/storm-image.ts';
 import { watchStack } from './lib/storm-procs.ts';
 import { CLIENT_IP, netbootLogPath, nginxAccessLogPath, POOL_ROUTES, PREFIX, SERVER_IP, startNetboot, startPeer, STORM_IPXE_EFI, type RunningStack, type StackSpec } from './lib/storm-stacks.ts';
-import { failureSamples, finalLine, fleetLagLines, netbootScriptTimes, nginxScriptTimes, phaseTable, probeLines, rootWindowLines, stackTable, threadLines, type ProbeReport, type StackRun } from './lib/storm-summary.ts';
+import { failureSamples, finalLine, fleetLagLines, netbootScriptTimes, nginxScriptTimes, phaseTable, pooledRun, probeLines, rootWindowLines, roundsLine, stackTable, threadLines, type ProbeReport, type StackRun } from './lib/storm-summary.ts';
 import type { NbdTrace } from './lib/storm-trace.ts';
 
 const run = promisify(execFile);
@@ -149,6 +153,11 @@ async function storm(): Promise<void> {
   const rootStreamsArg = stringArg('max-root-streams');
   const maxRootStreams = rootStreamsArg === undefined ? undefined : Number(rootStreamsArg);
   if (maxRootStreams !== undefined && !(Number.isInteger(maxRootStreams) && maxRootStreams >= 0)) throw new Error(`--max-root-streams ${rootStreamsArg}: expected an integer >= 0`);
+  const rounds = Math.floor(numberArg('rounds', 1));
+  // A stack that has booted this fleet once already (yesterday's boots, the last kernel update): netboot's
+  // hot paths are compiled by then (V8 compiles them during the first storm: about 1.4 CPU-s of it at 500
+  // machines) and both stacks hold the machines' leases. Without it, the storm hits a stack started just before.
+  const warm = process.argv.includes('--warm');
   const macs = Array.from({ length: n }, (_, i) => stormMac(i + 1));
   // One more machine, known to both stacks, that times script requests from an idle process.
   const probeMac = stormMac(n + 1);
@@ -179,6 +188,8 @@ async function storm(): Promise<void> {
   };
   const unregister = cleanupOnInterrupt(cleanup);
   const runs: StackRun[] = [];
+  const netbootRuns: StackRun[] = [];
+  const peerRuns: StackRun[] = [];
   let rootBytes = 0;
   try {
     const cacheDir = join(workDir, 'cache');
@@ -191,24 +202,36 @@ async function storm(): Promise<void> {
     const planFile = join(workDir, 'plan.json');
     const plan: ClientPlan = { macs, root, reads, deadlineMs, serverNs: segment.ns };
     await writeFile(planFile, JSON.stringify(plan));
-    const spec: StackSpec = { workDir, segment, macs: [...macs, probeMac], root, imageId, cacheDir, tftpMaxTransfers, maxRootStreams };
-    for (const name of ['netboot', 'peer'] as const) {
-      if (only && only !== name) continue;
-      process.stderr.write(`storm: ${name}: starting the stack\n`);
-      stack = name === 'netboot' ? await startNetboot(spec) : await startPeer(spec);
-      const watch = await watchStack(segment.ns);
-      process.stderr.write(`storm: ${name}: ${n} machines power on\n`);
-      const probe = await startProbe(client, probeMac, segment.ns);
-      const report = await runFleet(client, planFile, () => probe.go());
-      const probeReport = await probe.finish();
-      // Every machine's phases and timings, for a closer look than the summary's percentiles.
-      if (process.env.STORM_DUMP_DIR) await writeFile(join(process.env.STORM_DUMP_DIR, `storm-${name}-${root}-${n}.json`), JSON.stringify({ fleet: report, probe: probeReport }));
-      const usage = await watch.stop();
-      await stack.stop();
-      stack = null;
-      const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(workDir) : nginxAccessLogPath(workDir), 'utf8');
-      const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
-      runs.push({ stack: name, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), serverScriptMs, probe: probeReport });
+    for (let round = 1; round <= rounds; round++) {
+      // Which stack goes first alternates: nothing that drifts over the run (page cache, the host's other load) favours one.
+      const order = round % 2 === 1 ? (['netboot', 'peer'] as const) : (['peer', 'netboot'] as const);
+      const roundDir = rounds > 1 ? join(workDir, `round-${round}`) : workDir;
+      const spec: StackSpec = { workDir: roundDir, segment, macs: [...macs, probeMac], root, imageId, cacheDir, tftpMaxTransfers, maxRootStreams };
+      for (const name of order) {
+        if (only && only !== name) continue;
+        const label = rounds > 1 ? `${name} ${round}` : name;
+        process.stderr.write(`storm: ${label}: starting the stack\n`);
+        stack = name === 'netboot' ? await startNetboot(spec) : await startPeer(spec);
+        if (warm) {
+          const first = await runFleet(client, planFile, () => undefined);
+          const up = first.machines.filter((m) => !m.failed).length;
+          process.stderr.write(`storm: ${label}: warm-up storm: ${up}/${n} up, the last after ${(Math.max(0, ...first.machines.map((m) => m.upAtMs ?? 0)) / 1000).toFixed(1)} s\n`);
+        }
+        const watch = await watchStack(segment.ns);
+        process.stderr.write(`storm: ${label}: ${n} machines power on\n`);
+        const probe = await startProbe(client, probeMac, segment.ns);
+        const report = await runFleet(client, planFile, () => probe.go());
+        const probeReport = await probe.finish();
+        // Every machine's phases and timings, for a closer look than the summary's percentiles.
+        if (process.env.STORM_DUMP_DIR) await writeFile(join(process.env.STORM_DUMP_DIR, `storm-${name}-${root}-${n}${rounds > 1 ? `-${round}` : ''}.json`), JSON.stringify({ fleet: report, probe: probeReport }));
+        const usage = await watch.stop();
+        await stack.stop();
+        stack = null;
+        const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(roundDir) : nginxAccessLogPath(roundDir), 'utf8');
+        const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
+        runs.push({ stack: label, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), serverScriptMs, probe: probeReport });
+        (name === 'netboot' ? netbootRuns : peerRuns).push(runs.at(-1)!);
+      }
     }
   } finally {
     await cleanup();
@@ -216,11 +239,12 @@ async function storm(): Promise<void> {
   }
 
   const out: string[] = [];
-  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}${maxRootStreams === undefined ? '' : `, netboot admission.maxRootStreams ${maxRootStreams}`}, image ${imageId} (e2e busybox)`);
+  out.push(`\nbench/storm: ${n} machines, root ${root}${linkMbit ? `, link ${linkMbit} Mbit/s` : ', unshaped veth'}${maxRootStreams === undefined ? '' : `, netboot admission.maxRootStreams ${maxRootStreams}`}${warm ? ', warm (the fleet had booted once on each stack)' : ', cold (each stack started just before)'}, image ${imageId} (e2e busybox)`);
   if (traceNote) out.push(traceNote);
   out.push(`TFTP: both stacks serve ${STORM_IPXE_EFI} (${Math.round(statSync(STORM_IPXE_EFI).size / 1024)} KiB) to the firmware`);
-  out.push('per phase, over the machines that finished it (script = boot.ipxe + per-MAC script; root waits in a queue count in the phase)\n');
-  out.push(phaseTable(runs));
+  out.push(`per phase, over the machines that finished it${rounds > 1 ? ` in any of the ${rounds} rounds` : ''} (script = boot.ipxe + per-MAC script; root waits in a queue count in the phase)\n`);
+  const pooled = rounds > 1 ? [netbootRuns, peerRuns].filter((r) => r.length > 0).map((r) => pooledRun(r[0]!.stack.split(' ')[0]!, r)) : runs;
+  out.push(phaseTable(pooled));
   out.push('');
   out.push(stackTable(runs));
   out.push(...threadLines(runs));
@@ -229,9 +253,8 @@ async function storm(): Promise<void> {
   if (root === 'ram') out.push(...rootWindowLines(runs, rootBytes));
   for (const r of runs) for (const sample of failureSamples(r)) out.push(`  ${r.stack} failure: ${sample}`);
   out.push(`load average at the end: ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (2 shared cores; the fleet runs on them too)`);
-  const netboot = runs.find((r) => r.stack === 'netboot');
-  const peer = runs.find((r) => r.stack === 'peer');
-  if (netboot && peer) out.push(finalLine(netboot, peer));
+  if (rounds > 1 && netbootRuns.length > 0 && peerRuns.length > 0) out.push(roundsLine(netbootRuns, peerRuns));
+  if (netbootRuns.length > 0 && peerRuns.length > 0) out.push(finalLine(netbootRuns, peerRuns));
   process.stdout.write(`${out.join('\n')}\n`);
 }
 

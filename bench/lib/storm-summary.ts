@@ -165,12 +165,44 @@ export function failureSamples(run: StackRun, limit = 5): string[] {
 }
 
 /** The line scripts read: `storm: N machines, F failed, netboot X s vs peer Y s = R.RRx` (F: netboot's failures). */
-export function finalLine(netboot: StackRun, peer: StackRun): string {
-  const x = allUpSeconds(netboot);
-  const y = allUpSeconds(peer);
+/** The middle value (the mean of the two middle ones for an even count); NaN for none. */
+export function median(values: readonly number[]): number {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/**
+ * The line scripts read. With several rounds per stack: the median all-up time of each stack's
+ * rounds, and every netboot failure of every round.
+ */
+export function finalLine(netboot: StackRun | readonly StackRun[], peer: StackRun | readonly StackRun[]): string {
+  const rounds = (r: StackRun | readonly StackRun[]): readonly StackRun[] => ('machines' in r ? [r] : r);
+  const nb = rounds(netboot);
+  const pe = rounds(peer);
+  const x = median(nb.map(allUpSeconds));
+  const y = median(pe.map(allUpSeconds));
   const ratio = x / y;
   const f = (v: number) => (Number.isFinite(v) ? v.toFixed(1) : 'NaN');
-  return `storm: ${netboot.machines.length} machines, ${failedCount(netboot)} failed, netboot ${f(x)} s vs peer ${f(y)} s = ${Number.isFinite(ratio) ? ratio.toFixed(2) : 'NaN'}x`;
+  const failed = nb.reduce((sum, r) => sum + failedCount(r), 0);
+  return `storm: ${nb[0]!.machines.length} machines, ${failed} failed, netboot ${f(x)} s vs peer ${f(y)} s = ${Number.isFinite(ratio) ? ratio.toFixed(2) : 'NaN'}x`;
+}
+
+/**
+ * With several rounds: each round's all-up time per stack, their medians, and each round's ratio
+ * (how far one run alone can be trusted on shared cores).
+ */
+export function roundsLine(netboot: readonly StackRun[], peer: readonly StackRun[]): string {
+  const times = (runs: readonly StackRun[]) => runs.map(allUpSeconds);
+  const list = (values: number[]) => values.map((v) => (Number.isFinite(v) ? v.toFixed(1) : 'NaN')).join(' / ');
+  const ratios = netboot.map((r, i) => (peer[i] ? allUpSeconds(r) / allUpSeconds(peer[i]!) : NaN));
+  return `rounds: netboot ${list(times(netboot))} s (median ${median(times(netboot)).toFixed(1)}), peer ${list(times(peer))} s (median ${median(times(peer)).toFixed(1)}); ratio per round ${ratios.map((r) => (Number.isFinite(r) ? r.toFixed(2) : 'NaN')).join(' / ')}`;
+}
+
+/** The machines of several runs of one stack as one run (the per-phase table over every round). */
+export function pooledRun(stack: string, runs: readonly StackRun[]): StackRun {
+  return { ...runs[0]!, stack, machines: runs.flatMap((r) => r.machines) };
 }
 
 /** One line per stack: where the server's CPU went, by thread name (`name xN` when N threads share it). */

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { scriptCommand } from '../../bench/lib/storm-client.ts';
 import { threadCpuByName } from '../../bench/lib/storm-procs.ts';
-import { allUpSeconds, failureSamples, finalLine, fleetLagLines, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, probeLines, rootWindowLines, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+import { allUpSeconds, failureSamples, finalLine, fleetLagLines, median, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, pooledRun, probeLines, rootWindowLines, roundsLine, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
 
 function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
   return {
@@ -35,6 +35,22 @@ describe('bench/storm summary', () => {
     expect(allUpSeconds(netboot)).toBe(42.5);
     expect(finalLine(netboot, peer)).toBe('storm: 3 machines, 1 failed, netboot 42.5 s vs peer 50.0 s = 0.85x');
     expect(finalLine(netboot, peer)).toMatch(/^storm: \d+ machines, \d+ failed, netboot [\d.]+ s vs peer [\d.]+ s = \d+\.\d\dx$/);
+  });
+
+  it('compares the median of several rounds per stack, and counts every netboot failure of every round', () => {
+    const run = (name: string, ...ups: (number | null)[]) => stack(name, ups.map((up, i) => machine(`52:54:00:88:00:0${i + 1}`, up)));
+    const netboot = [run('netboot 1', 23_500, 20_000), run('netboot 2', 26_400, null), run('netboot 3', 24_800, 1000)];
+    const peer = [run('peer 1', 22_100, 1000), run('peer 2', 30_000, 1000), run('peer 3', 23_800, 1000)];
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, 1, 3, 2])).toBe(2.5);
+    expect(median([NaN, 5])).toBe(5);
+    expect(median([])).toBeNaN();
+    expect(finalLine(netboot, peer)).toBe('storm: 2 machines, 1 failed, netboot 24.8 s vs peer 23.8 s = 1.04x');
+    expect(roundsLine(netboot, peer)).toBe('rounds: netboot 23.5 / 26.4 / 24.8 s (median 24.8), peer 22.1 / 30.0 / 23.8 s (median 23.8); ratio per round 1.06 / 0.88 / 1.04');
+    const pooled = pooledRun('netboot', netboot);
+    expect(pooled.stack).toBe('netboot');
+    expect(pooled.machines).toHaveLength(6);
+    expect(phaseTable([pooled])).toMatch(/^\| phase +\| netboot p50 \| netboot p99 \|/);
   });
 
   it('says NaN rather than inventing a time when a stack got no machine up', () => {
