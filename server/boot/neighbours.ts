@@ -52,18 +52,30 @@ function loadNeighAddon(): NeighBinding | null {
   return loadAddon<NeighBinding>('netboot_neigh').binding;
 }
 
-/** IPv4 interfaces other than loopback, those whose subnet holds `ip` first. */
-export function interfacesFor(ip: string, interfaces = networkInterfaces()): string[] {
+/** The IPv4 subnets (address, netmask as integers) of each interface other than loopback. */
+type InterfaceSubnets = { name: string; subnets: [number, number][] }[];
+
+function interfaceSubnets(interfaces: ReturnType<typeof networkInterfaces>): InterfaceSubnets {
+  return Object.entries(interfaces).flatMap(([name, addresses]) => {
+    const subnets = (addresses ?? []).filter((a) => a.family === 'IPv4' && !a.internal).map((a): [number, number] => [ipToInt(a.address), ipToInt(a.netmask)]);
+    return subnets.length ? [{ name, subnets }] : [];
+  });
+}
+
+function orderFor(ip: string, interfaces: InterfaceSubnets): string[] {
   const target = isIPv4(ip) ? ipToInt(ip) : null;
   const near: string[] = [];
   const far: string[] = [];
-  for (const [name, addresses] of Object.entries(interfaces)) {
-    const v4 = (addresses ?? []).filter((a) => a.family === 'IPv4' && !a.internal);
-    if (v4.length === 0) continue;
-    const holds = target !== null && v4.some((a) => ((ipToInt(a.address) ^ target) & ipToInt(a.netmask)) === 0);
+  for (const { name, subnets } of interfaces) {
+    const holds = target !== null && subnets.some(([address, mask]) => ((address ^ target) & mask) === 0);
     (holds ? near : far).push(name);
   }
   return [...near, ...far];
+}
+
+/** IPv4 interfaces other than loopback, those whose subnet holds `ip` first. */
+export function interfacesFor(ip: string, interfaces = networkInterfaces()): string[] {
+  return orderFor(ip, interfaceSubnets(interfaces));
 }
 
 /**
@@ -78,15 +90,15 @@ export function kernelNeighbours(path = '/proc/net/arp', addon: NeighBinding | n
   if (addon) {
     // os.networkInterfaces() costs tens of microseconds (0.3 s of a 500-machine storm's main
     // thread when called per lookup): reused for a second, and taken afresh before a miss is final.
-    let interfaces: { at: number; list: ReturnType<typeof networkInterfaces> } | null = null;
-    const query = (ip: string, list: ReturnType<typeof networkInterfaces>): string | undefined => {
-      for (const name of interfacesFor(ip, list)) {
+    let interfaces: { at: number; list: InterfaceSubnets } | null = null;
+    const query = (ip: string, list: InterfaceSubnets): string | undefined => {
+      for (const name of orderFor(ip, list)) {
         const mac = addon.lookup(ip, name);
         if (mac !== null) return mac === '00:00:00:00:00:00' ? undefined : mac;
       }
       return undefined;
     };
-    const fresh = () => (interfaces = { at: performance.now(), list: networkInterfaces() }).list;
+    const fresh = () => (interfaces = { at: performance.now(), list: interfaceSubnets(networkInterfaces()) }).list;
     return async (ip) => {
       if (!isIPv4(ip)) return undefined;
       if (interfaces === null || performance.now() - interfaces.at > 1000) return query(ip, fresh());
