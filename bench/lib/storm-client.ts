@@ -4,7 +4,9 @@
  * order, what a real one does: PXE firmware DHCP (arch 7) -> TFTP of the iPXE binary ->
  * iPXE DHCP (user class iPXE) -> GET the boot file (boot.ipxe) -> its per-MAC script ->
  * kernel -> initrd -> top layer -> root (ram: the whole squashfs; nbd: a recorded read trace)
- * -> POST the `up` event with the boot's event token. From the DHCP ACK on, its traffic
+ * -> POST the `up` event with the boot's event token. iPXE's four requests (boot file, script,
+ * kernel, initrd) share one connection, as iPXE's connection pool does; /init's (layer, root,
+ * event) each have their own, as busybox wget does. From the DHCP ACK on, its traffic
  * comes from its leased address (the namespace treats the whole pool as local: AnyIP).
  *
  *   node --import tsx bench/lib/storm-client.ts PLAN.json      -> one JSON line (ClientReport) on stdout
@@ -15,6 +17,8 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
 import { Downloads, jitterFrom } from './storm-downloads.ts';
 import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
+
+export { scriptCommand } from './storm-protocols.ts';
 
 export interface ClientPlan {
   macs: string[];
@@ -75,22 +79,8 @@ function seedOf(mac: string): number {
   return Number.parseInt(mac.replace(/:/g, '').slice(-8), 16);
 }
 
-/** Kernels, initrds and ram roots are taken in on this many worker threads (bench/lib/storm-downloads.ts). */
+/** iPXE's HTTP part (scripts, kernel, initrd) and ram roots run on this many worker threads (bench/lib/storm-downloads.ts). */
 export const DOWNLOAD_THREADS = 16;
-
-/** `kernel [--opts] URL args...` / `initrd [--opts] URL` / `chain [--opts] URL` lines of an iPXE script. */
-export function scriptCommand(script: string, command: 'kernel' | 'initrd' | 'chain'): { url: string; args: string[] } | null {
-  for (const line of script.split('\n')) {
-    const words = line.trim().split(/\s+/);
-    if (words[0] !== command) continue;
-    const urlIndex = words.findIndex((w) => /^https?:\/\//.test(w));
-    if (urlIndex < 0) continue;
-    const after = words.slice(urlIndex);
-    const until = after.indexOf('||');
-    return { url: after[0]!, args: until >= 0 ? after.slice(1, until) : after.slice(1) };
-  }
-  return null;
-}
 
 function kernelArg(args: string[], name: string): string | undefined {
   return args.filter((a) => a.startsWith(`${name}=`)).map((a) => a.slice(name.length + 1)).at(-1);
@@ -123,23 +113,25 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, down
     const ipxe = await dhcpBoot(mux, 'ipxe', mac, xid + 1);
     if (ipxe.ip !== firmware.ip) throw new Error(`iPXE got ${ipxe.ip}, the firmware had ${firmware.ip}`);
     done('dhcp-ipxe');
-    phase = 'script';
     const http = { localAddress: ipxe.ip, jitter, counters };
-    const entry = await httpFetch(ipxe.bootfile, { ...http, keepBody: true });
-    const chain = scriptCommand(entry.body, 'chain');
-    if (!chain) throw new Error(`${ipxe.bootfile}: no chain line in ${JSON.stringify(entry.body.slice(0, 200))}`);
-    const own = await httpFetch(chain.url.replace('${mac:hexhyp}', hyphens(mac)), { ...http, keepBody: true });
-    const kernel = scriptCommand(own.body, 'kernel');
-    const initrd = scriptCommand(own.body, 'initrd');
-    if (!kernel || !initrd) throw new Error(`${chain.url}: no kernel/initrd lines in ${JSON.stringify(own.body.slice(0, 300))}`);
-    done('script');
-    // Bodies of megabytes (kernel, initrd, ram root) are taken in on the download threads, as a machine's own CPU would.
+    const addUp = (c: HttpCounters) => {
+      counters.waits += c.waits;
+      counters.waitMs += c.waitMs;
+      counters.retries += c.retries;
+    };
+    // iPXE's scripts, kernel and initrd, on one connection, and bodies of megabytes (ram roots) are
+    // taken in on the download threads, as a machine's own CPU would.
+    phase = 'script';
+    const booted = await downloads.ipxe(index, ipxe.bootfile, mac, ipxe.ip, seedOf(mac)).catch((err: Error & { counters?: HttpCounters; phase?: Phase }) => {
+      if (err.counters) addUp(err.counters);
+      if (err.phase) phase = err.phase;
+      throw err;
+    });
+    addUp(booted.counters);
+    Object.assign(phases, booted.result.phases);
+    mark = performance.now();
+    const kernelArgs = booted.result.kernelArgs;
     const bulk = async (url: string, tries: number) => {
-      const addUp = (c: HttpCounters) => {
-        counters.waits += c.waits;
-        counters.waitMs += c.waitMs;
-        counters.retries += c.retries;
-      };
       const got = await downloads.get(index, url, ipxe.ip, seedOf(mac), tries).catch((err: Error & { counters?: HttpCounters }) => {
         if (err.counters) addUp(err.counters);
         throw err;
@@ -147,14 +139,8 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, down
       addUp(got.counters);
       return got.timing;
     };
-    phase = 'kernel';
-    await bulk(kernel.url, 3);
-    done('kernel');
-    phase = 'initrd';
-    await bulk(initrd.url, 3);
-    done('initrd');
     const arg = (name: string) => {
-      const value = kernelArg(kernel.args, name);
+      const value = kernelArg(kernelArgs, name);
       if (value === undefined) throw new Error(`kernel command line has no ${name}=`);
       return value;
     };
@@ -169,13 +155,13 @@ async function bootOne(plan: ClientPlan, mux: DhcpMux, pins: NeighbourPins, down
       rootBody = [timing.headersAt - t0, timing.endAt - t0];
       rootReads = timing.reads;
     } else {
-      const nbd = kernelArg(kernel.args, 'netboot.nbd') ?? `${new URL(server).hostname}:10809`;
+      const nbd = kernelArg(kernelArgs, 'netboot.nbd') ?? `${new URL(server).hostname}:10809`;
       const [host, port] = [nbd.slice(0, nbd.lastIndexOf(':')), Number(nbd.slice(nbd.lastIndexOf(':') + 1))];
       await nbdReplay(host, port, ipxe.ip, image, plan.reads, counters);
     }
     done('root');
     phase = 'up';
-    const token = kernelArg(kernel.args, 'netboot.token');
+    const token = kernelArg(kernelArgs, 'netboot.token');
     await httpFetch(`${server}/api/machines/${hyphens(mac)}/events`, {
       ...http,
       method: 'POST',

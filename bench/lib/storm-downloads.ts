@@ -1,6 +1,6 @@
 /**
- * Bulk downloads (kernel, initrd, and the whole root in root: ram) for bench/storm's fleet, on
- * worker threads of their own. 500 machines take in 500 x 77 MiB; through Node's HTTP client on
+ * Bulk downloads (iPXE's scripts, kernel and initrd on one connection, and the whole root in
+ * root: ram) for bench/storm's fleet, on worker threads of their own. 500 machines take in 500 x 77 MiB; through Node's HTTP client on
  * the fleet's one event loop, beside every machine's DHCP, TFTP and scripts, that loop was the
  * storm's bottleneck (its thread at 100 %, hundreds of ms late for every packet), so the figures
  * measured the fleet. Real machines each have a CPU of their own: here each worker thread takes
@@ -11,18 +11,30 @@
 import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
-import { httpFetch, type HttpCounters } from './storm-protocols.ts';
+import { httpFetch, ipxeHttp, type HttpCounters, type IpxeHttpResult } from './storm-protocols.ts';
 
 interface Job {
   id: number;
+  /** A body to take in (get), or iPXE's whole HTTP part from `url`, its boot file, on (ipxe). */
+  kind: 'get' | 'ipxe';
   url: string;
   localAddress: string;
   /** Seeds the jitter added to Retry-After waits (per machine, deterministic). */
   seed: number;
   tries: number;
+  /** ipxe: the machine's MAC (its script's `${mac:hexhyp}`). */
+  mac?: string;
 }
 
-type Done = { id: number; counters: HttpCounters; timing: { headersAt: number; endAt: number; reads: number }; error?: string };
+type Done = {
+  id: number;
+  counters: HttpCounters;
+  timing: { headersAt: number; endAt: number; reads: number };
+  ipxe?: IpxeHttpResult;
+  error?: string;
+  /** ipxe: the phase that failed. */
+  phase?: string;
+};
 
 /** Deterministic jitter in [0, 1) (xorshift). */
 export function jitterFrom(seed: number): () => number {
@@ -73,14 +85,25 @@ export class Downloads {
    * (its `counters` attached).
    */
   async get(index: number, url: string, localAddress: string, seed: number, tries: number): Promise<Omit<Done, 'id' | 'error'>> {
+    const done = await this.#run(index, { kind: 'get', url, localAddress, seed, tries });
+    const local = (epochMs: number) => epochMs - performance.timeOrigin;
+    return { counters: done.counters, timing: { headersAt: local(done.timing.headersAt), endAt: local(done.timing.endAt), reads: done.timing.reads } };
+  }
+
+  /** iPXE's HTTP part (ipxeHttp) for one machine on worker `index % threads`; throws with the failed `phase` and the `counters`. */
+  async ipxe(index: number, bootfile: string, mac: string, localAddress: string, seed: number): Promise<{ counters: HttpCounters; result: IpxeHttpResult }> {
+    const done = await this.#run(index, { kind: 'ipxe', url: bootfile, mac, localAddress, seed, tries: 1 });
+    return { counters: done.counters, result: done.ipxe! };
+  }
+
+  async #run(index: number, job: Omit<Job, 'id'>): Promise<Done> {
     const id = this.#next++;
     const done = await new Promise<Done>((resolve) => {
       this.#pending.set(id, resolve);
-      this.#workers[index % this.#workers.length]!.postMessage({ id, url, localAddress, seed, tries } satisfies Job);
+      this.#workers[index % this.#workers.length]!.postMessage({ id, ...job } satisfies Job);
     });
-    if (done.error !== undefined) throw Object.assign(new Error(done.error), { counters: done.counters });
-    const local = (epochMs: number) => epochMs - performance.timeOrigin;
-    return { counters: done.counters, timing: { headersAt: local(done.timing.headersAt), endAt: local(done.timing.endAt), reads: done.timing.reads } };
+    if (done.error !== undefined) throw Object.assign(new Error(done.error), { counters: done.counters, phase: done.phase });
+    return done;
   }
 
   async close(): Promise<void> {
@@ -104,6 +127,13 @@ if (!isMainThread && parentPort) {
     const timing = { headersAt: NaN, endAt: NaN, reads: 0 };
     // A worker's performance.now() counts from the worker's own start: sent as epoch ms (its timeOrigin added).
     const toEpoch = (t: number) => performance.timeOrigin + t;
+    if (job.kind === 'ipxe') {
+      ipxeHttp(job.url, job.mac!, { localAddress: job.localAddress, jitter: jitterFrom(job.seed), counters }).then(
+        (ipxe) => port.postMessage({ id: job.id, counters, timing, ipxe } satisfies Done),
+        (err: Error & { phase?: string }) => port.postMessage({ id: job.id, counters, timing, error: err.message, ...(err.phase ? { phase: err.phase } : {}) } satisfies Done),
+      );
+      return;
+    }
     httpFetch(job.url, { localAddress: job.localAddress, jitter: jitterFrom(job.seed), counters, tries: job.tries, timing }).then(
       () => port.postMessage({ id: job.id, counters, timing: { headersAt: toEpoch(timing.headersAt), endAt: toEpoch(timing.endAt), reads: timing.reads } } satisfies Done),
       (err: Error) => port.postMessage({ id: job.id, counters, timing, error: err.message } satisfies Done),

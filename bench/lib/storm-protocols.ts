@@ -6,7 +6,7 @@
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { readFileSync } from 'node:fs';
-import { request as httpRequest } from 'node:http';
+import { Agent, request as httpRequest } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -265,13 +265,15 @@ export interface HttpOptions {
   idleTimeoutMs?: number;
   /** Filled for the attempt that succeeds: performance.now() at its response headers and at its body's end, and the body's reads (chunks). */
   timing?: { headersAt: number; endAt: number; reads: number };
+  /** Keeps the connection for the next request (iPXE's connection pool); without it every request has a connection of its own, as /init's wget does. */
+  agent?: Agent;
 }
 
 const RETRY_DELAY_MS = 2000;
 
 function once(url: string, o: HttpOptions): Promise<{ status: number; retryAfter: number | null; bytes: number; length: number | null; body: string; headersAt: number; endAt: number; reads: number }> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { method: o.method ?? 'GET', headers: o.headers, localAddress: o.localAddress, agent: false }, (res) => {
+    const req = httpRequest(url, { method: o.method ?? 'GET', headers: o.headers, localAddress: o.localAddress, agent: o.agent ?? false }, (res) => {
       const headersAt = performance.now();
       let bytes = 0;
       let reads = 0;
@@ -436,5 +438,65 @@ export async function nbdReplay(host: string, port: number, localAddress: string
       disc.writeUInt16BE(Cmd.DISC, 6);
       socket.end(disc);
     }
+  }
+}
+
+/** `kernel [--opts] URL args...` / `initrd [--opts] URL` / `chain [--opts] URL` lines of an iPXE script. */
+export function scriptCommand(script: string, command: 'kernel' | 'initrd' | 'chain'): { url: string; args: string[] } | null {
+  for (const line of script.split('\n')) {
+    const words = line.trim().split(/\s+/);
+    if (words[0] !== command) continue;
+    const urlIndex = words.findIndex((w) => /^https?:\/\//.test(w));
+    if (urlIndex < 0) continue;
+    const after = words.slice(urlIndex);
+    const until = after.indexOf('||');
+    return { url: after[0]!, args: until >= 0 ? after.slice(1, until) : after.slice(1) };
+  }
+  return null;
+}
+
+export interface IpxeHttpResult {
+  /** ms: boot.ipxe and the per-MAC script (script), the kernel, the initrd. */
+  phases: { script: number; kernel: number; initrd: number };
+  /** The kernel line's arguments (the machine's command line). */
+  kernelArgs: string[];
+}
+
+/**
+ * What iPXE does over HTTP once it has its address: GET the boot file (boot.ipxe), the per-MAC
+ * script it chains to, the kernel and the initrd, in order, on one connection: iPXE keeps its
+ * HTTP connections in a pool and reuses one to the same server (src/net/tcp/httpconn.c), and
+ * drops it when it boots the kernel. A failure names the phase it happened in (`phase`).
+ */
+export async function ipxeHttp(bootfile: string, mac: string, o: Omit<HttpOptions, 'agent' | 'keepBody' | 'tries' | 'timing'>): Promise<IpxeHttpResult> {
+  const agent = new Agent({ keepAlive: true, maxSockets: 1 });
+  let phase: keyof IpxeHttpResult['phases'] = 'script';
+  let mark = performance.now();
+  const took = () => {
+    const now = performance.now();
+    const ms = now - mark;
+    mark = now;
+    return ms;
+  };
+  try {
+    const http = { ...o, agent };
+    const entry = await httpFetch(bootfile, { ...http, keepBody: true });
+    const chain = scriptCommand(entry.body, 'chain');
+    if (!chain) throw new Error(`${bootfile}: no chain line in ${JSON.stringify(entry.body.slice(0, 200))}`);
+    const own = await httpFetch(chain.url.replace('${mac:hexhyp}', mac.replace(/:/g, '-')), { ...http, keepBody: true });
+    const kernel = scriptCommand(own.body, 'kernel');
+    const initrd = scriptCommand(own.body, 'initrd');
+    if (!kernel || !initrd) throw new Error(`${chain.url}: no kernel/initrd lines in ${JSON.stringify(own.body.slice(0, 300))}`);
+    const script = took();
+    phase = 'kernel';
+    await httpFetch(kernel.url, { ...http, tries: 3 });
+    const kernelMs = took();
+    phase = 'initrd';
+    await httpFetch(initrd.url, { ...http, tries: 3 });
+    return { phases: { script, kernel: kernelMs, initrd: took() }, kernelArgs: kernel.args };
+  } catch (err) {
+    throw Object.assign(err as Error, { phase });
+  } finally {
+    agent.destroy();
   }
 }
