@@ -32,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -97,6 +98,14 @@ struct export_info {
 	uint16_t flags;
 };
 
+/* Seconds the handshake may wait for the server: NETBOOT_NBD_HANDSHAKE_TIMEOUT_S (tests), else 30. */
+static unsigned handshake_timeout_s(void) {
+	const char *env = getenv("NETBOOT_NBD_HANDSHAKE_TIMEOUT_S");
+	char *end;
+	unsigned long s = env ? strtoul(env, &end, 10) : 0;
+	return env && *end == '\0' && s > 0 && s <= 3600 ? (unsigned)s : 30;
+}
+
 /* Connects and negotiates; returns the socket in transmission phase, or -1 with *why set. */
 static int nbd_connect(const char *host, const char *port, const char *name, struct export_info *info, const char **why) {
 	static char reason[256];
@@ -133,6 +142,13 @@ static int nbd_connect(const char *host, const char *port, const char *name, str
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 	/* Without keepalive a server that vanished (no FIN) is only noticed by the request timeout. */
 	setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+	/* A server that accepted and never speaks (overloaded, or our connection was lost from its full
+	 * accept queue after our side saw it established) would otherwise hold the boot for good: the
+	 * server speaks first, so nothing we send would find out. Cleared before the kernel gets the socket. */
+	unsigned handshake_s = handshake_timeout_s();
+	struct timeval limit = { .tv_sec = handshake_s, .tv_usec = 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit);
 
 	struct { uint64_t magic, opt; uint16_t flags; } __attribute__((packed)) hello;
 	if (read_full(fd, &hello, sizeof hello) < 0) goto io_error;
@@ -176,10 +192,16 @@ static int nbd_connect(const char *host, const char *port, const char *name, str
 		if (type == NBD_REP_ACK) break;
 	}
 	if (!have_export) { snprintf(reason, sizeof reason, "server sent no export size"); goto fail; }
+	struct timeval none = { 0, 0 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &none, sizeof none);
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &none, sizeof none);
 	return fd;
 
 io_error:
-	snprintf(reason, sizeof reason, "handshake with %s:%s: %s", host, port, strerror(errno));
+	if (errno == EAGAIN || errno == EWOULDBLOCK)
+		snprintf(reason, sizeof reason, "handshake with %s:%s: no answer within %u s (the server accepted the connection but never spoke: overloaded?)", host, port, handshake_s);
+	else
+		snprintf(reason, sizeof reason, "handshake with %s:%s: %s", host, port, strerror(errno));
 fail:
 	close(fd);
 	return -1;

@@ -3,7 +3,7 @@
  * our server and with Debian's nbd-server (the handshake half; the kernel half — netlink connect,
  * reconnect after a server restart — runs in the e2e suite's VMs: this host has no nbd module).
  */
-import { createServer, type AddressInfo } from 'node:net';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,8 +17,8 @@ import { waitUntil } from '../lab/wait-until.ts';
 
 const run = promisify(execFile);
 
-function check(binary: string, port: number, name: string, host = '127.0.0.1') {
-  return run(binary, ['--check', host, String(port), name], { timeout: 20_000 }).then(
+function check(binary: string, port: number, name: string, host = '127.0.0.1', env: NodeJS.ProcessEnv = process.env) {
+  return run(binary, ['--check', host, String(port), name], { timeout: 20_000, env }).then(
     ({ stdout }) => ({ code: 0, stdout, stderr: '' }),
     (err: { code: number; stdout: string; stderr: string }) => ({ code: err.code, stdout: err.stdout, stderr: err.stderr }),
   );
@@ -76,6 +76,23 @@ describe('netboot-nbd, our initramfs NBD client', () => {
     expect(closed.stderr).toMatch(/connect 127\.0\.0\.1:1: Connection refused/);
     const name = await check(binary, fx.port, 'image-a', 'server.lab');
     expect(name.stderr).toMatch(/'server\.lab' is not an IP address/);
+  });
+
+  it('gives up on a server that accepts the connection and never speaks, naming the wait', async () => {
+    // What a client saw from a storm-overloaded nbd-server (bench/storm): established on its side, never greeted.
+    const held: Socket[] = [];
+    const silent = createServer((socket) => held.push(socket));
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = silent.address() as AddressInfo;
+      const result = await check(binary, port, 'image-a', '127.0.0.1', { ...process.env, NETBOOT_NBD_HANDSHAKE_TIMEOUT_S: '1' });
+      expect(result.code).toBe(1);
+      expect(result.stderr).toMatch(/handshake with 127\.0\.0\.1:\d+: no answer within 1 s/);
+      expect(held).toHaveLength(1);
+    } finally {
+      for (const socket of held) socket.destroy();
+      await new Promise((resolve) => silent.close(resolve));
+    }
   });
 
   it("negotiates with Debian's nbd-server too", async () => {
