@@ -347,11 +347,18 @@ class Reader {
     socket.on('close', () => end());
   }
 
-  async read(n: number): Promise<Buffer> {
+  /** The next `n` bytes; with `limitMs`, fails when a wait for more bytes lasts that long (a socket's SO_RCVTIMEO). */
+  async read(n: number, limitMs?: number): Promise<Buffer> {
     while (this.#have < n) {
       if (this.#error) throw this.#error;
-      await new Promise<void>((resolve) => (this.#wake = resolve));
+      let timer: NodeJS.Timeout | undefined;
+      const arrived = await new Promise<boolean>((resolve) => {
+        this.#wake = () => resolve(true);
+        if (limitMs !== undefined) timer = setTimeout(() => resolve(false), limitMs);
+      });
+      clearTimeout(timer);
       this.#wake = null;
+      if (!arrived) throw new Error(`NBD: no answer within ${(limitMs ?? 0) / 1000} s`);
     }
     const all = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks);
     this.#chunks = all.length > n ? [all.subarray(n)] : [];
@@ -360,15 +367,32 @@ class Reader {
   }
 }
 
-async function nbdConnect(host: string, port: number, localAddress: string, exportName: string): Promise<{ socket: Socket; reader: Reader }> {
+/**
+ * How long netboot-nbd's handshake waits for each answer (SO_RCVTIMEO, native/nbd-client): a
+ * connection an overloaded server lost from its accept queue looks established to the client,
+ * and the server speaks first, so without it the machine would wait for good.
+ */
+export const NBD_HANDSHAKE_LIMIT_MS = 30_000;
+
+async function nbdConnect(host: string, port: number, localAddress: string, exportName: string, limitMs: number): Promise<{ socket: Socket; reader: Reader }> {
   const socket = connect({ host, port, localAddress });
   socket.setNoDelay(true);
   const reader = new Reader(socket);
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('error', reject);
-  });
-  const greeting = await reader.read(18);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      socket.once('connect', resolve);
+      socket.once('error', reject);
+    });
+    await nbdHandshake(socket, reader, exportName, limitMs);
+    return { socket, reader };
+  } catch (err) {
+    socket.destroy();
+    throw err;
+  }
+}
+
+async function nbdHandshake(socket: Socket, reader: Reader, exportName: string, limitMs: number): Promise<void> {
+  const greeting = await reader.read(18, limitMs);
   if (greeting.readBigUInt64BE(0) !== NBDMAGIC || greeting.readBigUInt64BE(8) !== IHAVEOPT) throw new Error('NBD: not a newstyle server');
   const flags = Buffer.alloc(4);
   flags.writeUInt32BE(greeting.readUInt16BE(16) & 3); // FIXED_NEWSTYLE | NO_ZEROES, as offered
@@ -382,20 +406,29 @@ async function nbdConnect(host: string, port: number, localAddress: string, expo
   header.writeUInt32BE(data.length, 12);
   socket.write(Buffer.concat([flags, header, data]));
   for (;;) {
-    const reply = await reader.read(20);
+    const reply = await reader.read(20, limitMs);
     const type = reply.readUInt32BE(12);
-    const payload = await reader.read(reply.readUInt32BE(16));
-    if (type === Rep.ACK) return { socket, reader };
+    const payload = await reader.read(reply.readUInt32BE(16), limitMs);
+    if (type === Rep.ACK) return;
     if (type & 0x80000000) throw new Error(`NBD GO ${exportName}: error ${type.toString(16)} ${payload.toString('utf8')}`);
   }
 }
 
 /**
  * Replays a recorded read trace as the machine's kernel did, one read at a time, on as many
- * connections as the recording had. A refused or dropped connection is retried like /init
- * (netboot-nbd: 5 attempts, sleeping 1, 2, 3, 4 s).
+ * connections as the recording had. A refused, dropped or silent connection (no answer within
+ * `handshakeLimitMs` during the handshake) is retried like /init (netboot-nbd: 5 `attempts`,
+ * sleeping 1, 2, 3, 4 s).
  */
-export async function nbdReplay(host: string, port: number, localAddress: string, exportName: string, reads: readonly [number, number, number][], counters: HttpCounters): Promise<number> {
+export async function nbdReplay(
+  host: string,
+  port: number,
+  localAddress: string,
+  exportName: string,
+  reads: readonly [number, number, number][],
+  counters: HttpCounters,
+  { handshakeLimitMs = NBD_HANDSHAKE_LIMIT_MS, attempts = 5 }: { handshakeLimitMs?: number; attempts?: number } = {},
+): Promise<number> {
   const conns = new Map<number, { socket: Socket; reader: Reader }>();
   let bytes = 0;
   let handle = 0n;
@@ -405,7 +438,7 @@ export async function nbdReplay(host: string, port: number, localAddress: string
         try {
           let conn = conns.get(index);
           if (!conn) {
-            conn = await nbdConnect(host, port, localAddress, exportName);
+            conn = await nbdConnect(host, port, localAddress, exportName, handshakeLimitMs);
             conns.set(index, conn);
           }
           const request = Buffer.alloc(28);
@@ -424,7 +457,7 @@ export async function nbdReplay(host: string, port: number, localAddress: string
         } catch (err) {
           conns.get(index)?.socket.destroy();
           conns.delete(index);
-          if (attempt >= 5) throw err;
+          if (attempt >= attempts) throw err;
           counters.retries++;
           await sleep(attempt * 1000);
         }
