@@ -37,8 +37,8 @@ export const STDOUT_FLUSH_MS = 100;
  * that falls behind (a full pipe, a busy journald) would stop the whole server, DHCP and TFTP
  * included, until it caught up. Written one per line, even asynchronously, each line cost a
  * thread-pool hand-off here and a wake-up of the reader (journald, the container runtime): 6500
- * lines paced as in a 500-machine storm took 0.4-1.3 CPU-s here and 0.3-0.7 in a reader piping them
- * to a file, against 0.2-0.6 and 0.1 batched (bench/log-stdout.ts). Whatever is still buffered is
+ * lines paced as in a 500-machine storm took 418 ms of CPU here and 333 ms in a reader copying them
+ * to a file, against 274 and 60 batched (bench/log-stdout.ts). Whatever is still buffered is
  * written when the process exits (except the one write in progress if stdout is blocked at that moment).
  */
 function asyncStdout(): DestinationStream {
