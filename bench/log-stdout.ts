@@ -8,7 +8,7 @@
  *
  *   node --import tsx bench/log-stdout.ts      (BENCH_LINES=6500 BENCH_PACE_MS=1 BENCH_ROUNDS=5)
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -43,7 +43,7 @@ async function once(variant: Variant, dir: string): Promise<Sample> {
   );
   const emitter = spawn(process.execPath, ['--import', 'tsx', EMITTER, variant, String(lines), String(paceMs)], { stdio: ['ignore', reader.stdin!, 'pipe'] });
   reader.stdin!.destroy(); // the emitter holds the pipe now: the reader sees its end when the emitter exits
-  const report = (child: typeof reader) =>
+  const report = (child: ChildProcess) =>
     new Promise<Record<string, number>>((resolve, reject) => {
       let err = '';
       child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
