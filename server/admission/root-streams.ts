@@ -2,12 +2,21 @@ import type { ServerConfig } from '../config/types.ts';
 import { AdmissionQueue, requesterKey, type AdmissionDecision, type AdmissionLimits, type Requester, type Ticket } from './queue.ts';
 
 /**
- * Bodies smaller than this are not root streams: they leave in a few socket writes, and a
+ * Bodies smaller than this are not streams (root, kernel or initrd): they leave in a few socket writes, and a
  * 503 round trip would cost more than it saves (a superblock probe, a short resume tail).
  */
 export const ROOT_STREAM_MIN_BYTES = 1 << 20;
 
 type AdmissionConfig = ServerConfig['admission'];
+
+/** The two budgets: root images, and kernels with initrds. */
+export type StreamBudget = 'maxRootStreams' | 'maxBootFileStreams';
+
+/** What a budget's streams are called in 503 bodies, timeline entries and log lines. */
+export const STREAM_NAMES: Record<StreamBudget, { one: string; all: string }> = {
+  maxRootStreams: { one: 'root stream', all: 'root streams' },
+  maxBootFileStreams: { one: 'kernel or initrd stream', all: 'kernel and initrd streams' },
+};
 
 type WaitDecision = Extract<AdmissionDecision, { kind: 'wait' }>;
 type AdmitDecision = Extract<AdmissionDecision, { kind: 'admit' }>;
@@ -16,7 +25,8 @@ type AdmitDecision = Extract<AdmissionDecision, { kind: 'admit' }>;
 export type HoldOutcome = AdmitDecision | WaitDecision | { kind: 'gone' };
 
 /**
- * The admission queue of HTTP root streams, following config reloads (read on every request).
+ * The admission queue of one budget of HTTP streams (root images, or kernels and initrds),
+ * following config reloads (read on every request).
  *
  * A request told to wait is not answered at once: it is held open (hold()) for up to
  * maxRetryAfterSeconds, and a slot that frees goes to it in the same tick. Only when the hold
@@ -32,11 +42,14 @@ export class RootStreams {
   /** Held requests by queue key: how to hand each its slot. */
   readonly #held = new Map<string, (decision: AdmitDecision) => void>();
 
-  constructor(config: () => AdmissionConfig, now: () => number = Date.now) {
+  readonly #budget: StreamBudget;
+
+  constructor(config: () => AdmissionConfig, now: () => number = Date.now, budget: StreamBudget = 'maxRootStreams') {
     this.#config = config;
     this.#now = now;
+    this.#budget = budget;
     this.#applied = config();
-    this.#queue = new AdmissionQueue(limitsOf(this.#applied));
+    this.#queue = new AdmissionQueue(limitsOf(this.#applied, budget));
   }
 
   get queue(): AdmissionQueue {
@@ -52,7 +65,7 @@ export class RootStreams {
     const current = this.#config();
     if (current !== this.#applied) {
       this.#applied = current;
-      this.#queue.setLimits(limitsOf(current));
+      this.#queue.setLimits(limitsOf(current, this.#budget));
       queueMicrotask(() => this.#drain());
     }
     return this.#queue.request(who, now);
@@ -137,9 +150,9 @@ export class RootStreams {
   }
 }
 
-function limitsOf(config: AdmissionConfig): AdmissionLimits {
+function limitsOf(config: AdmissionConfig, budget: StreamBudget): AdmissionLimits {
   return {
-    maxActive: config.maxRootStreams,
+    maxActive: config[budget],
     maxQueued: config.maxQueued,
     maxQueuedPerAddress: config.maxQueuedPerAddress,
     maxRetryAfterSeconds: config.maxRetryAfterSeconds,
@@ -157,10 +170,10 @@ export function waitStatusMessage(decision: Exclude<AdmissionDecision, { kind: '
 }
 
 /** The 503's body, for people reading it with curl. */
-export function waitBody(decision: Exclude<AdmissionDecision, { kind: 'admit' }>, maxRootStreams: number): string {
+export function waitBody(decision: Exclude<AdmissionDecision, { kind: 'admit' }>, max: number, streams = STREAM_NAMES.maxRootStreams.all): string {
   if (decision.kind === 'full') {
     const why = decision.reason === 'queue' ? 'the queue is full' : 'this address holds as many queue places as it may';
-    return `all ${maxRootStreams} root streams are busy and ${why}: retry after ${decision.retryAfterSeconds} s\n`;
+    return `all ${max} ${streams} are busy and ${why}: retry after ${decision.retryAfterSeconds} s\n`;
   }
-  return `all ${maxRootStreams} root streams are busy: you are number ${decision.position} of ${decision.queued} in the queue; retry after ${decision.retryAfterSeconds} s (your place is kept)\n`;
+  return `all ${max} ${streams} are busy: you are number ${decision.position} of ${decision.queued} in the queue; retry after ${decision.retryAfterSeconds} s (your place is kept)\n`;
 }

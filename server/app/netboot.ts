@@ -170,8 +170,9 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
         tftp: tftp ? config.server.tftp.port : 'off',
         dhcp: config.server.dhcp.mode,
         nbd: nbd ? config.server.nbd.port : 'off',
-        // HTTP root streams at once (server.admission; read on every request, so a reload applies at once).
+        // HTTP root, kernel and initrd streams at once (server.admission; read on every request, so a reload applies at once).
         rootStreams: config.server.admission.maxRootStreams || 'no limit',
+        bootFileStreams: config.server.admission.maxBootFileStreams || 'no limit',
         images: [...config.images.keys()],
         machines: config.machines.size,
       },

@@ -146,6 +146,12 @@ export class Metrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly bootFileStreamsRefused = new Counter({
+    name: 'netboot_boot_file_stream_503_total',
+    help: 'Kernel and initrd requests answered 503 + Retry-After (server.admission.maxBootFileStreams), by reason: wait (queued), queue_full, address_full',
+    labelNames: ['reason'] as const,
+    registers: [this.registry],
+  });
   readonly rootStreamsPreempted = new Counter({
     name: 'netboot_root_streams_preempted_total',
     help: 'Root streams cut for running past the preemption time while machines waited',
@@ -167,6 +173,11 @@ export class Metrics {
   /** Root stream admission: one 503 handed out. */
   rootStreamRefused(reason: 'wait' | 'queue_full' | 'address_full'): void {
     this.rootStreamsRefused.inc({ reason });
+  }
+
+  /** Kernel and initrd admission: one 503 handed out. */
+  bootFileStreamRefused(reason: 'wait' | 'queue_full' | 'address_full'): void {
+    this.bootFileStreamsRefused.inc({ reason });
   }
 
   /** Root stream admission: a queued machine was let in after waiting `ms`. */

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AdmissionDecision, Ticket } from '../admission/queue.ts';
-import { ROOT_STREAM_MIN_BYTES, RootStreams, waitBody, waitStatusMessage, type HoldOutcome } from '../admission/root-streams.ts';
+import { ROOT_STREAM_MIN_BYTES, RootStreams, STREAM_NAMES, waitBody, waitStatusMessage, type HoldOutcome, type StreamBudget } from '../admission/root-streams.ts';
 import { peerAddress } from '../boot/identity.ts';
 import { normalizeMac } from '../config/mac.ts';
 import { servedFiles } from '../fs/open-file-cache.ts';
@@ -10,6 +10,14 @@ import { ARTIFACT_NAMES, isValidImageId, type ArtifactName, type ImageManifestVi
 import type { HttpContext } from './context.ts';
 import { etagMatches, parseRange } from './range.ts';
 import { sendFileRange, type SendResult } from './send-file.ts';
+
+/** The artifacts whose bodies pass admission control, and their budget. */
+const BUDGET_OF: Partial<Record<ArtifactName, StreamBudget>> = {
+  vmlinuz: 'maxBootFileStreams',
+  'initrd.img': 'maxBootFileStreams',
+  'image-initrd.img': 'maxBootFileStreams',
+  'rootfs.squashfs': 'maxRootStreams',
+};
 
 const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
   vmlinuz: 'kernel',
@@ -22,12 +30,17 @@ const PHASE_OF: Partial<Record<ArtifactName, Phase>> = {
 /**
  * Build artifacts, streamed from disk. Ids are content-addressed, so every response is
  * cacheable forever. Whole-file GETs carrying `?mac=` (the scripts add it) are recorded in
- * that machine's boot timeline; ranged reads only count bytes. Root streams (rootfs bodies of
- * at least ROOT_STREAM_MIN_BYTES) pass admission control first: over budget, 503 + Retry-After.
+ * that machine's boot timeline; ranged reads only count bytes. Streams (rootfs, kernel and initrd
+ * bodies of at least ROOT_STREAM_MIN_BYTES) pass admission control first, root images and boot
+ * files each in a queue of their own: over budget, held, then 503 + Retry-After.
  */
 export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): void {
   const manifests = new Map<string, ImageManifestView>();
-  const rootStreams = new RootStreams(() => ctx.getConfig().server.admission, ctx.now);
+  const admission = () => ctx.getConfig().server.admission;
+  const queues: Record<StreamBudget, RootStreams> = {
+    maxRootStreams: new RootStreams(admission, ctx.now, 'maxRootStreams'),
+    maxBootFileStreams: new RootStreams(admission, ctx.now, 'maxBootFileStreams'),
+  };
   const manifestOf = async (id: string): Promise<ImageManifestView | null> => {
     const cached = manifests.get(id);
     if (cached) return cached;
@@ -81,29 +94,31 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         const end = range.kind === 'range' ? range.end : info.size - 1;
         const length = info.size === 0 ? 0 : end - start + 1;
         let ticket: Ticket | null = null;
-        if (request.method === 'GET' && artifact === 'rootfs.squashfs' && length >= ROOT_STREAM_MIN_BYTES) {
+        const budget = BUDGET_OF[artifact];
+        const streams = budget ? queues[budget] : null;
+        if (request.method === 'GET' && budget && streams && length >= ROOT_STREAM_MIN_BYTES) {
           const who = { address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) };
-          let decision: AdmissionDecision | HoldOutcome = rootStreams.request(who, ctx.now());
+          let decision: AdmissionDecision | HoldOutcome = streams.request(who, ctx.now());
           syncMetrics();
           if (decision.kind === 'wait') {
             if (mac && decision.first) {
-              ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all root streams busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
+              ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all ${STREAM_NAMES[budget].all} busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
             }
             // Held open until a slot is ours (or the hold runs out: then the 503 below).
-            decision = await rootStreams.hold(who, (cancel) => reply.raw.once('close', cancel));
+            decision = await streams.hold(who, (cancel) => reply.raw.once('close', cancel));
             syncMetrics();
             if (decision.kind === 'gone') return hangUp(reply);
           }
-          if (decision.kind !== 'admit') return tellToWait(request, reply, decision);
+          if (decision.kind !== 'admit') return tellToWait(request, reply, decision, budget);
           if (reply.raw.destroyed) {
-            release(decision.ticket, false);
+            release(streams, decision.ticket, false);
             return hangUp(reply);
           }
           ticket = decision.ticket;
-          if (decision.waited) ctx.metrics.rootStreamWaited(decision.waited.ms);
+          if (decision.waited && budget === 'maxRootStreams') ctx.metrics.rootStreamWaited(decision.waited.ms);
           if (mac && decision.waited) {
             const { ms, retries } = decision.waited;
-            ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a root stream (${retries} retries)`, imageId: id });
+            ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a ${STREAM_NAMES[budget].one} (${retries} retries)`, imageId: id });
           }
         }
         if (range.kind === 'range') reply.code(206).header('Content-Range', `bytes ${start}-${end}/${info.size}`);
@@ -114,7 +129,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
         reply.hijack();
         const record = (result: SendResult) => {
-          if (ticket) release(ticket, result.complete);
+          if (ticket && streams) release(streams, ticket, result.complete);
           ctx.metrics.served(artifact, result.bytes);
           if (mac && phase && range.kind === 'none') {
             ctx.timeline.record(mac, phase, {
@@ -126,10 +141,10 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
             });
           }
         };
-        const unguard = ticket
-          ? rootStreams.guard((ranMs, waiting) => {
-              request.note.warning = `root stream cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
-              ctx.metrics.rootStreamPreempted();
+        const unguard = ticket && streams && budget
+          ? streams.guard((ranMs, waiting) => {
+              request.note.warning = `${STREAM_NAMES[budget].one} cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
+              if (budget === 'maxRootStreams') ctx.metrics.rootStreamPreempted();
               reply.raw.destroy();
             })
           : null;
@@ -142,7 +157,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
           reply.raw.destroy();
         } finally {
           unguard?.();
-          if (ticket) release(ticket, false);
+          if (ticket && streams) release(streams, ticket, false);
         }
       } finally {
         file.release();
@@ -150,27 +165,30 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
     },
   });
 
+  /** The root stream gauges (kernels and initrds have no metrics of their own yet). */
   function syncMetrics(): void {
-    ctx.metrics.rootStreamState(rootStreams.queue.active, rootStreams.queue.queued);
+    ctx.metrics.rootStreamState(queues.maxRootStreams.queue.active, queues.maxRootStreams.queue.queued);
   }
 
-  function release(ticket: Ticket, complete: boolean): void {
-    rootStreams.release(ticket, ctx.now(), complete);
+  function release(streams: RootStreams, ticket: Ticket, complete: boolean): void {
+    streams.release(ticket, ctx.now(), complete);
     syncMetrics();
   }
 
   /** Over budget: 503 + Retry-After, never cached (the artifact headers set so far promised the opposite). */
-  function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>) {
+  function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>, budget: StreamBudget) {
     for (const name of ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-length']) reply.removeHeader(name);
-    ctx.metrics.rootStreamRefused(decision.kind === 'wait' ? 'wait' : decision.reason === 'queue' ? 'queue_full' : 'address_full');
-    if (decision.kind === 'full') request.note.warning = `root stream queue full (${decision.reason}): told to retry without a place`;
+    const reason = decision.kind === 'wait' ? 'wait' : decision.reason === 'queue' ? 'queue_full' : 'address_full';
+    if (budget === 'maxRootStreams') ctx.metrics.rootStreamRefused(reason);
+    else ctx.metrics.bootFileStreamRefused(reason);
+    if (decision.kind === 'full') request.note.warning = `${STREAM_NAMES[budget].one} queue full (${decision.reason}): told to retry without a place`;
     reply.raw.statusMessage = waitStatusMessage(decision);
     return reply
       .code(503)
       .header('Retry-After', String(decision.retryAfterSeconds))
       .header('Cache-Control', 'no-store')
       .type('text/plain; charset=utf-8')
-      .send(waitBody(decision, ctx.getConfig().server.admission.maxRootStreams));
+      .send(waitBody(decision, ctx.getConfig().server.admission[budget], STREAM_NAMES[budget].all));
   }
 }
 

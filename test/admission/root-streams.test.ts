@@ -4,6 +4,7 @@ import type { ServerConfig } from '../../server/config/types.ts';
 
 const config = (over: Partial<ServerConfig['admission']> = {}): ServerConfig['admission'] => ({
   maxRootStreams: 1,
+  maxBootFileStreams: 1,
   maxQueued: 16,
   maxQueuedPerAddress: 4,
   maxRetryAfterSeconds: 30,

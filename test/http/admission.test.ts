@@ -27,18 +27,20 @@ let image: FakeImage;
 let big: Buffer;
 
 beforeAll(async () => {
-  h = await harness(baseYaml({ server: '  admission:\n    maxRootStreams: 1\n    maxRetryAfterSeconds: 1\n' }));
+  h = await harness(baseYaml({ server: '  admission:\n    maxRootStreams: 1\n    maxBootFileStreams: 1\n    maxRetryAfterSeconds: 1\n' }));
   image = addImage(h.store, 'demo');
   big = Buffer.alloc(BIG, 0x5a);
   big.write('hsqs', 0, 'latin1');
   mkdirSync(join(h.store.root, ID), { recursive: true });
   writeFileSync(h.store.artifactPath(ID, 'rootfs.squashfs')!, big);
+  writeFileSync(h.store.artifactPath(ID, 'vmlinuz')!, big);
   await h.app.listen({ host: '127.0.0.1', port: 0 });
   base = `http://127.0.0.1:${(h.app.server.address() as AddressInfo).port}`;
 });
 afterAll(async () => h?.close());
 
 const rootfsUrl = (n: number) => `${base}/images/${ID}/rootfs.squashfs?mac=${mac(n)}`;
+const kernelUrl = (n: number) => `${base}/images/${ID}/vmlinuz?mac=${mac(n)}`;
 
 /** curl -i: status line, lower-cased headers, body. */
 async function curlHead(url: string, extra: string[] = []): Promise<{ status: string; headers: Record<string, string>; body: string }> {
@@ -106,7 +108,7 @@ describe('root-stream admission over HTTP (budget 1)', () => {
     expect((await curlHead(rootfsUrl(3))).status).toMatch(/\(queued 2 of 2,/);
     expect((await curlHead(rootfsUrl(2))).status).toMatch(/\(queued 1 of 2,/);
 
-    // Not root streams: HEAD, a small range, the kernel.
+    // Not root streams: HEAD, a small range, a kernel (a budget of its own; this one is under 1 MiB, not a stream at all).
     expect((await curlHead(rootfsUrl(3), ['-I'])).status).toBe('HTTP/1.1 200 OK');
     expect((await curlHead(rootfsUrl(3), ['-r', '0-65535'])).status).toBe('HTTP/1.1 206 Partial Content');
     expect((await curlHead(`${base}/images/${image.id}/vmlinuz`)).status).toBe('HTTP/1.1 200 OK');
@@ -203,5 +205,31 @@ describe('a slot holder that stops reading', () => {
     stalled.abandon();
     expect(await waiter).toBe('200');
     expect(sha256(readFileSync(out))).toBe(sha256(big));
+  });
+});
+
+describe('kernel and initrd admission over HTTP (budget 1, a queue of their own)', () => {
+  it('a second kernel download waits for the first, and neither waits for root streams nor holds them up', async () => {
+    const first = await heldStream(kernelUrl(7));
+    expect(first.status).toBe('HTTP/1.1 200 OK');
+    // The root budget is the root images' own: a root stream starts while the kernel slot is taken.
+    const root = await heldStream(rootfsUrl(8));
+    expect(root.status).toBe('HTTP/1.1 200 OK');
+
+    const second = await curlHead(kernelUrl(9));
+    expect(second.status).toBe('HTTP/1.1 503 Service Unavailable (queued 1 of 1, retry after 1 s)');
+    expect(second.headers['retry-after']).toBe('1');
+    expect(second.body).toBe('all 1 kernel and initrd streams are busy: you are number 1 of 1 in the queue; retry after 1 s (your place is kept)\n');
+    expect(await h.metrics.registry.metrics()).toMatch(/^netboot_boot_file_stream_503_total\{reason="wait"\} 1$/m);
+    root.abandon();
+
+    const out = join(h.dir, 'kernel9.bin');
+    const download = curlDownload(kernelUrl(9), out, ['--retry', '10']);
+    expect(await first.finish()).toBeGreaterThan(BIG);
+    expect(await download).toBe('200');
+    expect(sha256(readFileSync(out))).toBe(sha256(big));
+    const queued = phases(9).filter((p) => p.phase === 'queued');
+    expect(queued[0]!.detail).toBe('all kernel and initrd streams busy: number 1 of 1 in the queue');
+    expect(queued.at(-1)!.detail).toMatch(/^waited \d+\.\d s for a kernel or initrd stream \(\d+ retries\)$/);
   });
 });

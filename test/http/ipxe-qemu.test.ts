@@ -1,4 +1,5 @@
 import { execFile, spawn } from 'node:child_process';
+import { get as httpGet, type ClientRequest } from 'node:http';
 import { copyFileSync, mkdirSync, symlinkSync, writeFileSync, chmodSync, readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -114,4 +115,52 @@ describe('rendered scripts in a real iPXE', () => {
     expect(phases).toEqual(['script', 'kernel', 'initrd']);
     expect(h.timeline.current(MAC)!.phases[1]!.bytes).toBe(readFileSync(h.store.artifactPath(image, 'vmlinuz')!).length);
   }, 240_000);
+
+  it('bios: a kernel download that waits its turn (held, then 503 + Retry-After, server.admission.maxBootFileStreams) boots once the slot frees', async () => {
+    const port = (h.app.server.address() as AddressInfo).port;
+    const yaml = (admission: string) =>
+      baseYaml({ server: admission, machines: `  ${FUZZED_MAC}:\n    hostname: fuzzed\n` }).replace('address: 127.0.0.1\n  httpPort: 8080', 'address: 10.0.2.100\n  httpPort: 80');
+    h.setConfig(yaml('  admission:\n    maxBootFileStreams: 1\n    maxRetryAfterSeconds: 2\n'));
+    const image = h.store.currentId('demo')!;
+    // Another machine's kernel download that reads nothing keeps the one slot.
+    const holder = new Promise<ClientRequest>((resolve, reject) => {
+      const req = httpGet(`http://127.0.0.1:${port}/images/${image}/vmlinuz?mac=${FUZZED_MAC.replaceAll(':', '-')}`, (res) => {
+        expect(res.statusCode).toBe(200);
+        res.pause();
+        resolve(req);
+      });
+      req.on('error', reject);
+    });
+    const held = await holder;
+    const refusedBefore = await refusedWaits();
+    try {
+      const boot = bootInQemu(port, 200_000, 'bios');
+      // The VM's kernel request waited in the queue, and its hold ran out at least once (503 + Retry-After).
+      let ended = false;
+      void boot.then(() => (ended = true));
+      await until(async () => ended || (h.timeline.current(MAC)?.phases.some((p) => p.phase === 'queued') === true && (await refusedWaits()) > refusedBefore));
+      expect(ended, ended ? (await boot).slice(-3000) : '').toBe(false);
+      held.destroy();
+      const log = await boot;
+      expect(/NETBOOT-CMDLINE: (.*)/.exec(log)?.[1], log.slice(-3000)).toBeDefined();
+      // iPXE itself honoured the 503 + Retry-After: the script's own retry never ran.
+      expect(log).not.toMatch(/kernel download failed/);
+      // Let in after a wait longer than one hold (2 s): it came back after its 503, as the counter said.
+      const queued = h.timeline.current(MAC)!.phases.filter((p) => p.phase === 'queued');
+      expect(queued.at(-1)!.detail).toMatch(/^waited \d+\.\d s for a kernel or initrd stream/);
+      expect(queued.at(-1)!.durationMs).toBeGreaterThanOrEqual(2000);
+    } finally {
+      held.destroy();
+      h.setConfig(yaml(''));
+    }
+  }, 240_000);
 });
+
+async function refusedWaits(): Promise<number> {
+  const text = await h.metrics.registry.metrics();
+  return Number(/netboot_boot_file_stream_503_total\{reason="wait"\} (\d+)/.exec(text)?.[1] ?? 0);
+}
+
+async function until(check: () => Promise<boolean>): Promise<void> {
+  while (!(await check())) await new Promise((r) => setTimeout(r, 100));
+}
