@@ -146,6 +146,27 @@ export class Metrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly bootFileStreamsActive = new Gauge({
+    name: 'netboot_boot_file_streams_active',
+    help: 'Kernel and initrd streams (server.admission.maxBootFileStreams) running, as of the last admission decision or stream end',
+    registers: [this.registry],
+  });
+  readonly bootFileStreamsQueued = new Gauge({
+    name: 'netboot_boot_file_streams_queued',
+    help: 'Machines holding a place in the kernel and initrd queue, as of the last admission decision or stream end',
+    registers: [this.registry],
+  });
+  readonly bootFileStreamsPreempted = new Counter({
+    name: 'netboot_boot_file_streams_preempted_total',
+    help: 'Kernel and initrd streams cut for running past the preemption time while machines waited',
+    registers: [this.registry],
+  });
+  readonly bootFileStreamQueueWait = new Histogram({
+    name: 'netboot_boot_file_stream_queue_wait_seconds',
+    help: 'Time machines queued for a kernel or initrd waited, from their first 503 to being let in',
+    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800],
+    registers: [this.registry],
+  });
   readonly bootFileStreamsRefused = new Counter({
     name: 'netboot_boot_file_stream_503_total',
     help: 'Kernel and initrd requests answered 503 + Retry-After (server.admission.maxBootFileStreams), by reason: wait (queued), queue_full, address_full',
@@ -175,9 +196,22 @@ export class Metrics {
     this.rootStreamsRefused.inc({ reason });
   }
 
-  /** Kernel and initrd admission: one 503 handed out. */
+  /** Kernel and initrd admission: the queue's state, a 503, a wait, a cut stream (as the root stream ones). */
+  bootFileStreamState(active: number, queued: number): void {
+    this.bootFileStreamsActive.set(active);
+    this.bootFileStreamsQueued.set(queued);
+  }
+
   bootFileStreamRefused(reason: 'wait' | 'queue_full' | 'address_full'): void {
     this.bootFileStreamsRefused.inc({ reason });
+  }
+
+  bootFileStreamWaited(ms: number): void {
+    this.bootFileStreamQueueWait.observe(ms / 1000);
+  }
+
+  bootFileStreamPreempted(): void {
+    this.bootFileStreamsPreempted.inc();
   }
 
   /** Root stream admission: a queued machine was let in after waiting `ms`. */

@@ -11,6 +11,13 @@ import type { HttpContext } from './context.ts';
 import { etagMatches, parseRange } from './range.ts';
 import { sendFileRange, type SendResult } from './send-file.ts';
 
+interface StreamMetrics {
+  state(active: number, queued: number): void;
+  refused(reason: 'wait' | 'queue_full' | 'address_full'): void;
+  waited(ms: number): void;
+  preempted(): void;
+}
+
 /** The artifacts whose bodies pass admission control, and their budget. */
 const BUDGET_OF: Partial<Record<ArtifactName, StreamBudget>> = {
   vmlinuz: 'maxBootFileStreams',
@@ -40,6 +47,11 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
   const queues: Record<StreamBudget, RootStreams> = {
     maxRootStreams: new RootStreams(admission, ctx.now, 'maxRootStreams'),
     maxBootFileStreams: new RootStreams(admission, ctx.now, 'maxBootFileStreams'),
+  };
+  const m = ctx.metrics;
+  const metricsOf: Record<StreamBudget, StreamMetrics> = {
+    maxRootStreams: { state: (a, q) => m.rootStreamState(a, q), refused: (r) => m.rootStreamRefused(r), waited: (ms) => m.rootStreamWaited(ms), preempted: () => m.rootStreamPreempted() },
+    maxBootFileStreams: { state: (a, q) => m.bootFileStreamState(a, q), refused: (r) => m.bootFileStreamRefused(r), waited: (ms) => m.bootFileStreamWaited(ms), preempted: () => m.bootFileStreamPreempted() },
   };
   const manifestOf = async (id: string): Promise<ImageManifestView | null> => {
     const cached = manifests.get(id);
@@ -99,23 +111,23 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         if (request.method === 'GET' && budget && streams && length >= ROOT_STREAM_MIN_BYTES) {
           const who = { address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) };
           let decision: AdmissionDecision | HoldOutcome = streams.request(who, ctx.now());
-          syncMetrics();
+          syncMetrics(budget);
           if (decision.kind === 'wait') {
             if (mac && decision.first) {
               ctx.timeline.record(mac, 'queued', { source: 'http', detail: `all ${STREAM_NAMES[budget].all} busy: number ${decision.position} of ${decision.queued} in the queue`, imageId: id });
             }
             // Held open until a slot is ours (or the hold runs out: then the 503 below).
             decision = await streams.hold(who, (cancel) => reply.raw.once('close', cancel));
-            syncMetrics();
+            syncMetrics(budget);
             if (decision.kind === 'gone') return hangUp(reply);
           }
           if (decision.kind !== 'admit') return tellToWait(request, reply, decision, budget);
           if (reply.raw.destroyed) {
-            release(streams, decision.ticket, false);
+            release(budget, decision.ticket, false);
             return hangUp(reply);
           }
           ticket = decision.ticket;
-          if (decision.waited && budget === 'maxRootStreams') ctx.metrics.rootStreamWaited(decision.waited.ms);
+          if (decision.waited) metricsOf[budget].waited(decision.waited.ms);
           if (mac && decision.waited) {
             const { ms, retries } = decision.waited;
             ctx.timeline.record(mac, 'queued', { source: 'http', durationMs: ms, detail: `waited ${(ms / 1000).toFixed(1)} s for a ${STREAM_NAMES[budget].one} (${retries} retries)`, imageId: id });
@@ -129,7 +141,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         // Past this point we write the body ourselves (see send-file.ts); fastify's onResponse hook still runs.
         reply.hijack();
         const record = (result: SendResult) => {
-          if (ticket && streams) release(streams, ticket, result.complete);
+          if (ticket && budget) release(budget, ticket, result.complete);
           ctx.metrics.served(artifact, result.bytes);
           if (mac && phase && range.kind === 'none') {
             ctx.timeline.record(mac, phase, {
@@ -144,7 +156,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         const unguard = ticket && streams && budget
           ? streams.guard((ranMs, waiting) => {
               request.note.warning = `${STREAM_NAMES[budget].one} cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
-              if (budget === 'maxRootStreams') ctx.metrics.rootStreamPreempted();
+              metricsOf[budget].preempted();
               reply.raw.destroy();
             })
           : null;
@@ -157,7 +169,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
           reply.raw.destroy();
         } finally {
           unguard?.();
-          if (ticket && streams) release(streams, ticket, false);
+          if (ticket && budget) release(budget, ticket, false);
         }
       } finally {
         file.release();
@@ -165,22 +177,19 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
     },
   });
 
-  /** The root stream gauges (kernels and initrds have no metrics of their own yet). */
-  function syncMetrics(): void {
-    ctx.metrics.rootStreamState(queues.maxRootStreams.queue.active, queues.maxRootStreams.queue.queued);
+  function syncMetrics(budget: StreamBudget): void {
+    metricsOf[budget].state(queues[budget].queue.active, queues[budget].queue.queued);
   }
 
-  function release(streams: RootStreams, ticket: Ticket, complete: boolean): void {
-    streams.release(ticket, ctx.now(), complete);
-    syncMetrics();
+  function release(budget: StreamBudget, ticket: Ticket, complete: boolean): void {
+    queues[budget].release(ticket, ctx.now(), complete);
+    syncMetrics(budget);
   }
 
   /** Over budget: 503 + Retry-After, never cached (the artifact headers set so far promised the opposite). */
   function tellToWait(request: FastifyRequest, reply: FastifyReply, decision: Exclude<AdmissionDecision, { kind: 'admit' }>, budget: StreamBudget) {
     for (const name of ['etag', 'last-modified', 'accept-ranges', 'content-range', 'content-length']) reply.removeHeader(name);
-    const reason = decision.kind === 'wait' ? 'wait' : decision.reason === 'queue' ? 'queue_full' : 'address_full';
-    if (budget === 'maxRootStreams') ctx.metrics.rootStreamRefused(reason);
-    else ctx.metrics.bootFileStreamRefused(reason);
+    metricsOf[budget].refused(decision.kind === 'wait' ? 'wait' : decision.reason === 'queue' ? 'queue_full' : 'address_full');
     if (decision.kind === 'full') request.note.warning = `${STREAM_NAMES[budget].one} queue full (${decision.reason}): told to retry without a place`;
     reply.raw.statusMessage = waitStatusMessage(decision);
     return reply

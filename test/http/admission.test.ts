@@ -231,5 +231,8 @@ describe('kernel and initrd admission over HTTP (budget 1, a queue of their own)
     const queued = phases(9).filter((p) => p.phase === 'queued');
     expect(queued[0]!.detail).toBe('all kernel and initrd streams busy: number 1 of 1 in the queue');
     expect(queued.at(-1)!.detail).toMatch(/^waited \d+\.\d s for a kernel or initrd stream \(\d+ retries\)$/);
+    const metrics = await h.metrics.registry.metrics();
+    expect(metrics).toMatch(/^netboot_boot_file_stream_queue_wait_seconds_count 1$/m);
+    expect(metrics).toMatch(/^netboot_boot_file_streams_queued 0$/m);
   });
 });
