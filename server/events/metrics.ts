@@ -130,98 +130,17 @@ export class Metrics {
     for (let i = 0; i < batch.latenciesMs.length; i++) this.nbdReadSeconds.observe(batch.latenciesMs[i]! / 1000);
   }
 
-  readonly rootStreamsActive = new Gauge({
-    name: 'netboot_root_streams_active',
-    help: 'Root streams (whole-rootfs HTTP downloads) running, as of the last admission decision or stream end',
-    registers: [this.registry],
+  /** Admission control (server/admission/): root streams, and kernels with initrds, each its own queue. */
+  readonly rootStreams = new StreamQueueMetrics(this.registry, 'netboot_root', {
+    streams: 'Root streams (whole-rootfs HTTP downloads)',
+    queue: 'the root stream queue',
+    requests: 'Root stream requests',
   });
-  readonly rootStreamsQueued = new Gauge({
-    name: 'netboot_root_streams_queued',
-    help: 'Machines holding a place in the root stream queue, as of the last admission decision or stream end',
-    registers: [this.registry],
+  readonly bootFileStreams = new StreamQueueMetrics(this.registry, 'netboot_boot_file', {
+    streams: 'Kernel and initrd streams (server.admission.maxBootFileStreams)',
+    queue: 'the kernel and initrd queue',
+    requests: 'Kernel and initrd requests',
   });
-  readonly rootStreamsRefused = new Counter({
-    name: 'netboot_root_stream_503_total',
-    help: 'Root stream requests answered 503 + Retry-After, by reason: wait (queued), queue_full, address_full (no place given)',
-    labelNames: ['reason'] as const,
-    registers: [this.registry],
-  });
-  readonly bootFileStreamsActive = new Gauge({
-    name: 'netboot_boot_file_streams_active',
-    help: 'Kernel and initrd streams (server.admission.maxBootFileStreams) running, as of the last admission decision or stream end',
-    registers: [this.registry],
-  });
-  readonly bootFileStreamsQueued = new Gauge({
-    name: 'netboot_boot_file_streams_queued',
-    help: 'Machines holding a place in the kernel and initrd queue, as of the last admission decision or stream end',
-    registers: [this.registry],
-  });
-  readonly bootFileStreamsPreempted = new Counter({
-    name: 'netboot_boot_file_streams_preempted_total',
-    help: 'Kernel and initrd streams cut for running past the preemption time while machines waited',
-    registers: [this.registry],
-  });
-  readonly bootFileStreamQueueWait = new Histogram({
-    name: 'netboot_boot_file_stream_queue_wait_seconds',
-    help: 'Time machines queued for a kernel or initrd waited, from their first 503 to being let in',
-    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800],
-    registers: [this.registry],
-  });
-  readonly bootFileStreamsRefused = new Counter({
-    name: 'netboot_boot_file_stream_503_total',
-    help: 'Kernel and initrd requests answered 503 + Retry-After (server.admission.maxBootFileStreams), by reason: wait (queued), queue_full, address_full',
-    labelNames: ['reason'] as const,
-    registers: [this.registry],
-  });
-  readonly rootStreamsPreempted = new Counter({
-    name: 'netboot_root_streams_preempted_total',
-    help: 'Root streams cut for running past the preemption time while machines waited',
-    registers: [this.registry],
-  });
-  readonly rootStreamQueueWait = new Histogram({
-    name: 'netboot_root_stream_queue_wait_seconds',
-    help: 'Time queued machines waited, from their first 503 to being let in',
-    buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800],
-    registers: [this.registry],
-  });
-
-  /** Root stream admission: the queue's state after a decision or a stream's end. */
-  rootStreamState(active: number, queued: number): void {
-    this.rootStreamsActive.set(active);
-    this.rootStreamsQueued.set(queued);
-  }
-
-  /** Root stream admission: one 503 handed out. */
-  rootStreamRefused(reason: 'wait' | 'queue_full' | 'address_full'): void {
-    this.rootStreamsRefused.inc({ reason });
-  }
-
-  /** Kernel and initrd admission: the queue's state, a 503, a wait, a cut stream (as the root stream ones). */
-  bootFileStreamState(active: number, queued: number): void {
-    this.bootFileStreamsActive.set(active);
-    this.bootFileStreamsQueued.set(queued);
-  }
-
-  bootFileStreamRefused(reason: 'wait' | 'queue_full' | 'address_full'): void {
-    this.bootFileStreamsRefused.inc({ reason });
-  }
-
-  bootFileStreamWaited(ms: number): void {
-    this.bootFileStreamQueueWait.observe(ms / 1000);
-  }
-
-  bootFileStreamPreempted(): void {
-    this.bootFileStreamsPreempted.inc();
-  }
-
-  /** Root stream admission: a queued machine was let in after waiting `ms`. */
-  rootStreamWaited(ms: number): void {
-    this.rootStreamQueueWait.observe(ms / 1000);
-  }
-
-  rootStreamPreempted(): void {
-    this.rootStreamsPreempted.inc();
-  }
 
   served(artifact: ArtifactKind, bytes: number): void {
     if (bytes > 0) this.bytesServed.inc({ artifact }, bytes);
@@ -233,5 +152,53 @@ export class Metrics {
 
   get contentType(): string {
     return this.registry.contentType;
+  }
+}
+
+/** The five metrics of one admission queue: its state, its 503s, the streams it cut, how long machines waited. */
+export class StreamQueueMetrics {
+  readonly #active: Gauge;
+  readonly #queued: Gauge;
+  readonly #refused: Counter<'reason'>;
+  readonly #preempted: Counter;
+  readonly #wait: Histogram;
+
+  constructor(registry: Registry, prefix: string, text: { streams: string; queue: string; requests: string }) {
+    const registers = [registry];
+    this.#active = new Gauge({ name: `${prefix}_streams_active`, help: `${text.streams} running, as of the last admission decision or stream end`, registers });
+    this.#queued = new Gauge({ name: `${prefix}_streams_queued`, help: `Machines holding a place in ${text.queue}, as of the last admission decision or stream end`, registers });
+    this.#refused = new Counter({
+      name: `${prefix}_stream_503_total`,
+      help: `${text.requests} answered 503 + Retry-After, by reason: wait (queued), queue_full, address_full (no place given)`,
+      labelNames: ['reason'] as const,
+      registers,
+    });
+    this.#preempted = new Counter({ name: `${prefix}_streams_preempted_total`, help: `${text.streams} cut for running past the preemption time while machines waited`, registers });
+    this.#wait = new Histogram({
+      name: `${prefix}_stream_queue_wait_seconds`,
+      help: 'Time queued machines waited, from their first 503 to being let in',
+      buckets: [0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800],
+      registers,
+    });
+  }
+
+  /** The queue's state after a decision or a stream's end. */
+  state(active: number, queued: number): void {
+    this.#active.set(active);
+    this.#queued.set(queued);
+  }
+
+  /** One 503 handed out. */
+  refused(reason: 'wait' | 'queue_full' | 'address_full'): void {
+    this.#refused.inc({ reason });
+  }
+
+  /** A queued machine was let in after waiting `ms`. */
+  waited(ms: number): void {
+    this.#wait.observe(ms / 1000);
+  }
+
+  preempted(): void {
+    this.#preempted.inc();
   }
 }

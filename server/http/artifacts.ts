@@ -5,18 +5,12 @@ import { ROOT_STREAM_MIN_BYTES, RootStreams, STREAM_NAMES, waitBody, waitStatusM
 import { peerAddress } from '../boot/identity.ts';
 import { normalizeMac } from '../config/mac.ts';
 import { servedFiles } from '../fs/open-file-cache.ts';
+import type { StreamQueueMetrics } from '../events/metrics.ts';
 import type { Phase } from '../events/timeline.ts';
 import { ARTIFACT_NAMES, isValidImageId, type ArtifactName, type ImageManifestView } from './artifact-store.ts';
 import type { HttpContext } from './context.ts';
 import { etagMatches, parseRange } from './range.ts';
 import { sendFileRange, type SendResult } from './send-file.ts';
-
-interface StreamMetrics {
-  state(active: number, queued: number): void;
-  refused(reason: 'wait' | 'queue_full' | 'address_full'): void;
-  waited(ms: number): void;
-  preempted(): void;
-}
 
 /** The artifacts whose bodies pass admission control, and their budget. */
 const BUDGET_OF: Partial<Record<ArtifactName, StreamBudget>> = {
@@ -48,11 +42,7 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
     maxRootStreams: new RootStreams(admission, ctx.now, 'maxRootStreams'),
     maxBootFileStreams: new RootStreams(admission, ctx.now, 'maxBootFileStreams'),
   };
-  const m = ctx.metrics;
-  const metricsOf: Record<StreamBudget, StreamMetrics> = {
-    maxRootStreams: { state: (a, q) => m.rootStreamState(a, q), refused: (r) => m.rootStreamRefused(r), waited: (ms) => m.rootStreamWaited(ms), preempted: () => m.rootStreamPreempted() },
-    maxBootFileStreams: { state: (a, q) => m.bootFileStreamState(a, q), refused: (r) => m.bootFileStreamRefused(r), waited: (ms) => m.bootFileStreamWaited(ms), preempted: () => m.bootFileStreamPreempted() },
-  };
+  const metricsOf: Record<StreamBudget, StreamQueueMetrics> = { maxRootStreams: ctx.metrics.rootStreams, maxBootFileStreams: ctx.metrics.bootFileStreams };
   const manifestOf = async (id: string): Promise<ImageManifestView | null> => {
     const cached = manifests.get(id);
     if (cached) return cached;
