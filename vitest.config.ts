@@ -9,5 +9,7 @@ export default defineConfig({
     // Network namespaces, dockerd and QEMU are machine-wide: run test files one at a time.
     fileParallelism: false,
     reporters: ['default'],
+    // One temp root per run (TMPDIR), removed when the run passes.
+    globalSetup: ['test/setup/temp-dir.ts'],
   },
 });
