@@ -97,10 +97,21 @@ export function failedCount(run: StackRun): number {
   return run.machines.filter((m) => m.failed).length;
 }
 
+function upTimesMs(run: StackRun): number[] {
+  return run.machines.filter((m) => !m.failed && m.upAtMs !== undefined).map((m) => m.upAtMs!);
+}
+
 /** Seconds until the last machine was up (every machine, failed ones excluded); NaN when none came up. */
 export function allUpSeconds(run: StackRun): number {
-  const ups = run.machines.filter((m) => !m.failed && m.upAtMs !== undefined).map((m) => m.upAtMs!);
+  const ups = upTimesMs(run);
   return ups.length ? Math.max(...ups) / 1000 : NaN;
+}
+
+/** Seconds until half the machines were up (the median machine's boot, failed ones count as never up); NaN when fewer came up. */
+export function halfUpSeconds(run: StackRun): number {
+  const ups = upTimesMs(run).sort((a, b) => a - b);
+  const half = Math.ceil(run.machines.length / 2);
+  return ups.length >= half && half > 0 ? ups[half - 1]! / 1000 : NaN;
 }
 
 function ms(x: number): string {
@@ -129,7 +140,7 @@ export function phaseTable(runs: readonly StackRun[]): string {
 
 const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(0);
 
-/** Per stack: failures (by phase), admission waits, retries, all-up time, CPU, peak RSS. */
+/** Per stack: failures (by phase), admission waits, retries, half- and all-up times, CPU, peak RSS. */
 export function stackTable(runs: readonly StackRun[]): string {
   const rows = runs.map((r) => {
     const failures = new Map<string, number>();
@@ -143,6 +154,7 @@ export function stackTable(runs: readonly StackRun[]): string {
       `${waited.length} machines, ${r.machines.reduce((s, m) => s + m.waits, 0)} waits, ${waitSeconds.toFixed(1)} s`,
       String(r.machines.reduce((s, m) => s + m.retries, 0)),
       `${r.dhcpRetransmits} / ${r.tftpRetransmits}`,
+      Number.isNaN(halfUpSeconds(r)) ? '-' : halfUpSeconds(r).toFixed(1),
       Number.isNaN(allUpSeconds(r)) ? '-' : allUpSeconds(r).toFixed(1),
       r.cpuSeconds.toFixed(1),
       mib(r.peakRssBytes),
@@ -150,7 +162,7 @@ export function stackTable(runs: readonly StackRun[]): string {
       r.serverScriptMs?.length ? `${ms(percentile(r.serverScriptMs, 50))} / ${ms(percentile(r.serverScriptMs, 99))}` : '-',
     ];
   });
-  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'all up s', 'server CPU s', 'peak RSS MiB', 'fleet CPU s', 'script in server p50 / p99'], rows);
+  return table(['stack', 'machines', 'failed', '503 waits (queued)', 'retries', 'DHCP / TFTP resends', 'half up s', 'all up s', 'server CPU s', 'peak RSS MiB', 'fleet CPU s', 'script in server p50 / p99'], rows);
 }
 
 /** The first error of each distinct kind, for the failures list. */

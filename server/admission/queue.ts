@@ -14,9 +14,17 @@
  * slot kept for an absent head of the line (the earlier rule) sat idle up to one Retry-After
  * and was most of netboot's gap to a plain nginx.
  *
+ * First come, first served *per machine* where a machine asks for several bodies in a row (a
+ * kernel, then its initrds): with `carriedStreams` set, a requester whose stream ended less
+ * than CARRY_MS ago queues by the time it first arrived, ahead of machines that came after it,
+ * for up to that many streams. Served per request instead, a storm moves phase by phase (every
+ * kernel, then every initrd) and no machine gets on with its boot until the last kernel is out.
+ *
  * Everything here can be fed by anyone who can open a TCP connection, so it is bounded:
  * `maxQueued` places in all, `maxQueuedPerAddress` per IP address (one per MAC it names); a
- * request beyond either is told to retry later without getting a place.
+ * request beyond either is told to retry later without getting a place. Carried arrivals are
+ * at most `maxQueued` (the oldest forgotten first), and a requester's arrival is carried for
+ * `carriedStreams` streams at most: after that it is a newcomer again.
  */
 
 export interface AdmissionLimits {
@@ -62,6 +70,8 @@ export type AdmissionDecision =
 
 interface Entry {
   address: string;
+  /** Its place in line: when it first asked (carried over from its last streams, see Arrival). */
+  arrivedAt: number;
   firstSeen: number;
   expiresAt: number;
   retries: number;
@@ -70,6 +80,20 @@ interface Entry {
   /** A slot went to someone behind it while it was absent: slots are kept for it now. */
   skipped: boolean;
 }
+
+/** A requester's first arrival, kept while its streams run and for CARRY_MS after, for its next requests. */
+interface Arrival {
+  at: number;
+  /** Streams admitted on it so far. */
+  streams: number;
+  /** Of them, still running. */
+  running: number;
+  /** When it stops being carried (Infinity while a stream runs). */
+  expiresAt: number;
+}
+
+/** How long after its last stream ended a requester's next request still queues by its first arrival (iPXE asks for the initrd at once; a script's retry comes within seconds). */
+export const CARRY_MS = 60_000;
 
 /** Retry-After once a held request's hold ran out: come straight back and be held again. */
 export const RETRY_AFTER_HELD_SECONDS = 1;
@@ -81,19 +105,29 @@ export const INITIAL_STREAM_MS = 10_000;
 /** Weight of the newest finished stream in the running mean. */
 const MEAN_WEIGHT = 0.2;
 
+export interface QueueOptions {
+  /** Streams a requester's first arrival is carried over for (0: every request queues as a newcomer). */
+  carriedStreams?: number;
+}
+
 export class AdmissionQueue {
   #limits: AdmissionLimits;
-  /** Map order is the queue order: first come, first served. */
+  readonly #carriedStreams: number;
+  /** Map order is the queue order: by arrival, first come, first served. */
   readonly #queue = new Map<string, Entry>();
   readonly #perAddress = new Map<string, number>();
-  readonly #active = new Set<number>();
+  /** Running streams: ticket id to the requester's key. */
+  readonly #active = new Map<number, string>();
+  /** Carried arrivals by requester key; Map order is the order they were last touched. */
+  readonly #arrivals = new Map<string, Arrival>();
   #nextTicket = 1;
   #meanStreamMs = INITIAL_STREAM_MS;
   #completed = 0;
   #nextExpiry = Infinity;
 
-  constructor(limits: AdmissionLimits) {
+  constructor(limits: AdmissionLimits, options: QueueOptions = {}) {
     this.#limits = checkLimits(limits);
+    this.#carriedStreams = options.carriedStreams ?? 0;
   }
 
   get limits(): Readonly<AdmissionLimits> {
@@ -132,27 +166,31 @@ export class AdmissionQueue {
     if (maxActive === 0) {
       const entry = this.#queue.get(key);
       if (entry) this.#forget(key);
-      return this.#admit(now, entry);
+      return this.#admit(now, key, entry);
     }
     const entry = this.#queue.get(key);
     if (entry) {
       entry.present = false;
       if (this.#slotAhead(key)) {
         this.#forget(key);
-        return this.#admit(now, entry);
+        return this.#admit(now, key, entry);
       }
       entry.retries++;
       return this.#wait(entry, this.#indexOf(key) + 1, now, false, this.retryAfterSeconds(this.#indexOf(key) + 1));
     }
-    // A newcomer goes behind everyone waiting: it gets a slot only if none is owed to them.
-    if (this.#slotAhead(null)) return this.#admit(now);
+    // A newcomer goes behind everyone who arrived before it (everyone waiting, unless its arrival
+    // is carried over): it gets a slot only if none is owed to them.
+    const arrivedAt = this.#carriedArrival(key, now) ?? now;
+    const behind = this.#firstArrivedAfter(arrivedAt);
+    if (this.#slotAhead(behind)) return this.#admit(now, key);
     if (this.#queue.size >= this.#limits.maxQueued) return { kind: 'full', retryAfterSeconds: this.#limits.maxRetryAfterSeconds, reason: 'queue' };
     const held = this.#perAddress.get(who.address) ?? 0;
     if (held >= this.#limits.maxQueuedPerAddress) return { kind: 'full', retryAfterSeconds: this.#limits.maxRetryAfterSeconds, reason: 'address' };
-    const fresh: Entry = { address: who.address, firstSeen: now, expiresAt: now, retries: 0, present: false, skipped: false };
-    this.#queue.set(key, fresh);
+    const fresh: Entry = { address: who.address, arrivedAt, firstSeen: now, expiresAt: now, retries: 0, present: false, skipped: false };
+    this.#insertBefore(behind, key, fresh);
     this.#perAddress.set(who.address, held + 1);
-    return this.#wait(fresh, this.#queue.size, now, true, this.retryAfterSeconds(this.#queue.size));
+    const position = this.#indexOf(key) + 1;
+    return this.#wait(fresh, position, now, true, this.retryAfterSeconds(position));
   }
 
   /** The requester (queued: its last decision was `wait`) is held open now: a freed slot goes to it (admitNext). */
@@ -185,7 +223,7 @@ export class AdmissionQueue {
       if (entry.present) {
         this.#skipAhead(key);
         this.#forget(key);
-        return { key, decision: this.#admit(now, entry) };
+        return { key, decision: this.#admit(now, key, entry) };
       }
       if (entry.skipped && ++owed >= free) return null;
     }
@@ -204,7 +242,11 @@ export class AdmissionQueue {
    * Retry-After estimates come from (an aborted one says nothing about how long streams take).
    */
   release(ticket: Ticket, now: number, complete = true): void {
-    if (!this.#active.delete(ticket.id)) return;
+    const key = this.#active.get(ticket.id);
+    if (key === undefined) return;
+    this.#active.delete(ticket.id);
+    const arrival = this.#arrivals.get(key);
+    if (arrival && --arrival.running === 0) arrival.expiresAt = now + CARRY_MS;
     if (!complete) return;
     this.#completed++;
     this.#meanStreamMs += MEAN_WEIGHT * (Math.max(0, now - ticket.startedAt) - this.#meanStreamMs);
@@ -222,8 +264,9 @@ export class AdmissionQueue {
   }
 
   /**
-   * Whether a free slot is there for `key` (null: a newcomer, behind everyone): one is owed to
-   * every present or skipped waiter ahead. Absent waiters passed over are marked skipped.
+   * Whether a free slot is there for the requester just ahead of `key` (a waiter's own key, or the
+   * place a newcomer would take; null: the end of the line): one is owed to every present or
+   * skipped waiter ahead. Absent waiters passed over are marked skipped.
    */
   #slotAhead(key: string | null): boolean {
     let owed = 0;
@@ -243,10 +286,55 @@ export class AdmissionQueue {
     }
   }
 
-  #admit(now: number, entry?: Entry): Extract<AdmissionDecision, { kind: 'admit' }> {
+  #admit(now: number, key: string, entry?: Entry): Extract<AdmissionDecision, { kind: 'admit' }> {
     const ticket: Ticket = { id: this.#nextTicket++, startedAt: now };
-    this.#active.add(ticket.id);
+    this.#active.set(ticket.id, key);
+    this.#carry(key, entry?.arrivedAt ?? this.#carriedArrival(key, now) ?? now);
     return entry ? { kind: 'admit', ticket, waited: { ms: now - entry.firstSeen, retries: entry.retries } } : { kind: 'admit', ticket };
+  }
+
+  /** Counts a stream admitted on `key`'s arrival `at`: carried for its next requests until it has had carriedStreams. */
+  #carry(key: string, at: number): void {
+    if (this.#carriedStreams === 0 || this.#limits.maxActive === 0) return;
+    const arrival = this.#arrivals.get(key) ?? { at, streams: 0, running: 0, expiresAt: Infinity };
+    arrival.streams++;
+    arrival.running++;
+    arrival.expiresAt = Infinity;
+    this.#arrivals.delete(key);
+    if (arrival.streams >= this.#carriedStreams) return;
+    this.#arrivals.set(key, arrival);
+    for (const oldest of this.#arrivals.keys()) {
+      if (this.#arrivals.size <= this.#limits.maxQueued) break;
+      this.#arrivals.delete(oldest);
+    }
+  }
+
+  /** `key`'s first arrival, if it is still carried. */
+  #carriedArrival(key: string, now: number): number | undefined {
+    const arrival = this.#arrivals.get(key);
+    if (!arrival) return undefined;
+    if (arrival.expiresAt > now) return arrival.at;
+    this.#arrivals.delete(key);
+    return undefined;
+  }
+
+  /** The key of the first waiter that arrived after `arrivedAt` (a newcomer's place is just ahead of it), or null: the end of the line. */
+  #firstArrivedAfter(arrivedAt: number): string | null {
+    for (const [key, entry] of this.#queue) if (entry.arrivedAt > arrivedAt) return key;
+    return null;
+  }
+
+  #insertBefore(behind: string | null, key: string, entry: Entry): void {
+    if (behind === null) {
+      this.#queue.set(key, entry);
+      return;
+    }
+    const all = [...this.#queue];
+    this.#queue.clear();
+    for (const [k, e] of all) {
+      if (k === behind) this.#queue.set(key, entry);
+      this.#queue.set(k, e);
+    }
   }
 
   #wait(entry: Entry, position: number, now: number, first: boolean, retryAfterSeconds: number): Extract<AdmissionDecision, { kind: 'wait' }> {

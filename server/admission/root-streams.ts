@@ -12,6 +12,17 @@ type AdmissionConfig = ServerConfig['admission'];
 /** The two budgets: root images, and kernels with initrds. */
 export type StreamBudget = 'maxRootStreams' | 'maxBootFileStreams';
 
+/**
+ * Streams a machine's first arrival is carried over for (AdmissionQueue's carriedStreams): a
+ * boot's kernel, initrd and image initrd queue as one machine's turn, so a machine that got its
+ * kernel goes ahead of newcomers for its initrds. A root image is one stream (a resume after a
+ * cut queues afresh).
+ */
+export const CARRIED_STREAMS: Record<StreamBudget, number> = {
+  maxRootStreams: 0,
+  maxBootFileStreams: 3,
+};
+
 /** What a budget's streams are called in 503 bodies, timeline entries and log lines. */
 export const STREAM_NAMES: Record<StreamBudget, { one: string; all: string }> = {
   maxRootStreams: { one: 'root stream', all: 'root streams' },
@@ -49,7 +60,7 @@ export class RootStreams {
     this.#now = now;
     this.#budget = budget;
     this.#applied = config();
-    this.#queue = new AdmissionQueue(limitsOf(this.#applied, budget));
+    this.#queue = new AdmissionQueue(limitsOf(this.#applied, budget), { carriedStreams: CARRIED_STREAMS[budget] });
   }
 
   get queue(): AdmissionQueue {

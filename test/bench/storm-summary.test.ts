@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { scriptCommand } from '../../bench/lib/storm-client.ts';
 import { threadCpuByName } from '../../bench/lib/storm-procs.ts';
-import { allUpSeconds, failureSamples, finalLine, fleetLagLines, median, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, pooledRun, probeLines, rootWindowLines, roundsLine, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+import { allUpSeconds, failureSamples, halfUpSeconds, finalLine, fleetLagLines, median, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, pooledRun, probeLines, rootWindowLines, roundsLine, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
 
 function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
   return {
@@ -67,6 +67,10 @@ describe('bench/storm summary', () => {
     expect(phases).toContain('| tftp      | -           | -           |');
     const stacks = stackTable([run]);
     expect(stacks).toContain('| 1 (tftp 1) |');
+    // Half up: the second of three machines (the failed one never came up); all up: the last.
+    expect(stacks).toMatch(/\| 2 \/ 1 +\| 30\.0 +\| 30\.0 +\|/);
+    expect(halfUpSeconds(stack('x', [machine('a', 1000), machine('b', 5000), machine('c', 2000), machine('d', 9000)]))).toBe(2);
+    expect(halfUpSeconds(stack('x', [machine('a', 1000), machine('b', null), machine('c', null)]))).toBeNaN();
     expect(stacks).toContain('| 1 machines, 3 waits, 4.5 s |');
     expect(stacks).toContain('| 12.3 ');
     expect(stacks).toContain('| 150 ');

@@ -34,6 +34,7 @@ beforeAll(async () => {
   mkdirSync(join(h.store.root, ID), { recursive: true });
   writeFileSync(h.store.artifactPath(ID, 'rootfs.squashfs')!, big);
   writeFileSync(h.store.artifactPath(ID, 'vmlinuz')!, big);
+  writeFileSync(h.store.artifactPath(ID, 'initrd.img')!, big);
   await h.app.listen({ host: '127.0.0.1', port: 0 });
   base = `http://127.0.0.1:${(h.app.server.address() as AddressInfo).port}`;
 });
@@ -41,6 +42,7 @@ afterAll(async () => h?.close());
 
 const rootfsUrl = (n: number) => `${base}/images/${ID}/rootfs.squashfs?mac=${mac(n)}`;
 const kernelUrl = (n: number) => `${base}/images/${ID}/vmlinuz?mac=${mac(n)}`;
+const initrdUrl = (n: number) => `${base}/images/${ID}/initrd.img?mac=${mac(n)}`;
 
 /** curl -i: status line, lower-cased headers, body. */
 async function curlHead(url: string, extra: string[] = []): Promise<{ status: string; headers: Record<string, string>; body: string }> {
@@ -234,5 +236,23 @@ describe('kernel and initrd admission over HTTP (budget 1, a queue of their own)
     const metrics = await h.metrics.registry.metrics();
     expect(metrics).toMatch(/^netboot_boot_file_stream_queue_wait_seconds_count 1$/m);
     expect(metrics).toMatch(/^netboot_boot_file_streams_queued 0$/m);
+  });
+  it('a machine that got its kernel queues for its initrd ahead of machines that asked for a kernel after it', async () => {
+    const kernel1 = await heldStream(kernelUrl(1));
+    expect(await kernel1.finish()).toBeGreaterThan(BIG);
+    const kernel2 = await heldStream(kernelUrl(2));
+    expect(kernel2.status).toBe('HTTP/1.1 200 OK');
+    expect((await curlHead(kernelUrl(3))).status).toMatch(/ 503 .*\(queued 1 of 1,/);
+    // Machine 1 came before machine 3: its initrd goes ahead of machine 3's kernel.
+    expect((await curlHead(initrdUrl(1))).status).toMatch(/ 503 .*\(queued 1 of 2,/);
+    expect((await curlHead(kernelUrl(3))).status).toMatch(/ 503 .*\(queued 2 of 2,/);
+
+    expect(await kernel2.finish()).toBeGreaterThan(BIG);
+    const [initrd1, kernel3] = await Promise.all([
+      curlDownload(initrdUrl(1), join(h.dir, 'initrd1.bin'), ['--retry', '10']),
+      curlDownload(kernelUrl(3), join(h.dir, 'kernel3.bin'), ['--retry', '10']),
+    ]);
+    expect([initrd1, kernel3]).toEqual(['200', '200']);
+    expect(await h.metrics.registry.metrics()).toMatch(/^netboot_boot_file_streams_queued 0$/m);
   });
 });
