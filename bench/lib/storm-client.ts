@@ -67,6 +67,8 @@ export interface ClientReport {
   loopDelayMs?: [number, number, number];
   /** CPU seconds of the fleet's main thread (DHCP, TFTP, scripts, NBD replay); the rest of cpuSeconds is the download threads. */
   mainThreadCpuSeconds?: number;
+  /** The fleet's context switches (all threads): voluntary (a thread waited for data) and involuntary (preempted). */
+  contextSwitches?: { voluntary: number; involuntary: number };
 }
 
 /** The fleet's stderr line at the instant every machine powers on (bench/storm starts the script probe on it). */
@@ -214,6 +216,7 @@ async function main(): Promise<void> {
   pins.close();
   await downloads.close();
   const cpu = process.cpuUsage();
+  const usage = process.resourceUsage();
   loopDelay.disable();
   const delayMs = (ns: number) => Math.round(ns / 1e5) / 10;
   const report: ClientReport = {
@@ -224,6 +227,7 @@ async function main(): Promise<void> {
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
     loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
     mainThreadCpuSeconds: threadCpuSeconds(`/proc/self/task/${process.pid}/stat`),
+    contextSwitches: { voluntary: usage.voluntaryContextSwitches, involuntary: usage.involuntaryContextSwitches },
   };
   // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.
   process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(0));

@@ -50,6 +50,8 @@ export interface StackRun {
   fleetLoopDelayMs?: [number, number, number];
   /** CPU seconds of the fleet's main thread (the rest of fleetCpuSeconds: its download threads). */
   fleetMainCpuSeconds?: number;
+  /** The fleet's context switches, all threads (a download thread woken for one socket at a time switches more per byte than one woken for many). */
+  fleetContextSwitches?: { voluntary: number; involuntary: number };
   /**
    * Milliseconds the server took over each script request (boot.ipxe and the per-MAC script),
    * from its own log: what the server adds, without the fleet's wait for a core of its own.
@@ -266,6 +268,8 @@ export function probeLines(runs: readonly StackRun[]): string[] {
     });
 }
 
+const thousands = (n: number) => (n >= 10_000 ? `${Math.round(n / 1000)}k` : String(n));
+
 /** Per stack: the fleet's own event-loop delay, which every phase time above includes. */
 export function fleetLagLines(runs: readonly StackRun[]): string[] {
   return runs
@@ -273,6 +277,7 @@ export function fleetLagLines(runs: readonly StackRun[]): string[] {
     .map((r) => {
       const [p50, p99, max] = r.fleetLoopDelayMs!;
       const cpu = r.fleetMainCpuSeconds === undefined || r.fleetCpuSeconds === undefined ? '' : `; fleet CPU s: main thread ${r.fleetMainCpuSeconds.toFixed(1)}, download threads ${(r.fleetCpuSeconds - r.fleetMainCpuSeconds).toFixed(1)}`;
-      return `${r.stack} fleet event-loop delay: p50 ${ms(p50)} / p99 ${ms(p99)} / max ${ms(max)} (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)${cpu}`;
+      const switches = r.fleetContextSwitches ? `; context switches: ${thousands(r.fleetContextSwitches.voluntary)} voluntary, ${thousands(r.fleetContextSwitches.involuntary)} involuntary` : '';
+      return `${r.stack} fleet event-loop delay: p50 ${ms(p50)} / p99 ${ms(p99)} / max ${ms(max)} (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)${cpu}${switches}`;
     });
 }
