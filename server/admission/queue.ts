@@ -139,6 +139,7 @@ export class AdmissionQueue {
     this.#limits = checkLimits(limits);
     const keys = [...this.#queue.keys()];
     for (const key of keys.slice(limits.maxQueued)) this.#forget(key);
+    for (const key of [...this.#arrivals.keys()].slice(0, Math.max(0, this.#arrivals.size - limits.maxQueued))) this.#arrivals.delete(key);
   }
 
   get active(): number {

@@ -254,6 +254,16 @@ describe('AdmissionQueue', () => {
     ticketOf(u.request(machine(9), 60));
     u.request(machine(7), 70);
     expect(u.request(machine(3), 90)).toMatchObject({ kind: 'wait', position: 1 });
+
+    // A reload that lowers maxQueued forgets the oldest arrivals too.
+    const v = new AdmissionQueue(limits({ maxQueued: 3 }), { carriedStreams: 3 });
+    for (const [n, at] of [[1, 0], [2, 20], [3, 40]] as const) v.release(ticketOf(v.request(machine(n), at)), at + 10);
+    v.setLimits(limits({ maxQueued: 1 }));
+    v.setLimits(limits({ maxQueued: 64 }));
+    ticketOf(v.request(machine(9), 60));
+    v.request(machine(7), 70);
+    expect(v.request(machine(3), 80)).toMatchObject({ kind: 'wait', position: 1 });
+    expect(v.request(machine(2), 90)).toMatchObject({ kind: 'wait', position: 3 });
   });
 
   it('a storm of machines that each want three bodies: all served in arrival order either way; with carried arrivals each machine is done much sooner', () => {
