@@ -96,7 +96,9 @@ async function wireSegment(segment: Segment, linkMbit: number | undefined): Prom
 }
 
 async function runFleet(client: ClientNamespace, planFile: string, onPowerOn: () => void): Promise<ClientReport> {
-  const child = client.spawn('node', ['--import', 'tsx', join(REPO, 'bench/lib/storm-client.ts'), planFile], { cwd: REPO });
+  // STORM_FLEET_NODE_ARGS: node flags for the fleet process only (experiments with its heap and GC).
+  const nodeArgs = process.env.STORM_FLEET_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+  const child = client.spawn('node', [...nodeArgs, '--import', 'tsx', join(REPO, 'bench/lib/storm-client.ts'), planFile], { cwd: REPO });
   createInterface({ input: child.stderr! }).on('line', (line) => {
     if (line === POWER_ON_LINE) onPowerOn();
     else process.stderr.write(`${line}\n`);
@@ -229,7 +231,7 @@ async function storm(): Promise<void> {
         stack = null;
         const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(roundDir) : nginxAccessLogPath(roundDir), 'utf8');
         const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
-        runs.push({ stack: label, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), ...(report.contextSwitches ? { fleetContextSwitches: report.contextSwitches } : {}), serverScriptMs, probe: probeReport });
+        runs.push({ stack: label, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), ...(report.contextSwitches ? { fleetContextSwitches: report.contextSwitches } : {}), ...(report.gc ? { fleetGc: report.gc } : {}), serverScriptMs, probe: probeReport });
         (name === 'netboot' ? netbootRuns : peerRuns).push(runs.at(-1)!);
       }
     }

@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
 import { Downloads, jitterFrom } from './storm-downloads.ts';
 import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
@@ -69,6 +69,8 @@ export interface ClientReport {
   mainThreadCpuSeconds?: number;
   /** The fleet's context switches (all threads): voluntary (a thread waited for data) and involuntary (preempted). */
   contextSwitches?: { voluntary: number; involuntary: number };
+  /** Garbage collections of the fleet's main thread during the storm: count and milliseconds of its pauses, major (mark-compact) and minor (scavenge). */
+  gc?: { major: number; majorMs: number; minor: number; minorMs: number };
 }
 
 /** The fleet's stderr line at the instant every machine powers on (bench/storm starts the script probe on it). */
@@ -193,6 +195,20 @@ async function main(): Promise<void> {
   const tftp = { retransmits: 0 };
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
+  const gc = { major: 0, majorMs: 0, minor: 0, minorMs: 0 };
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      const kind = (entry as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind;
+      if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
+        gc.major++;
+        gc.majorMs += entry.duration;
+      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+        gc.minor++;
+        gc.minorMs += entry.duration;
+      }
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
   process.stderr.write(`${POWER_ON_LINE}\n`);
   const startedAt = Date.now();
   const t0 = performance.now();
@@ -218,6 +234,7 @@ async function main(): Promise<void> {
   const cpu = process.cpuUsage();
   const usage = process.resourceUsage();
   loopDelay.disable();
+  gcObserver.disconnect();
   const delayMs = (ns: number) => Math.round(ns / 1e5) / 10;
   const report: ClientReport = {
     startedAt,
@@ -228,6 +245,7 @@ async function main(): Promise<void> {
     loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
     mainThreadCpuSeconds: threadCpuSeconds(`/proc/self/task/${process.pid}/stat`),
     contextSwitches: { voluntary: usage.voluntaryContextSwitches, involuntary: usage.involuntaryContextSwitches },
+    gc: { major: gc.major, majorMs: Math.round(gc.majorMs), minor: gc.minor, minorMs: Math.round(gc.minorMs) },
   };
   // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.
   process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(0));
