@@ -95,10 +95,19 @@ async function wireSegment(segment: Segment, linkMbit: number | undefined): Prom
   return client;
 }
 
+/**
+ * The fleet is one process playing every machine: with V8's default heap sizing its main thread
+ * ran 69-79 mark-compacts per 500-machine storm on netboot (27-39 on the peer, whose DHCP drops
+ * spread the machines out), and their concurrent marking took cores from the servers. Old space
+ * starts at 1 GiB instead: no mark-compact in a storm, the fleet 5-8 CPU-s cheaper on netboot and
+ * 2-4 on the peer (bench/storm --root nbd, 2 rounds each way).
+ */
+const FLEET_NODE_ARGS = ['--initial-old-space-size=1024'];
+
 async function runFleet(client: ClientNamespace, planFile: string, onPowerOn: () => void): Promise<ClientReport> {
-  // STORM_FLEET_NODE_ARGS: node flags for the fleet process only (experiments with its heap and GC).
+  // STORM_FLEET_NODE_ARGS: more node flags for the fleet process only (experiments with its heap and GC).
   const nodeArgs = process.env.STORM_FLEET_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
-  const child = client.spawn('node', [...nodeArgs, '--import', 'tsx', join(REPO, 'bench/lib/storm-client.ts'), planFile], { cwd: REPO });
+  const child = client.spawn('node', [...FLEET_NODE_ARGS, ...nodeArgs, '--import', 'tsx', join(REPO, 'bench/lib/storm-client.ts'), planFile], { cwd: REPO });
   createInterface({ input: child.stderr! }).on('line', (line) => {
     if (line === POWER_ON_LINE) onPowerOn();
     else process.stderr.write(`${line}\n`);
