@@ -209,6 +209,8 @@ async function main(): Promise<void> {
     }
   });
   gcObserver.observe({ entryTypes: ['gc'] });
+  // Counted from power-on, as the GC entries are (not the fleet's start-up).
+  const usageAtPowerOn = process.resourceUsage();
   process.stderr.write(`${POWER_ON_LINE}\n`);
   const startedAt = Date.now();
   const t0 = performance.now();
@@ -244,7 +246,10 @@ async function main(): Promise<void> {
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
     loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
     mainThreadCpuSeconds: threadCpuSeconds(`/proc/self/task/${process.pid}/stat`),
-    contextSwitches: { voluntary: usage.voluntaryContextSwitches, involuntary: usage.involuntaryContextSwitches },
+    contextSwitches: {
+      voluntary: usage.voluntaryContextSwitches - usageAtPowerOn.voluntaryContextSwitches,
+      involuntary: usage.involuntaryContextSwitches - usageAtPowerOn.involuntaryContextSwitches,
+    },
     gc: { major: gc.major, majorMs: Math.round(gc.majorMs), minor: gc.minor, minorMs: Math.round(gc.minorMs) },
   };
   // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.

@@ -10,7 +10,8 @@
  * *absent*: it keeps its place, but a slot does not sit idle for it; it goes to the next
  * present waiter, and the absent one is marked *skipped*. A skipped machine's slot is kept for
  * it from then on until it comes back (or its place expires), so nobody is overtaken more
- * than once while away and never while present: no starvation. Measured on bench/storm, a
+ * than once while away and never while present by a newcomer: no starvation. (A machine that
+ * arrived earlier, carrying its arrival as below, may still go ahead of it.) Measured on bench/storm, a
  * slot kept for an absent head of the line (the earlier rule) sat idle up to one Retry-After
  * and was most of netboot's gap to a plain nginx.
  *
@@ -116,8 +117,8 @@ export class AdmissionQueue {
   /** Map order is the queue order: by arrival, first come, first served. */
   readonly #queue = new Map<string, Entry>();
   readonly #perAddress = new Map<string, number>();
-  /** Running streams: ticket id to the requester's key. */
-  readonly #active = new Map<number, string>();
+  /** Running streams: ticket id to the requester's key and the arrival the stream counted on (if carried). */
+  readonly #active = new Map<number, { key: string; arrival: Arrival | undefined }>();
   /** Carried arrivals by requester key; Map order is the order they were last touched. */
   readonly #arrivals = new Map<string, Arrival>();
   #nextTicket = 1;
@@ -181,8 +182,10 @@ export class AdmissionQueue {
     }
     // A newcomer goes behind everyone who arrived before it (everyone waiting, unless its arrival
     // is carried over): it gets a slot only if none is owed to them.
-    const arrivedAt = this.#carriedArrival(key, now) ?? now;
-    const behind = this.#firstArrivedAfter(arrivedAt);
+    const carried = this.#carriedArrival(key, now);
+    const arrivedAt = carried ?? now;
+    // Only a carried arrival goes ahead of anyone: a newcomer's is the end of the line, even if the clock stepped back.
+    const behind = carried === undefined ? null : this.#firstArrivedAfter(carried);
     if (this.#slotAhead(behind)) return this.#admit(now, key);
     if (this.#queue.size >= this.#limits.maxQueued) return { kind: 'full', retryAfterSeconds: this.#limits.maxRetryAfterSeconds, reason: 'queue' };
     const held = this.#perAddress.get(who.address) ?? 0;
@@ -243,11 +246,12 @@ export class AdmissionQueue {
    * Retry-After estimates come from (an aborted one says nothing about how long streams take).
    */
   release(ticket: Ticket, now: number, complete = true): void {
-    const key = this.#active.get(ticket.id);
-    if (key === undefined) return;
+    const stream = this.#active.get(ticket.id);
+    if (stream === undefined) return;
     this.#active.delete(ticket.id);
-    const arrival = this.#arrivals.get(key);
-    if (arrival && --arrival.running === 0) arrival.expiresAt = now + CARRY_MS;
+    // Only the arrival this stream counted on, if it is still carried (not replaced, used up or forgotten since).
+    const { key, arrival } = stream;
+    if (arrival && this.#arrivals.get(key) === arrival && arrival.running > 0 && --arrival.running === 0) arrival.expiresAt = now + CARRY_MS;
     if (!complete) return;
     this.#completed++;
     this.#meanStreamMs += MEAN_WEIGHT * (Math.max(0, now - ticket.startedAt) - this.#meanStreamMs);
@@ -289,25 +293,29 @@ export class AdmissionQueue {
 
   #admit(now: number, key: string, entry?: Entry): Extract<AdmissionDecision, { kind: 'admit' }> {
     const ticket: Ticket = { id: this.#nextTicket++, startedAt: now };
-    this.#active.set(ticket.id, key);
-    this.#carry(key, entry?.arrivedAt ?? this.#carriedArrival(key, now) ?? now);
+    // A waiter whose carried arrival was forgotten while it waited starts a new one from its own request (firstSeen), not from the old time.
+    this.#active.set(ticket.id, { key, arrival: this.#carry(key, entry?.firstSeen ?? this.#carriedArrival(key, now) ?? now) });
     return entry ? { kind: 'admit', ticket, waited: { ms: now - entry.firstSeen, retries: entry.retries } } : { kind: 'admit', ticket };
   }
 
-  /** Counts a stream admitted on `key`'s arrival `at`: carried for its next requests until it has had carriedStreams. */
-  #carry(key: string, at: number): void {
-    if (this.#carriedStreams === 0 || this.#limits.maxActive === 0) return;
+  /**
+   * Counts a stream admitted on `key`'s arrival (`at` when it has none): carried for its next
+   * requests until it has had carriedStreams. Returns the arrival while it is carried.
+   */
+  #carry(key: string, at: number): Arrival | undefined {
+    if (this.#carriedStreams === 0 || this.#limits.maxActive === 0) return undefined;
     const arrival = this.#arrivals.get(key) ?? { at, streams: 0, running: 0, expiresAt: Infinity };
     arrival.streams++;
     arrival.running++;
     arrival.expiresAt = Infinity;
     this.#arrivals.delete(key);
-    if (arrival.streams >= this.#carriedStreams) return;
+    if (arrival.streams >= this.#carriedStreams) return undefined;
     this.#arrivals.set(key, arrival);
     for (const oldest of this.#arrivals.keys()) {
       if (this.#arrivals.size <= this.#limits.maxQueued) break;
       this.#arrivals.delete(oldest);
     }
+    return arrival;
   }
 
   /** `key`'s first arrival, if it is still carried. */

@@ -266,6 +266,35 @@ describe('AdmissionQueue', () => {
     expect(v.request(machine(2), 90)).toMatchObject({ kind: 'wait', position: 3 });
   });
 
+  it('an arrival stays carried while its stream runs, however long; one forgotten while its requester waited is not revived with the old time', () => {
+    const q = new AdmissionQueue(limits({ maxActive: 2 }), { carriedStreams: 3 });
+    ticketOf(q.request(machine(1), 0));
+    ticketOf(q.request(machine(9), 10));
+    q.request(machine(7), 100);
+    // Machine 1's first stream still runs long after CARRY_MS: its next request is still carried.
+    expect(q.request(machine(1), 2 * CARRY_MS)).toMatchObject({ kind: 'wait', position: 1 });
+
+    // Budget 2, room for 3 arrivals. Machine 1 queues carried (time 0); while it is away, machine 3
+    // takes a slot and pushes machine 1's arrival out.
+    const r = new AdmissionQueue(limits({ maxActive: 2, maxQueued: 3 }), { carriedStreams: 3 });
+    r.release(ticketOf(r.request(machine(1), 0)), 10);
+    const holder = ticketOf(r.request(machine(9), 20));
+    ticketOf(r.request(machine(8), 21));
+    r.request(machine(3), 30);
+    r.hold(machine(3));
+    r.request(machine(5), 35);
+    expect(r.request(machine(1), 40)).toMatchObject({ kind: 'wait', position: 1 });
+    r.release(holder, 50);
+    const third = r.admitNext(50)!;
+    expect(third.key).toBe('10.0.0.3 52:54:00:00:00:03');
+    r.release(third.decision.ticket, 70);
+    // Machine 1 is let in on its place; its new arrival is its request at 40, not 0.
+    r.release(ticketOf(r.request(machine(1), 70)), 80);
+    ticketOf(r.request(machine(9), 85));
+    // So machine 5 (arrived at 35) stays ahead of it.
+    expect(r.request(machine(1), 90)).toMatchObject({ kind: 'wait', position: 2 });
+  });
+
   it('a storm of machines that each want three bodies: all served in arrival order either way; with carried arrivals each machine is done much sooner', () => {
     // Budget 2, a machine every 500 ms for 50 s, each body 3 s, the next asked for as soon as one ends; waiters held.
     const play = (carriedStreams: number) => {
