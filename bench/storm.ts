@@ -240,7 +240,7 @@ async function storm(): Promise<void> {
         stack = null;
         const serverLog = readFileSync(name === 'netboot' ? netbootLogPath(roundDir) : nginxAccessLogPath(roundDir), 'utf8');
         const serverScriptMs = name === 'netboot' ? netbootScriptTimes(serverLog) : nginxScriptTimes(serverLog);
-        runs.push({ stack: label, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), ...(report.contextSwitches ? { fleetContextSwitches: report.contextSwitches } : {}), ...(report.gc ? { fleetGc: report.gc } : {}), serverScriptMs, probe: probeReport });
+        runs.push({ stack: label, machines: report.machines, ...usage, dhcpRetransmits: report.dhcpRetransmits, tftpRetransmits: report.tftpRetransmits, fleetCpuSeconds: report.cpuSeconds, ...(report.loopDelayMs ? { fleetLoopDelayMs: report.loopDelayMs } : {}), ...(report.mainThreadCpuSeconds === undefined ? {} : { fleetMainCpuSeconds: report.mainThreadCpuSeconds }), ...(report.contextSwitches ? { fleetContextSwitches: report.contextSwitches } : {}), ...(report.gc ? { fleetGc: report.gc } : {}), ...(report.downloadsGc ? { fleetDownloadsGc: report.downloadsGc } : {}), serverScriptMs, probe: probeReport });
         (name === 'netboot' ? netbootRuns : peerRuns).push(runs.at(-1)!);
       }
     }

@@ -13,9 +13,9 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { constants as perfConstants, monitorEventLoopDelay, PerformanceObserver } from 'node:perf_hooks';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
-import { Downloads, jitterFrom } from './storm-downloads.ts';
+import { countGc, Downloads, emptyGcStats, jitterFrom, type GcStats } from './storm-downloads.ts';
 import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
 
 export { scriptCommand } from './storm-protocols.ts';
@@ -70,7 +70,9 @@ export interface ClientReport {
   /** The fleet's context switches (all threads): voluntary (a thread waited for data) and involuntary (preempted). */
   contextSwitches?: { voluntary: number; involuntary: number };
   /** Garbage collections of the fleet's main thread during the storm: count and milliseconds of its pauses, major (mark-compact) and minor (scavenge). */
-  gc?: { major: number; majorMs: number; minor: number; minorMs: number };
+  gc?: GcStats;
+  /** The same, summed over the download threads. */
+  downloadsGc?: GcStats;
 }
 
 /** The fleet's stderr line at the instant every machine powers on (bench/storm starts the script probe on it). */
@@ -186,6 +188,10 @@ function threadCpuSeconds(statFile: string): number {
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
+function roundGc(stats: GcStats): GcStats {
+  return { major: stats.major, majorMs: Math.round(stats.majorMs), minor: stats.minor, minorMs: Math.round(stats.minorMs) };
+}
+
 async function main(): Promise<void> {
   const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
   const mux = await DhcpMux.open();
@@ -195,20 +201,9 @@ async function main(): Promise<void> {
   const tftp = { retransmits: 0 };
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
-  const gc = { major: 0, majorMs: 0, minor: 0, minorMs: 0 };
-  const gcObserver = new PerformanceObserver((list) => {
-    for (const entry of list.getEntries()) {
-      const kind = (entry as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind;
-      if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
-        gc.major++;
-        gc.majorMs += entry.duration;
-      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
-        gc.minor++;
-        gc.minorMs += entry.duration;
-      }
-    }
-  });
-  gcObserver.observe({ entryTypes: ['gc'] });
+  const gc = emptyGcStats();
+  const gcObserver = countGc(gc);
+  const downloadsGcBefore = await downloads.gcStats();
   // Counted from power-on, as the GC entries are (not the fleet's start-up).
   const usageAtPowerOn = process.resourceUsage();
   process.stderr.write(`${POWER_ON_LINE}\n`);
@@ -232,6 +227,7 @@ async function main(): Promise<void> {
   clearInterval(progress);
   mux.close();
   pins.close();
+  const downloadsGcAfter = await downloads.gcStats();
   await downloads.close();
   const cpu = process.cpuUsage();
   const usage = process.resourceUsage();
@@ -250,7 +246,13 @@ async function main(): Promise<void> {
       voluntary: usage.voluntaryContextSwitches - usageAtPowerOn.voluntaryContextSwitches,
       involuntary: usage.involuntaryContextSwitches - usageAtPowerOn.involuntaryContextSwitches,
     },
-    gc: { major: gc.major, majorMs: Math.round(gc.majorMs), minor: gc.minor, minorMs: Math.round(gc.minorMs) },
+    gc: roundGc(gc),
+    downloadsGc: roundGc({
+      major: downloadsGcAfter.major - downloadsGcBefore.major,
+      majorMs: downloadsGcAfter.majorMs - downloadsGcBefore.majorMs,
+      minor: downloadsGcAfter.minor - downloadsGcBefore.minor,
+      minorMs: downloadsGcAfter.minorMs - downloadsGcBefore.minorMs,
+    }),
   };
   // Exit once the line is out: a pipe the reader has not emptied takes the rest asynchronously, and an exit at once would cut it.
   process.stdout.write(JSON.stringify(report) + '\n', () => process.exit(0));

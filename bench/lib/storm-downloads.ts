@@ -10,6 +10,7 @@
  */
 import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
+import { constants as perfConstants, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { httpFetch, ipxeHttp, type HttpCounters, type IpxeHttpResult } from './storm-protocols.ts';
 
@@ -106,9 +107,65 @@ export class Downloads {
     return done;
   }
 
+  /** Garbage collections on the download threads since they started, summed (each thread counts its own). */
+  async gcStats(): Promise<GcStats> {
+    const all = await Promise.all(
+      this.#workers.map(
+        (worker) =>
+          new Promise<GcStats>((resolve) => {
+            // A thread that died or hangs answers nothing: its share counts as none rather than holding up the report.
+            const timer = setTimeout(() => {
+              worker.off('message', onMessage);
+              resolve(emptyGcStats());
+            }, GC_STATS_WAIT_MS);
+            const onMessage = (message: unknown) => {
+              if (typeof message !== 'object' || message === null || !('gc' in message)) return;
+              clearTimeout(timer);
+              worker.off('message', onMessage);
+              resolve((message as { gc: GcStats }).gc);
+            };
+            worker.on('message', onMessage);
+            worker.postMessage('gc');
+          }),
+      ),
+    );
+    return all.reduce((sum, s) => ({ major: sum.major + s.major, majorMs: sum.majorMs + s.majorMs, minor: sum.minor + s.minor, minorMs: sum.minorMs + s.minorMs }), emptyGcStats());
+  }
+
   async close(): Promise<void> {
     await Promise.all(this.#workers.map((w) => w.terminate()));
   }
+}
+
+const GC_STATS_WAIT_MS = 5000;
+
+export interface GcStats {
+  major: number;
+  majorMs: number;
+  minor: number;
+  minorMs: number;
+}
+
+export function emptyGcStats(): GcStats {
+  return { major: 0, majorMs: 0, minor: 0, minorMs: 0 };
+}
+
+/** Counts this thread's garbage collections (major: mark-compact, minor: scavenge) into `stats` from now on. */
+export function countGc(stats: GcStats): PerformanceObserver {
+  const observer = new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      const kind = (entry as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind;
+      if (kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) {
+        stats.major++;
+        stats.majorMs += entry.duration;
+      } else if (kind === perfConstants.NODE_PERFORMANCE_GC_MINOR) {
+        stats.minor++;
+        stats.minorMs += entry.duration;
+      }
+    }
+  });
+  observer.observe({ entryTypes: ['gc'] });
+  return observer;
 }
 
 /** Niceness of the download threads: the servers under test (and the fleet's DHCP and TFTP timers) come first when the cores are contended. */
@@ -122,7 +179,13 @@ if (!isMainThread && parentPort) {
   } catch {
     // not Linux: the same priority as the rest
   }
-  port.on('message', (job: Job) => {
+  const gc = emptyGcStats();
+  countGc(gc);
+  port.on('message', (job: Job | 'gc') => {
+    if (job === 'gc') {
+      port.postMessage({ gc });
+      return;
+    }
     const counters: HttpCounters = { waits: 0, waitMs: 0, retries: 0 };
     const timing = { headersAt: NaN, endAt: NaN, reads: 0 };
     // A worker's performance.now() counts from the worker's own start: sent as epoch ms (its timeOrigin added).

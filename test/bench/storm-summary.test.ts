@@ -88,10 +88,10 @@ describe('bench/storm summary', () => {
 
   it("gives the fleet's own event-loop delay per stack that reported it", () => {
     const lagging = { ...stack('netboot', []), fleetLoopDelayMs: [10.5, 850, 1234] as [number, number, number] };
-    const split = { ...stack('peer', []), fleetLoopDelayMs: [10, 20, 30] as [number, number, number], fleetCpuSeconds: 31.5, fleetMainCpuSeconds: 2.5, fleetContextSwitches: { voluntary: 481_234, involuntary: 9_876 }, fleetGc: { major: 3, majorMs: 41, minor: 120, minorMs: 230 } };
+    const split = { ...stack('peer', []), fleetLoopDelayMs: [10, 20, 30] as [number, number, number], fleetCpuSeconds: 31.5, fleetMainCpuSeconds: 2.5, fleetContextSwitches: { voluntary: 481_234, involuntary: 9_876 }, fleetGc: { major: 3, majorMs: 41, minor: 120, minorMs: 230 }, fleetDownloadsGc: { major: 0, majorMs: 0, minor: 900, minorMs: 1200 } };
     expect(fleetLagLines([lagging, stack('other', []), split])).toEqual([
       "netboot fleet event-loop delay: p50 11 ms / p99 850 ms / max 1234 ms (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)",
-      "peer fleet event-loop delay: p50 10 ms / p99 20 ms / max 30 ms (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer); fleet CPU s: main thread 2.5, download threads 29.0; context switches: 481k voluntary, 9876 involuntary; main-thread GC: 3 major (41 ms), 120 minor (230 ms)",
+      "peer fleet event-loop delay: p50 10 ms / p99 20 ms / max 30 ms (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer); fleet CPU s: main thread 2.5, download threads 29.0; context switches: 481k voluntary, 9876 involuntary; main-thread GC: 3 major (41 ms), 120 minor (230 ms); download threads' GC: 0 major (0 ms), 900 minor (1200 ms)",
     ]);
   });
 
