@@ -15,8 +15,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
-import { countGc, Downloads, emptyGcStats, jitterFrom, type GcStats } from './storm-downloads.ts';
-import { PHASES, type MachineResult, type Phase } from './storm-summary.ts';
+import { countGc, Downloads, emptyGcStats, jitterFrom } from './storm-downloads.ts';
+import { PHASES, type GcStats, type MachineResult, type Phase } from './storm-summary.ts';
 
 export { scriptCommand } from './storm-protocols.ts';
 

@@ -13,6 +13,7 @@ import { setPriority } from 'node:os';
 import { constants as perfConstants, PerformanceObserver, type PerformanceEntry } from 'node:perf_hooks';
 import { isMainThread, parentPort, Worker } from 'node:worker_threads';
 import { httpFetch, ipxeHttp, type HttpCounters, type IpxeHttpResult } from './storm-protocols.ts';
+import type { GcStats } from './storm-summary.ts';
 
 interface Job {
   id: number;
@@ -138,13 +139,6 @@ export class Downloads {
 }
 
 const GC_STATS_WAIT_MS = 5000;
-
-export interface GcStats {
-  major: number;
-  majorMs: number;
-  minor: number;
-  minorMs: number;
-}
 
 export function emptyGcStats(): GcStats {
   return { major: 0, majorMs: 0, minor: 0, minorMs: 0 };

@@ -34,6 +34,14 @@ export interface ProbeReport {
   errors: string[];
 }
 
+/** Garbage collections of one or more threads: count and pause milliseconds, major (mark-compact) and minor (scavenge). */
+export interface GcStats {
+  major: number;
+  majorMs: number;
+  minor: number;
+  minorMs: number;
+}
+
 export interface StackRun {
   stack: string;
   machines: MachineResult[];
@@ -50,12 +58,12 @@ export interface StackRun {
   fleetLoopDelayMs?: [number, number, number];
   /** CPU seconds of the fleet's main thread (the rest of fleetCpuSeconds: its download threads). */
   fleetMainCpuSeconds?: number;
-  /** The fleet's context switches, all threads (a download thread woken for one socket at a time switches more per byte than one woken for many). */
+  /** The fleet's context switches from power-on, all threads. */
   fleetContextSwitches?: { voluntary: number; involuntary: number };
   /** The fleet main thread's garbage collections: count and pause milliseconds, major and minor. */
-  fleetGc?: { major: number; majorMs: number; minor: number; minorMs: number };
+  fleetGc?: GcStats;
   /** The same, summed over the fleet's download threads. */
-  fleetDownloadsGc?: { major: number; majorMs: number; minor: number; minorMs: number };
+  fleetDownloadsGc?: GcStats;
   /**
    * Milliseconds the server took over each script request (boot.ipxe and the per-MAC script),
    * from its own log: what the server adds, without the fleet's wait for a core of its own.
@@ -282,7 +290,7 @@ export function fleetLagLines(runs: readonly StackRun[]): string[] {
       const [p50, p99, max] = r.fleetLoopDelayMs!;
       const cpu = r.fleetMainCpuSeconds === undefined || r.fleetCpuSeconds === undefined ? '' : `; fleet CPU s: main thread ${r.fleetMainCpuSeconds.toFixed(1)}, download threads ${(r.fleetCpuSeconds - r.fleetMainCpuSeconds).toFixed(1)}`;
       const switches = r.fleetContextSwitches ? `; context switches: ${thousands(r.fleetContextSwitches.voluntary)} voluntary, ${thousands(r.fleetContextSwitches.involuntary)} involuntary` : '';
-      const gcOf = (g: { major: number; majorMs: number; minor: number; minorMs: number }) => `${g.major} major (${g.majorMs} ms), ${g.minor} minor (${g.minorMs} ms)`;
+      const gcOf = (g: GcStats) => `${g.major} major (${g.majorMs} ms), ${g.minor} minor (${g.minorMs} ms)`;
       const gc = `${r.fleetGc ? `; main-thread GC: ${gcOf(r.fleetGc)}` : ''}${r.fleetDownloadsGc ? `; download threads' GC: ${gcOf(r.fleetDownloadsGc)}` : ''}`;
       return `${r.stack} fleet event-loop delay: p50 ${ms(p50)} / p99 ${ms(p99)} / max ${ms(max)} (the simulated machines' own lag: inside every phase time, and a resend when it outlasts a DHCP or TFTP timer)${cpu}${switches}${gc}`;
     });

@@ -140,7 +140,7 @@ export class AdmissionQueue {
     this.#limits = checkLimits(limits);
     const keys = [...this.#queue.keys()];
     for (const key of keys.slice(limits.maxQueued)) this.#forget(key);
-    for (const key of [...this.#arrivals.keys()].slice(0, Math.max(0, this.#arrivals.size - limits.maxQueued))) this.#arrivals.delete(key);
+    this.#trimArrivals();
   }
 
   get active(): number {
@@ -294,12 +294,13 @@ export class AdmissionQueue {
   #admit(now: number, key: string, entry?: Entry): Extract<AdmissionDecision, { kind: 'admit' }> {
     const ticket: Ticket = { id: this.#nextTicket++, startedAt: now };
     // A waiter whose carried arrival was forgotten while it waited starts a new one from its own request (firstSeen), not from the old time.
-    this.#active.set(ticket.id, { key, arrival: this.#carry(key, entry?.firstSeen ?? this.#carriedArrival(key, now) ?? now) });
+    this.#active.set(ticket.id, { key, arrival: this.#carry(key, entry?.firstSeen ?? now) });
     return entry ? { kind: 'admit', ticket, waited: { ms: now - entry.firstSeen, retries: entry.retries } } : { kind: 'admit', ticket };
   }
 
   /**
-   * Counts a stream admitted on `key`'s arrival (`at` when it has none): carried for its next
+   * Counts a stream admitted on `key`'s arrival (`at` when it has none; an expired one was
+   * dropped when the request came in): carried for its next
    * requests until it has had carriedStreams. Returns the arrival while it is carried.
    */
   #carry(key: string, at: number): Arrival | undefined {
@@ -311,11 +312,16 @@ export class AdmissionQueue {
     this.#arrivals.delete(key);
     if (arrival.streams >= this.#carriedStreams) return undefined;
     this.#arrivals.set(key, arrival);
+    this.#trimArrivals();
+    return arrival;
+  }
+
+  /** Forgets the least recently touched arrivals beyond maxQueued. */
+  #trimArrivals(): void {
     for (const oldest of this.#arrivals.keys()) {
       if (this.#arrivals.size <= this.#limits.maxQueued) break;
       this.#arrivals.delete(oldest);
     }
-    return arrival;
   }
 
   /** `key`'s first arrival, if it is still carried. */

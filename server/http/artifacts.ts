@@ -97,8 +97,8 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
         const length = info.size === 0 ? 0 : end - start + 1;
         let ticket: Ticket | null = null;
         const budget = BUDGET_OF[artifact];
-        const streams = budget ? queues[budget] : null;
-        if (request.method === 'GET' && budget && streams && length >= ROOT_STREAM_MIN_BYTES) {
+        if (request.method === 'GET' && budget && length >= ROOT_STREAM_MIN_BYTES) {
+          const streams = queues[budget];
           const who = { address: peerAddress(request.ip), ...(mac ? { machine: mac } : {}) };
           let decision: AdmissionDecision | HoldOutcome = streams.request(who, ctx.now());
           syncMetrics(budget);
@@ -143,8 +143,8 @@ export function registerArtifactRoutes(app: FastifyInstance, ctx: HttpContext): 
             });
           }
         };
-        const unguard = ticket && streams && budget
-          ? streams.guard((ranMs, waiting) => {
+        const unguard = ticket && budget
+          ? queues[budget].guard((ranMs, waiting) => {
               request.note.warning = `${STREAM_NAMES[budget].one} cut after ${Math.round(ranMs / 1000)} s while ${waiting} machines waited (the client may resume)`;
               metricsOf[budget].preempted();
               reply.raw.destroy();
