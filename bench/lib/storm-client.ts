@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
 import { countGc, Downloads, emptyGcStats, jitterFrom } from './storm-downloads.ts';
-import { PHASES, type GcStats, type MachineResult, type Phase } from './storm-summary.ts';
+import { loopLagMs, PHASES, type GcStats, type MachineResult, type Phase } from './storm-summary.ts';
 
 export { scriptCommand } from './storm-protocols.ts';
 
@@ -192,6 +192,8 @@ function roundGc(stats: GcStats): GcStats {
   return { major: stats.major, majorMs: Math.round(stats.majorMs), minor: stats.minor, minorMs: Math.round(stats.minorMs) };
 }
 
+const LOOP_DELAY_RESOLUTION_MS = 10;
+
 async function main(): Promise<void> {
   const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
   const mux = await DhcpMux.open();
@@ -199,7 +201,7 @@ async function main(): Promise<void> {
   const downloads = new Downloads(DOWNLOAD_THREADS);
   await downloads.ready;
   const tftp = { retransmits: 0 };
-  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  const loopDelay = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS });
   loopDelay.enable();
   const gc = emptyGcStats();
   const gcObserver = countGc(gc);
@@ -233,7 +235,7 @@ async function main(): Promise<void> {
   const usage = process.resourceUsage();
   loopDelay.disable();
   gcObserver.disconnect();
-  const delayMs = (ns: number) => Math.round(ns / 1e5) / 10;
+  const delayMs = (ns: number) => loopLagMs(ns, LOOP_DELAY_RESOLUTION_MS);
   const report: ClientReport = {
     startedAt,
     machines,
