@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { loopLagSampler, type LoopLagSampler } from './loop-lag.ts';
 
 /** Outcomes of /init's `disk` events (boot-assets/initramfs/lib/netboot/disk.sh); anything else counts as `other` (labels stay bounded). */
 const DISK_OUTCOMES = new Set(['prepared', 'cache_hit', 'cache_miss', 'cache_corrupt', 'keep', 'untouched', 'not_prepared', 'no_disk', 'prepare_failed', 'mount_failed', 'no_space', 'no_hash']);
@@ -141,6 +142,28 @@ export class Metrics {
     queue: 'the kernel and initrd queue',
     requests: 'Kernel and initrd requests',
   });
+
+  /**
+   * The main event loop's lateness between two scrapes (LoopLagSampler): every DHCP answer,
+   * script, layer and event waits behind that loop, so in a boot storm this is the delay each of
+   * them saw on top of its own work. Each scrape reads the sampler and restarts it.
+   */
+  readonly loopLag: Gauge<'quantile'>;
+
+  constructor(sampler: LoopLagSampler = loopLagSampler()) {
+    this.loopLag = new Gauge({
+      name: 'netboot_event_loop_lag_seconds',
+      help: 'Lateness of the main event loop since the last scrape: quantile 0.5, 0.99 and 1 (the longest)',
+      labelNames: ['quantile'] as const,
+      registers: [this.registry],
+      collect() {
+        const lag = sampler.take();
+        this.set({ quantile: '0.5' }, lag.p50);
+        this.set({ quantile: '0.99' }, lag.p99);
+        this.set({ quantile: '1' }, lag.max);
+      },
+    });
+  }
 
   served(artifact: ArtifactKind, bytes: number): void {
     if (bytes > 0) this.bytesServed.inc({ artifact }, bytes);
