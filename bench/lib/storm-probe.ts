@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import { scriptCommand } from './storm-client.ts';
 import { DhcpMux, dhcpBoot, httpFetch, type HttpCounters } from './storm-protocols.ts';
-import type { ProbeReport } from './storm-summary.ts';
+import { loopLagFromMetrics, SERVER_LAG_EVERY_MS, type ProbeReport } from './storm-summary.ts';
 
 export const PROBE_INTERVAL_MS = 50;
 
@@ -45,6 +45,25 @@ async function main(): Promise<void> {
     }
   };
 
+  // netboot's main-loop lag, read from its /metrics (each read covers the time since the one before; the first, at
+  // `go`, only starts the count). A server without that metric (the peer's nginx) is not asked again.
+  const metricsUrl = new URL('/metrics', lease.bootfile).href;
+  let lagReadAt: number | null = null;
+  const readServerLag = async (): Promise<void> => {
+    const text = await httpFetch(metricsUrl, { ...http, counters: { waits: 0, waitMs: 0, retries: 0 } }).then((r) => r.body, () => null);
+    const lag = text === null ? null : loopLagFromMetrics(text);
+    if (lag === null) {
+      lagReadAt = Infinity;
+      return;
+    }
+    if (lagReadAt !== null) {
+      report.serverLoopLagMs ??= { p99: [], max: [] };
+      report.serverLoopLagMs.p99.push(lag.p99);
+      report.serverLoopLagMs.max.push(lag.max);
+    }
+    lagReadAt = performance.now();
+  };
+
   let state = 'waiting' as 'waiting' | 'probing' | 'done';
   const lines = createInterface({ input: process.stdin });
   lines.on('line', (line) => {
@@ -63,6 +82,7 @@ async function main(): Promise<void> {
       continue;
     }
     const next = performance.now() + PROBE_INTERVAL_MS;
+    if (lagReadAt === null || performance.now() - lagReadAt >= SERVER_LAG_EVERY_MS) await readServerLag();
     report.entryAtMs!.push(performance.now() - goAt);
     const entry = await timed(lease.bootfile, report.entryMs);
     const chain = entry === null ? null : scriptCommand(entry, 'chain');

@@ -32,6 +32,8 @@ export interface ProbeReport {
   failures: number;
   /** The first few distinct errors. */
   errors: string[];
+  /** netboot only: its main loop's lateness from `/metrics` every SERVER_LAG_EVERY_MS (p99 and longest per reading, ms). */
+  serverLoopLagMs?: { p99: number[]; max: number[] };
 }
 
 /** Garbage collections of one or more threads: count and pause milliseconds, major (mark-compact) and minor (scavenge). */
@@ -276,8 +278,24 @@ export function probeLines(runs: readonly StackRun[]): string[] {
       const stat = (values: number[]) => (values.length ? `p50 ${ms(percentile(values, 50))} / p99 ${ms(percentile(values, 99))} / max ${ms(Math.max(...values))}` : 'none');
       const failed = p.failures ? `, ${p.failures} failed (${p.errors.join('; ')})` : '';
       const slowest = p.entryMs.length && p.entryAtMs?.length === p.entryMs.length ? `; the slowest boot.ipxe was sent ${(p.entryAtMs[p.entryMs.indexOf(Math.max(...p.entryMs))]! / 1000).toFixed(1)} s after power-on` : '';
-      return `${r.stack} script probe (one idle client during the storm): boot.ipxe ${stat(p.entryMs)}, per-MAC script ${stat(p.machineMs)}, ${p.entryMs.length + p.machineMs.length} requests${failed}${slowest}`;
+      const lag = p.serverLoopLagMs;
+      const serverLag = lag?.max.length ? `; the server's main loop (its /metrics every ${SERVER_LAG_EVERY_MS / 1000} s, ${lag.max.length} readings): p99 up to ${ms(Math.max(...lag.p99))}, longest ${ms(Math.max(...lag.max))}` : '';
+      return `${r.stack} script probe (one idle client during the storm): boot.ipxe ${stat(p.entryMs)}, per-MAC script ${stat(p.machineMs)}, ${p.entryMs.length + p.machineMs.length} requests${failed}${slowest}${serverLag}`;
     });
+}
+
+/** How often the probe reads netboot's main-loop lag from /metrics. */
+export const SERVER_LAG_EVERY_MS = 2000;
+
+/** netboot's `netboot_event_loop_lag_seconds` p99 and longest (quantile 1) in a /metrics text, in ms; null when it has none. */
+export function loopLagFromMetrics(text: string): { p99: number; max: number } | null {
+  const read = (quantile: string) => {
+    const m = new RegExp(`^netboot_event_loop_lag_seconds\\{quantile="${quantile.replace('.', '\\.')}"\\} (\\S+)$`, 'm').exec(text);
+    return m ? Number(m[1]) * 1000 : NaN;
+  };
+  const p99 = read('0.99');
+  const max = read('1');
+  return Number.isFinite(p99) && Number.isFinite(max) ? { p99, max } : null;
 }
 
 const thousands = (n: number) => (n >= 10_000 ? `${Math.round(n / 1000)}k` : String(n));

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { scriptCommand } from '../../bench/lib/storm-client.ts';
 import { threadCpuByName } from '../../bench/lib/storm-procs.ts';
-import { allUpSeconds, failureSamples, halfUpSeconds, finalLine, fleetLagLines, loopLagMs, median, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, pooledRun, probeLines, rootWindowLines, roundsLine, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
+import { allUpSeconds, failureSamples, halfUpSeconds, finalLine, fleetLagLines, loopLagFromMetrics, loopLagMs, median, netbootScriptTimes, nginxScriptTimes, percentile, phaseTable, pooledRun, probeLines, rootWindowLines, roundsLine, stackTable, threadLines, type MachineResult, type StackRun } from '../../bench/lib/storm-summary.ts';
 
 function machine(mac: string, upAtMs: number | null, extra: Partial<MachineResult> = {}): MachineResult {
   return {
@@ -83,6 +83,26 @@ describe('bench/storm summary', () => {
     expect(probeLines([probed, stack('other', []), failing])).toEqual([
       'netboot script probe (one idle client during the storm): boot.ipxe p50 50 ms / p99 99 ms / max 100 ms, per-MAC script p50 5.0 ms / p99 250 ms / max 250 ms, 103 requests; the slowest boot.ipxe was sent 5.0 s after power-on',
       'peer script probe (one idle client during the storm): boot.ipxe none, per-MAC script none, 0 requests, 2 failed (GET http://x/boot.ipxe: HTTP 500 (1 tries))',
+    ]);
+  });
+
+  it("reads netboot's main-loop lag from its /metrics, and prints the worst of the probe's readings", () => {
+    const metrics = [
+      '# HELP netboot_event_loop_lag_seconds Lateness of the main event loop since the last scrape',
+      '# TYPE netboot_event_loop_lag_seconds gauge',
+      'netboot_event_loop_lag_seconds{quantile="0.5"} 0.0004',
+      'netboot_event_loop_lag_seconds{quantile="0.99"} 0.0412',
+      'netboot_event_loop_lag_seconds{quantile="1"} 0.083',
+      '',
+    ].join('\n');
+    const lag = loopLagFromMetrics(metrics)!;
+    expect(lag.p99).toBeCloseTo(41.2, 9);
+    expect(lag.max).toBeCloseTo(83, 9);
+    expect(loopLagFromMetrics('<html>404 Not Found</html>')).toBeNull();
+    expect(loopLagFromMetrics('netboot_event_loop_lag_seconds{quantile="0.5"} 0.1\n')).toBeNull();
+    const probe = { entryMs: [2], machineMs: [3], failures: 0, errors: [], serverLoopLagMs: { p99: [12, 41.2, 7], max: [20, 83, 9] } };
+    expect(probeLines([{ ...stack('netboot', []), probe }])).toEqual([
+      "netboot script probe (one idle client during the storm): boot.ipxe p50 2.0 ms / p99 2.0 ms / max 2.0 ms, per-MAC script p50 3.0 ms / p99 3.0 ms / max 3.0 ms, 2 requests; the server's main loop (its /metrics every 2 s, 3 readings): p99 up to 41 ms, longest 83 ms",
     ]);
   });
 
