@@ -13,10 +13,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { LoopLagSampler } from '../../server/events/loop-lag.ts';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
 import { countGc, Downloads, emptyGcStats, jitterFrom } from './storm-downloads.ts';
-import { loopLagMs, PHASES, type GcStats, type MachineResult, type Phase } from './storm-summary.ts';
+import { PHASES, type GcStats, type MachineResult, type Phase } from './storm-summary.ts';
 
 export { scriptCommand } from './storm-protocols.ts';
 
@@ -192,8 +192,6 @@ function roundGc(stats: GcStats): GcStats {
   return { major: stats.major, majorMs: Math.round(stats.majorMs), minor: stats.minor, minorMs: Math.round(stats.minorMs) };
 }
 
-const LOOP_DELAY_RESOLUTION_MS = 10;
-
 async function main(): Promise<void> {
   const plan = JSON.parse(readFileSync(process.argv[2]!, 'utf8')) as ClientPlan;
   const mux = await DhcpMux.open();
@@ -201,8 +199,7 @@ async function main(): Promise<void> {
   const downloads = new Downloads(DOWNLOAD_THREADS);
   await downloads.ready;
   const tftp = { retransmits: 0 };
-  const loopDelay = monitorEventLoopDelay({ resolution: LOOP_DELAY_RESOLUTION_MS });
-  loopDelay.enable();
+  const loopLag = new LoopLagSampler();
   const gc = emptyGcStats();
   const gcObserver = countGc(gc);
   const downloadsGcBefore = await downloads.gcStats();
@@ -233,16 +230,16 @@ async function main(): Promise<void> {
   await downloads.close();
   const cpu = process.cpuUsage();
   const usage = process.resourceUsage();
-  loopDelay.disable();
+  const lag = loopLag.take();
   gcObserver.disconnect();
-  const delayMs = (ns: number) => loopLagMs(ns, LOOP_DELAY_RESOLUTION_MS);
+  const delayMs = (seconds: number) => Math.round(seconds * 1e4) / 10;
   const report: ClientReport = {
     startedAt,
     machines,
     dhcpRetransmits: mux.retransmits,
     tftpRetransmits: tftp.retransmits,
     cpuSeconds: (cpu.user + cpu.system) / 1e6,
-    loopDelayMs: [delayMs(loopDelay.percentile(50)), delayMs(loopDelay.percentile(99)), delayMs(loopDelay.max)],
+    loopDelayMs: [delayMs(lag.p50), delayMs(lag.p99), delayMs(lag.max)],
     mainThreadCpuSeconds: threadCpuSeconds(`/proc/self/task/${process.pid}/stat`),
     contextSwitches: {
       voluntary: usage.voluntaryContextSwitches - usageAtPowerOn.voluntaryContextSwitches,

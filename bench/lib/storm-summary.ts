@@ -300,15 +300,6 @@ export function loopLagFromMetrics(text: string): { p99: number; max: number } |
 
 const thousands = (n: number) => (n >= 10_000 ? `${Math.round(n / 1000)}k` : String(n));
 
-/**
- * How late the event loop was, in ms, from a monitorEventLoopDelay() value (ns): that histogram
- * records the whole interval between its timer's runs, so an idle loop reads about the resolution
- * (p50 10.2 ms at 10 ms); the lateness is what exceeds it (a timer run early counts as none).
- */
-export function loopLagMs(intervalNs: number, resolutionMs: number): number {
-  return Math.max(0, Math.round(intervalNs / 1e5) / 10 - resolutionMs);
-}
-
 /** Per stack: the fleet's own event-loop delay, which every phase time above includes. */
 export function fleetLagLines(runs: readonly StackRun[]): string[] {
   return runs
