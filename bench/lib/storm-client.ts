@@ -13,7 +13,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { LoopLagSampler } from '../../server/events/loop-lag.ts';
+import { loopLagSampler } from '../../server/events/loop-lag.ts';
 import { DhcpMux, dhcpBoot, httpFetch, nbdReplay, tftpFirmwareGet, type HttpCounters } from './storm-protocols.ts';
 import { countGc, Downloads, emptyGcStats, jitterFrom } from './storm-downloads.ts';
 import { PHASES, type GcStats, type MachineResult, type Phase } from './storm-summary.ts';
@@ -199,7 +199,7 @@ async function main(): Promise<void> {
   const downloads = new Downloads(DOWNLOAD_THREADS);
   await downloads.ready;
   const tftp = { retransmits: 0 };
-  const loopLag = new LoopLagSampler();
+  const loopLag = loopLagSampler();
   const gc = emptyGcStats();
   const gcObserver = countGc(gc);
   const downloadsGcBefore = await downloads.gcStats();

@@ -20,22 +20,22 @@ export interface LoopLag {
 }
 
 /**
- * The main event loop's lateness since the last `take()`: DHCP, scripts, layers and events all
- * wait behind whatever that loop is doing, so this is the delay every one of them saw on top of
- * its own work. One sampler per process (its timer does not keep the process alive).
+ * The event loop's lateness since the last `take()`. On the server's main loop, DHCP, scripts,
+ * layers and events all wait behind whatever that loop is doing, so this is the delay every one
+ * of them saw on top of its own work. A process needs one (loopLagSampler()); its timer does not
+ * keep the process alive.
  */
 export class LoopLagSampler {
   readonly #histogram: IntervalHistogram;
-
-  constructor(resolutionMs = LOOP_LAG_RESOLUTION_MS) {
-    this.#histogram = monitorEventLoopDelay({ resolution: resolutionMs });
-    this.#histogram.enable();
-    this.resolutionMs = resolutionMs;
-  }
-
   readonly resolutionMs: number;
 
-  /** Intervals recorded since the last take (the first turn of the timer after a take only starts one). */
+  constructor(resolutionMs = LOOP_LAG_RESOLUTION_MS) {
+    this.resolutionMs = resolutionMs;
+    this.#histogram = monitorEventLoopDelay({ resolution: resolutionMs });
+    this.#histogram.enable();
+  }
+
+  /** Intervals recorded since the last take (the timer's first run after it starts only marks the time). */
   get samples(): number {
     return this.#histogram.count;
   }
