@@ -154,7 +154,7 @@ export async function startNetboot(options: NetbootOptions): Promise<Netboot> {
       for (const name of next.images.keys()) {
         if (JSON.stringify(next.images.get(name)) !== JSON.stringify(previous.images.get(name))) void builds.request(name);
       }
-      const restartNeeded = (['address', 'bind', 'httpPort', 'stateDir', 'cacheDir', 'ipxeDir', 'ipv6RouterAdvert'] as const).filter((key) => next.server[key] !== previous.server[key]);
+      const restartNeeded = (['address', 'bind', 'httpPort', 'stateDir', 'cacheDir', 'ipxeDir', 'ipv6RouterAdvert', 'controlPlanePriority'] as const).filter((key) => next.server[key] !== previous.server[key]);
       const servicesChanged =
         JSON.stringify(next.server.tftp) !== JSON.stringify(previous.server.tftp) || (next.server.dhcp.mode === 'off') !== (previous.server.dhcp.mode === 'off');
       if (restartNeeded.length || servicesChanged) {

@@ -242,6 +242,11 @@ export const serverSchema = z.strictObject({
   /** How often a running server checks whether an image's source moved (docker tag, archive file). */
   imageCheckSeconds: z.number().int().min(1).default(60),
   /**
+   * Nice steps the control plane (main thread: DHCP, scripts, events; the TFTP thread) runs above
+   * bulk work (NBD, sendfile, image builds) when the process may raise it (server/threads/priority.ts). 0: off.
+   */
+  controlPlanePriority: z.number().int().min(0).max(19).default(5),
+  /**
    * Directory of the iPXE binaries handed to firmware (undionly.kpxe, snponly.efi, ipxe.efi,
    * ipxe-arm64.efi). Default: the iPXE scripts/setup-host.sh fetched (Debian 13's package), else
    * the host's /usr/lib/ipxe. See server/ipxe-binaries.ts.

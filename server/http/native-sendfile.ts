@@ -1,5 +1,6 @@
 import type { Logger } from '../log.ts';
 import { loadAddon } from '../native-addon.ts';
+import { atBulkPriority } from '../threads/priority.ts';
 
 /**
  * The netboot_sendfile addon (native/sendfile/, built by `npm ci` through binding.gyp):
@@ -32,6 +33,7 @@ export interface NativeSendJob {
 export const ECANCELED = 125;
 
 const { binding, error: loadError } = loadAddon<Binding>('netboot_sendfile');
+let threadsStarted = false;
 
 /** Whether the addon loaded, and if not, why. */
 export function nativeSendfileStatus(): { available: true } | { available: false; reason: string } {
@@ -60,10 +62,14 @@ export function startNativeSend(socketFd: number, fileFd: number, offset: number
     resolveResult = resolve;
   });
   let finished = false;
-  const job = binding.start(socketFd, fileFd, offset, length, (bytes, errno) => {
-    finished = true;
-    resolveResult({ bytes, errno });
-  });
+  const start = () =>
+    binding!.start(socketFd, fileFd, offset, length, (bytes, errno) => {
+      finished = true;
+      resolveResult({ bytes, errno });
+    });
+  // The first job starts the addon's threads: they take the priority of the thread starting them.
+  const job = threadsStarted ? start() : atBulkPriority(start);
+  threadsStarted = true;
   const native = binding;
   return {
     result,

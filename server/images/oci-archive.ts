@@ -7,6 +7,7 @@ import { PassThrough, type Readable } from 'node:stream';
 import type { Layer } from './flatten.ts';
 import { normalisePath, padded, parsePax } from './tar-reader.ts';
 import { ImageError } from './errors.ts';
+import { atBulkPriority } from '../threads/priority.ts';
 import { unprivileged } from './unprivileged.ts';
 
 /**
@@ -266,7 +267,7 @@ async function* openLayer(path: string, name: string, member: Member, check: Che
     decompressed = tapped.pipe(createGunzip({ chunkSize: 1 << 20 }));
   } else if (head.readUInt32LE(0) === 0xfd2fb528) {
     // Node 20's zlib has no zstd: the zstd binary does it as a stream.
-    child = spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'], ...unprivileged() });
+    child = atBulkPriority(() => spawn('zstd', ['-dcq'], { stdio: ['pipe', 'pipe', 'pipe'], ...unprivileged() }));
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
     tapped.pipe(child.stdin!);

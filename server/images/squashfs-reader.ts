@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
+import { atBulkPriority } from '../threads/priority.ts';
 
 const run = promisify(execFile);
 
@@ -10,7 +11,7 @@ const run = promisify(execFile);
 
 /** Contents of a regular file in the image; rejects when the path is missing or not a file. */
 export async function readSquashfsFile(image: string, path: string): Promise<Buffer> {
-  const { stdout } = await run('rdsquashfs', ['-c', path, image], { encoding: 'buffer', maxBuffer: 1 << 30 });
+  const { stdout } = await atBulkPriority(() => run('rdsquashfs', ['-c', path, image], { encoding: 'buffer', maxBuffer: 1 << 30 }));
   return stdout;
 }
 
@@ -24,7 +25,7 @@ export interface SquashfsEntry {
 
 /** Entries of a directory in the image (not recursive). */
 export async function listSquashfsDir(image: string, path: string): Promise<SquashfsEntry[]> {
-  const { stdout } = await run('rdsquashfs', ['-l', path, image], { maxBuffer: 64 << 20 });
+  const { stdout } = await atBulkPriority(() => run('rdsquashfs', ['-l', path, image], { maxBuffer: 64 << 20 }));
   const entries: SquashfsEntry[] = [];
   for (const line of stdout.split('\n')) {
     // e.g. "drwxr-xr-x 0/0 1700000000 boot" or "lrwxrwxrwx 0/0 ... vmlinuz -> boot/vmlinuz-6.1.0-37-amd64"

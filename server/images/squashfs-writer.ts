@@ -3,6 +3,7 @@ import type { Readable, Writable } from 'node:stream';
 import { chown, open } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { ImageError } from './errors.ts';
+import { atBulkPriority } from '../threads/priority.ts';
 import { unprivileged } from './unprivileged.ts';
 
 export { UNPRIVILEGED_ID } from './unprivileged.ts';
@@ -52,10 +53,12 @@ export async function writeSquashfs(entries: AsyncIterable<TarEntry>, output: st
   let child: ChildProcessByStdio<Writable, null, Readable>;
   try {
     if (drop.uid !== undefined) await outFile.chown(drop.uid, drop.gid!);
-    child = spawn('tar2sqfs', ['--quiet', '--no-skip', '--force', '-c', options.compressor, '-j', String(jobs), '/dev/fd/3'], {
-      stdio: ['pipe', 'ignore', 'pipe', outFile.fd],
-      ...drop,
-    }) as unknown as ChildProcessByStdio<Writable, null, Readable>;
+    child = atBulkPriority(() =>
+      spawn('tar2sqfs', ['--quiet', '--no-skip', '--force', '-c', options.compressor, '-j', String(jobs), '/dev/fd/3'], {
+        stdio: ['pipe', 'ignore', 'pipe', outFile.fd],
+        ...drop,
+      }),
+    ) as unknown as ChildProcessByStdio<Writable, null, Readable>;
   } catch (err) {
     await outFile.close();
     throw err;

@@ -5,6 +5,7 @@ import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
+import { atBulkPriority } from '../threads/priority.ts';
 import { writeCpio, type CpioEntry } from './cpio.ts';
 import { appletNamesFromBinary } from './busybox.ts';
 import { canonicalModuleName, decompressModule, ModuleIndex, type ModuleRef } from './modules.ts';
@@ -143,10 +144,12 @@ async function compress(data: Buffer, compression: InitrdCompression): Promise<B
   if (compression === 'gzip') return gzipSync(data, { level: 6 });
   return new Promise((resolve, reject) => {
     // Single-threaded so the output does not depend on the number of cores.
-    const child = execFile('zstd', ['-q', '-c', '-5', '-T1'], { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
-      if (err) reject(new Error(`zstd failed: ${stderr.toString().trim() || err.message}`));
-      else resolve(stdout);
-    });
+    const child = atBulkPriority(() =>
+      execFile('zstd', ['-q', '-c', '-5', '-T1'], { encoding: 'buffer', maxBuffer: 1 << 30 }, (err, stdout, stderr) => {
+        if (err) reject(new Error(`zstd failed: ${stderr.toString().trim() || err.message}`));
+        else resolve(stdout);
+      }),
+    );
     child.stdin?.end(data);
   });
 }

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { gunzip } from 'node:zlib';
 import { unprivileged } from '../images/unprivileged.ts';
+import { atBulkPriority } from '../threads/priority.ts';
 
 const gunzipAsync = promisify(gunzip);
 
@@ -180,11 +181,13 @@ function tooLarge(what: string, limit: number): Error {
 /** Runs a decompressor as a child process (off the event loop), killing it past `limit` bytes of output. */
 function runWithInput(cmd: string, args: string[], input: Buffer, what: string, limit: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, { encoding: 'buffer', maxBuffer: limit, ...unprivileged() }, (err, stdout, stderr) => {
-      if ((err as NodeJS.ErrnoException | null)?.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') reject(tooLarge(what, limit));
-      else if (err) reject(new Error(`${what}: ${cmd} ${args.join(' ')} failed: ${stderr.toString().trim() || err.message}`));
-      else resolve(stdout);
-    });
+    const child = atBulkPriority(() =>
+      execFile(cmd, args, { encoding: 'buffer', maxBuffer: limit, ...unprivileged() }, (err, stdout, stderr) => {
+        if ((err as NodeJS.ErrnoException | null)?.code === 'ERR_CHILD_PROCESS_STDIO_MAXBUFFER') reject(tooLarge(what, limit));
+        else if (err) reject(new Error(`${what}: ${cmd} ${args.join(' ')} failed: ${stderr.toString().trim() || err.message}`));
+        else resolve(stdout);
+      }),
+    );
     child.stdin?.on('error', () => {
       /* EPIPE when the child stopped reading (killed at the cap, or bad data): reported by the callback */
     });

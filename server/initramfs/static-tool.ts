@@ -10,6 +10,7 @@ import { mkdir, readFile, rename, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
+import { atBulkPriority } from '../threads/priority.ts';
 
 const execFileAsync = promisify(execFile);
 
@@ -46,7 +47,7 @@ async function compile(source: string, what: string, outDir: string): Promise<st
   await mkdir(outDir, { recursive: true });
   const partial = `${output}.${process.pid}.partial`;
   try {
-    await execFileAsync('cc', [...COMPILE_FLAGS, '-o', partial, source]);
+    await atBulkPriority(() => execFileAsync('cc', [...COMPILE_FLAGS, '-o', partial, source]));
   } catch (err) {
     const e = err as NodeJS.ErrnoException & { stderr?: string };
     const why = e.code === 'ENOENT' ? 'no C compiler (cc) on this host' : (e.stderr ?? e.message).trim();

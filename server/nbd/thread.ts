@@ -24,7 +24,7 @@ export class NbdThread extends ServiceThread<ThreadServerOptions, ToThread, From
   readonly #readers = new Map<string, number>();
 
   constructor(options: NbdThreadOptions) {
-    super(new URL('./thread-worker.mjs', import.meta.url), 'nbd', options.log ?? silentLogger);
+    super(new URL('./thread-worker.mjs', import.meta.url), 'nbd', options.log ?? silentLogger, 'bulk');
     this.#options = options;
   }
 

@@ -7,6 +7,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { Logger } from '../log.ts';
+import { atBulkPriority } from './priority.ts';
 import type { FromServiceWorker, ToServiceWorker } from './protocol.ts';
 
 /** A thread that dies is restarted; one that keeps dying (a bug, not a client) is given up on. */
@@ -23,11 +24,13 @@ export abstract class ServiceThread<StartOptions, To extends { type: string }, F
   /**
    * @param entry the worker's .mjs entry point
    * @param name the service, as the log names it ("tftp thread exited ...")
+   * @param priority bulk: the thread runs below the control plane (server/threads/priority.ts)
    */
   constructor(
     private readonly entry: URL,
     private readonly name: string,
     protected readonly log: Logger,
+    private readonly priority: 'control' | 'bulk' = 'control',
   ) {}
 
   /** What the worker's `start` message carries (plain data: no callbacks). */
@@ -41,7 +44,7 @@ export abstract class ServiceThread<StartOptions, To extends { type: string }, F
   async start(): Promise<{ address: string; port: number }> {
     if (this.#worker) throw new Error(`${this.name} thread already started`);
     this.#stopping = false;
-    const worker = new Worker(this.entry);
+    const worker = this.priority === 'bulk' ? atBulkPriority(() => new Worker(this.entry)) : new Worker(this.entry);
     this.#worker = worker;
     const listening = new Promise<{ address: string; port: number }>((resolve, reject) => {
       worker.on('message', (message: From | FromServiceWorker) => {

@@ -93,6 +93,8 @@ describe('deploy/netboot.service', () => {
     expect(keys.get('Service.User')).toEqual(['netboot']);
     expect(keys.get('Service.AmbientCapabilities')).toEqual(['CAP_NET_BIND_SERVICE CAP_NET_RAW']);
     expect(keys.get('Service.CapabilityBoundingSet')).toEqual(['CAP_NET_BIND_SERVICE CAP_NET_RAW']);
+    // RLIMIT_NICE 25: the control plane may run at nice -5 (server/threads/priority.ts) without CAP_SYS_NICE.
+    expect(keys.get('Service.LimitNICE')).toEqual(['-5']);
     expect(keys.get('Install.WantedBy')).toEqual(['multi-user.target']);
   });
 });

@@ -1,11 +1,16 @@
 import { startNetboot } from '../../app/netboot.ts';
 import { ConfigStore } from '../../config/watch.ts';
+import { raiseControlPlanePriority } from '../../threads/priority.ts';
 import { EXIT, type CommonOptions } from '../common.ts';
 import { loadConfigOrExit, loggerFor } from '../setup.ts';
 
 export async function runServe(options: CommonOptions): Promise<void> {
   const log = loggerFor(options);
   const store = new ConfigStore(loadConfigOrExit(options.config), log);
+  // Before any service thread starts: TFTP's inherits the raised priority, NBD's is started below it.
+  const priority = await raiseControlPlanePriority(store.current.server.controlPlanePriority);
+  if (priority.raised) log.info({ phase: 'serve', controlNice: priority.controlNice, bulkNice: priority.bulkNice }, 'DHCP, scripts, events and TFTP run above NBD, sendfile and image builds');
+  else log.info({ phase: 'serve', nice: priority.nice, reason: priority.reason }, 'control plane at the same priority as bulk work');
   let netboot;
   try {
     netboot = await startNetboot({ store, log });
