@@ -243,7 +243,7 @@ export const serverSchema = z.strictObject({
   imageCheckSeconds: z.number().int().min(1).default(60),
   /**
    * Nice steps the control plane (main thread: DHCP, scripts, events; the TFTP thread) runs above
-   * bulk work (NBD, sendfile, image builds) when the process may raise it (server/threads/priority.ts). 0: off.
+   * bulk work (NBD, sendfile, image-build tools) when the process may raise it (server/threads/priority.ts). 0: off.
    */
   controlPlanePriority: z.number().int().min(0).max(19).default(5),
   /**

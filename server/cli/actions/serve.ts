@@ -8,8 +8,10 @@ export async function runServe(options: CommonOptions): Promise<void> {
   const log = loggerFor(options);
   const store = new ConfigStore(loadConfigOrExit(options.config), log);
   // Before any service thread starts: TFTP's inherits the raised priority, NBD's is started below it.
-  const priority = await raiseControlPlanePriority(store.current.server.controlPlanePriority);
-  if (priority.raised) log.info({ phase: 'serve', controlNice: priority.controlNice, bulkNice: priority.bulkNice }, 'DHCP, scripts, events and TFTP run above NBD, sendfile and image builds');
+  const priority = await raiseControlPlanePriority(store.current.server.controlPlanePriority, (err) =>
+    log.warn({ phase: 'serve', err: err.message }, 'control plane back at the bulk priority: raising it again failed'),
+  );
+  if (priority.raised) log.info({ phase: 'serve', ...priority }, 'DHCP, scripts, events and TFTP run above NBD, sendfile and image-build tools');
   else log.info({ phase: 'serve', nice: priority.nice, reason: priority.reason }, 'control plane at the same priority as bulk work');
   let netboot;
   try {
