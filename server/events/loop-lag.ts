@@ -1,7 +1,7 @@
 import { monitorEventLoopDelay, type IntervalHistogram } from 'node:perf_hooks';
 
 /** How often the main event loop's lateness is sampled. */
-export const LOOP_LAG_RESOLUTION_MS = 10;
+const LOOP_LAG_RESOLUTION_MS = 10;
 
 /**
  * How late the event loop ran, in seconds, from a monitorEventLoopDelay() value (ns). That
@@ -27,10 +27,10 @@ export interface LoopLag {
  */
 export class LoopLagSampler {
   readonly #histogram: IntervalHistogram;
-  readonly resolutionMs: number;
+  readonly #resolutionMs: number;
 
   constructor(resolutionMs = LOOP_LAG_RESOLUTION_MS) {
-    this.resolutionMs = resolutionMs;
+    this.#resolutionMs = resolutionMs;
     this.#histogram = monitorEventLoopDelay({ resolution: resolutionMs });
     this.#histogram.enable();
   }
@@ -49,7 +49,7 @@ export class LoopLagSampler {
   }
 
   #seconds(ns: number): number {
-    return loopLagSeconds(ns, this.resolutionMs);
+    return loopLagSeconds(ns, this.#resolutionMs);
   }
 }
 
